@@ -1,0 +1,13 @@
+"""repsub: class selectivity, AM/IAM and Representative Substitution for every unit of a vision network.
+
+Method: "Understanding the Importance of Single Directions via Representative Substitution"
+(arXiv 1811.11053); class selectivity after Morcos et al. (2018).
+"""
+
+__version__ = "0.1.0"
+
+from .api import selectivity, visualize  # noqa: E402
+from .models import catalog, load_model  # noqa: E402
+from .store import open_run  # noqa: E402
+
+__all__ = ["__version__", "catalog", "load_model", "open_run", "selectivity", "visualize"]

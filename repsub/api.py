@@ -1,0 +1,226 @@
+"""The Python API: every CLI command is a thin layer over these functions.
+
+>>> import repsub
+>>> repsub.selectivity(model="vgg16", weights="random", data="images/", image_size=64, out="runs/r1")
+>>> repsub.visualize(model="vgg16", weights="random", method="iam", layers=["conv3_1"], units="0-15",
+...                  steps=64, image_size=64, out="runs/r1")
+>>> run = repsub.open_run("runs/r1")
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .data.imagefolder import image_folder
+from .errors import DataError, UsageError
+from .models import LoadedModel, load_model, select_layers
+from .optimize import OptimSettings, optimize_units
+from .optimize.objectives import METHODS
+from .selectivity import selectivity_index
+from .selectivity_pass import accumulate_class_sums
+from .store import RunWriter, png_bytes
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_units(spec: str | list[int] | None, n_units: int, layer: str) -> list[int]:
+    """'0-15', '3,7,10-12' or a list -> sorted unique unit indices; None -> every unit of the layer."""
+    if spec is None:
+        return list(range(n_units))
+    if isinstance(spec, str):
+        units: set[int] = set()
+        try:
+            for part in spec.split(","):
+                first, _, last = part.strip().partition("-")
+                units.update(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise UsageError(f"--units {spec!r}: expected ranges like 0-15 or 3,7,10-12") from None
+    else:
+        units = {int(u) for u in spec}
+    out_of_range = sorted(u for u in units if not 0 <= u < n_units)
+    if out_of_range:
+        raise UsageError(f"layer {layer} has units 0-{n_units - 1}; out of range: {out_of_range[:10]}")
+    if not units:
+        raise UsageError(f"--units {spec!r} selects no unit")
+    return sorted(units)
+
+
+def _as_model(model: str | LoadedModel, weights: str, seed: int, device: str) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, weights=weights, seed=seed, device=device)
+
+
+def selectivity(
+    model: str | LoadedModel = "vgg16",
+    weights: str = "random",
+    data: str | os.PathLike = "",
+    out: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    layers: list[str] | None = None,
+    batch_size: int = 64,
+    reduce: str = "mean",
+    seed: int = 0,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> pa.Table:
+    """Class selectivity of every unit of `layers` (default: all) over the ImageFolder `data`.
+
+    Streams the dataset once, accumulating float64 per-class sums of every layer together. Returns
+    the selectivity table (with its `layer` column) and, if `out` is given, writes it into that run.
+    """
+    device = device or default_device()
+    loaded = _as_model(model, weights, seed, device)
+    chosen = select_layers(loaded.layers, layers, loaded.name)
+    size = image_size or _default_size(loaded)
+    dataset = image_folder(data, size, loaded.mean, loaded.std)
+    if len(dataset.classes) != loaded.num_classes:
+        # Selectivity does not need the two to match, but a mismatch usually means the wrong data or weights.
+        print(f"note: {data} has {len(dataset.classes)} classes, the model's classifier {loaded.num_classes}")
+    writer = RunWriter(out) if out is not None else None
+    if writer:
+        writer.check_run(loaded.identity())
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=workers,
+        pin_memory=str(device).startswith("cuda"),
+    )
+    acc = accumulate_class_sums(
+        loaded,
+        chosen,
+        loader,
+        len(dataset.classes),
+        reduce=reduce,
+        device=device,
+        total=len(dataset),
+        progress=progress,
+    )
+    if acc.n_images != len(dataset):
+        raise DataError(f"the pass saw {acc.n_images} images, the dataset holds {len(dataset)}")
+    tables = {layer.name: selectivity_table(acc.class_means(layer.name), acc.n_images) for layer in chosen}
+    if writer:
+        for name, table in tables.items():
+            writer.write_selectivity(name, table)
+        config = {
+            "data": os.fspath(data),
+            "image_size": size,
+            "layers": list(tables),
+            "batch_size": batch_size,
+            "reduce": reduce,
+            "seed": seed,
+            "device": str(device),
+            "classes": dataset.classes,
+            "n_images": acc.n_images,
+        }
+        writer.record("selectivity", loaded.identity(), config)
+    return _with_layer(tables)
+
+
+def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:
+    """The selectivity rows of one layer, from its class means [C, N]."""
+    result = selectivity_index(class_means)
+    means = class_means.cpu().numpy().T  # [N, C]
+    return pa.table({
+        "unit": pa.array(np.arange(means.shape[0]), pa.int32()),
+        "selectivity": pa.array(result.selectivity, pa.float64()),
+        "top_class": pa.array(result.top_class, pa.int32()),
+        "class_means": pa.array(list(means), pa.list_(pa.float64())),
+        "n_images": pa.array(np.full(means.shape[0], n_images), pa.int64()),
+        "dead": pa.array(result.dead, pa.bool_()),
+    })  # fmt: skip
+
+
+def visualize(
+    model: str | LoadedModel = "vgg16",
+    weights: str = "random",
+    method: str = "am",
+    layers: list[str] | None = None,
+    units: str | list[int] | None = None,
+    out: str | os.PathLike | None = None,
+    settings: OptimSettings | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+    **setting_overrides,
+) -> pa.Table:
+    """AM or IAM images for the units of `layers` (default: all), with their layer activations and RS.
+
+    `units` ('0-15', a list, or None for all) applies to every layer. Settings default to
+    OptimSettings(); keyword overrides (steps=..., image_size=..., lr=...) replace single fields.
+    Returns the units table (with its `layer` column); writes it into the run `out` if given.
+    """
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    device = device or default_device()
+    loaded = _as_model(model, weights, seed, device)
+    chosen = select_layers(loaded.layers, layers, loaded.name)
+    settings = replace(settings or OptimSettings(image_size=_default_size(loaded)), **setting_overrides)
+    settings.validate()
+    unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
+    writer = RunWriter(out) if out is not None else None
+    if writer:
+        writer.check_run(loaded.identity())
+    tables = {}
+    for layer in chosen:
+        result = optimize_units(
+            loaded,
+            layer,
+            unit_lists[layer.name],
+            method,
+            settings,
+            run_seed=seed,
+            device=device,
+            progress=progress,
+        )
+        tables[layer.name] = units_table(method, result, settings.steps)
+        if writer:  # each layer lands as soon as it is done
+            writer.write_units(method, layer.name, tables[layer.name])
+    if writer:
+        config = {
+            "method": method,
+            "layers": list(tables),
+            "units": units if isinstance(units, str | None) else list(units),
+            "seed": seed,
+            "device": str(device),
+            "settings": settings.to_dict(),
+        }
+        writer.record(f"visualize/{method}", loaded.identity(), config)
+    return _with_layer(tables)
+
+
+def units_table(method: str, result, steps: int) -> pa.Table:
+    n = len(result.units)
+    return pa.table({
+        "method": pa.array([method] * n, pa.string()),
+        "unit": pa.array(result.units, pa.int32()),
+        "activation": pa.array(result.activation, pa.float32()),
+        "layer_activations": pa.array(list(result.layer_activations), pa.list_(pa.float32())),
+        "rs": pa.array(result.rs, pa.float64()),
+        "image": pa.array([png_bytes(img) for img in result.images], pa.binary()),
+        "seed": pa.array(result.seeds, pa.int64()),
+        "steps": pa.array(np.full(n, steps), pa.int32()),
+    })  # fmt: skip
+
+
+def _default_size(loaded: LoadedModel) -> int:
+    from .models import get_spec
+
+    return get_spec(loaded.name).default_image_size
+
+
+def _with_layer(tables: dict[str, pa.Table]) -> pa.Table:
+    parts = [
+        t.add_column(0, "layer", pa.array([name] * t.num_rows, pa.string())) for name, t in tables.items()
+    ]
+    return pa.concat_tables(parts)

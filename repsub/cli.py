@@ -1,0 +1,212 @@
+"""The `repsub` command. Each subcommand parses its options and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import api
+from .errors import RepsubError
+from .models import MODELS, catalog
+from .optimize import METHODS, PARAMETERIZATIONS, OptimSettings
+from .store import open_run
+from .summary import format_table, layer_summary
+
+DEFAULTS = OptimSettings()
+
+
+def _layers_arg(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="model name")
+    parser.add_argument(
+        "--weights",
+        default="random",
+        help="imagenet (torchvision's pretrained, vgg16 only), random (seeded by --seed), or a "
+        "state_dict path (default: random)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for random weights and per-unit seeds (default 0)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    parser.add_argument("--layers", default=None, help="comma-separated layer names (default: all)")
+    parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repsub", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="list a model's unit layers and unit counts")
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--json", action="store_true", help='print [{"name": ..., "units": ...}, ...]')
+
+    p = sub.add_parser("selectivity", help="class selectivity of every unit over an ImageFolder")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="ImageFolder directory (one folder per class)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="input size S (default: the model's, 224 for vgg16)"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--reduce",
+        default="mean",
+        choices=["mean", "max", "center"],
+        help="how a conv channel's map becomes one activation (default mean)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+
+    p = sub.add_parser("visualize", help="AM or IAM images, layer activations and RS for units")
+    _add_model_args(p)
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--units", default=None, help="unit ranges, e.g. 0-15 or 0,3,8-11 (default: all)")
+    p.add_argument(
+        "--steps", type=int, default=DEFAULTS.steps, help=f"optimization steps (default {DEFAULTS.steps})"
+    )
+    p.add_argument(
+        "--lr", type=float, default=DEFAULTS.lr, help=f"Adam learning rate (default {DEFAULTS.lr})"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="image side (default: the model's, 224 for vgg16)"
+    )
+    p.add_argument(
+        "--param",
+        default=DEFAULTS.param,
+        choices=sorted(PARAMETERIZATIONS),
+        help=f"image parameterization (default {DEFAULTS.param})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULTS.batch_size,
+        help=f"units optimized together (default {DEFAULTS.batch_size})",
+    )
+
+    p = sub.add_parser(
+        "train", help="train the shallow CNN or the MLP on an ImageFolder (for small experiments)"
+    )
+    p.add_argument("--model", required=True, choices=["shallow_cnn", "mlp"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="state_dict file to write")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("summary", help="print the per-layer summary of a run")
+    p.add_argument("run")
+
+    p = sub.add_parser("demo", help="the whole method on generated data, on CPU, in a few minutes")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--steps", type=int, default=48, help="optimization steps (default 48)")
+    p.add_argument(
+        "--cache",
+        default=os.environ.get("REPSUB_CACHE", str(Path.home() / ".cache" / "repsub")),
+        help="where generated data is kept (default $REPSUB_CACHE or ~/.cache/repsub)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except RepsubError as err:
+        print(f"repsub {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_layers(args) -> None:
+    layers = catalog(args.model)
+    if args.json:
+        print(json.dumps([{"name": layer.name, "units": layer.units} for layer in layers]))
+        return
+    width = max(len(layer.name) for layer in layers)
+    for layer in layers:
+        read = "after ReLU" if layer.after_relu else "logits"
+        print(f"{layer.name:<{width}}  {layer.units:>5}  {layer.kind:<6}  {read}")
+    print(f"{'total':<{width}}  {sum(layer.units for layer in layers):>5}")
+
+
+def cmd_selectivity(args) -> None:
+    table = api.selectivity(
+        model=args.model,
+        weights=args.weights,
+        data=args.data,
+        out=args.out,
+        image_size=args.image_size,
+        layers=_layers_arg(args.layers),
+        batch_size=args.batch_size,
+        reduce=args.reduce,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(f"wrote selectivity of {table.num_rows} units to {args.out}")
+
+
+def cmd_visualize(args) -> None:
+    table = api.visualize(
+        model=args.model,
+        weights=args.weights,
+        method=args.method,
+        layers=_layers_arg(args.layers),
+        units=args.units,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        steps=args.steps,
+        lr=args.lr,
+        param=args.param,
+        batch_size=args.batch_size,
+        **({"image_size": args.image_size} if args.image_size else {}),
+    )
+    print(f"wrote {args.method} results of {table.num_rows} units to {args.out}")
+
+
+def cmd_train(args) -> None:
+    from .train import train_classifier
+
+    result = train_classifier(
+        args.model, args.data, args.out, image_size=args.image_size, epochs=args.epochs, seed=args.seed
+    )
+    print(
+        f"wrote {args.out}: train accuracy {result['train_accuracy']:.3f}, final loss {result['final_loss']:.3f}"
+    )
+
+
+def cmd_summary(args) -> None:
+    print(format_table(layer_summary(open_run(args.run))))
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    started = time.monotonic()
+    rows = run_demo(out=args.out, cache=args.cache, steps=args.steps)
+    print(format_table(rows))
+    print(f"demo run written to {args.out} in {time.monotonic() - started:.0f} s")
+
+
+COMMANDS = {
+    "layers": cmd_layers,
+    "selectivity": cmd_selectivity,
+    "visualize": cmd_visualize,
+    "train": cmd_train,
+    "summary": cmd_summary,
+    "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

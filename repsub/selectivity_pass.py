@@ -1,0 +1,37 @@
+"""The selectivity pass: stream a dataset through the model once, accumulating per-class sums for every layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from .capture import LayerReader
+from .models import LoadedModel, UnitLayer
+from .selectivity import ClassMeanAccumulator
+
+
+@torch.no_grad()
+def accumulate_class_sums(
+    model: LoadedModel,
+    layers: list[UnitLayer],
+    batches: Iterable,
+    num_classes: int,
+    reduce: str = "mean",
+    device: str | torch.device = "cpu",
+    total: int | None = None,
+    progress: bool = True,
+) -> ClassMeanAccumulator:
+    """One pass over `batches` of (images, labels); returns the per-class sums of all `layers` at once.
+
+    The forward stops after the deepest requested layer. `total` (image count) sizes the progress bar.
+    """
+    reader = LayerReader(model.module, layers, reduce=reduce)
+    accumulator = ClassMeanAccumulator({layer.name: layer.units for layer in layers}, num_classes, device)
+    with tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress) as bar:
+        for images, labels in batches:
+            images = images.to(device, non_blocking=True)
+            accumulator.add(reader(images), labels)
+            bar.update(len(labels))
+    return accumulator

@@ -1,0 +1,292 @@
+"""A run: Parquet tables hive-partitioned by layer, and a manifest saying how they were made.
+
+    RUN/selectivity/layer=<layer>/selectivity.parquet
+    RUN/units/layer=<layer>/<method>-<first>-<last>-<hash>.parquet
+    RUN/manifest.json
+
+Paths go through ``pyarrow.fs``, so a run is a local directory or, with a filesystem from a URI,
+an object store: the logic is the same. Every file is written under a temporary name that
+starts with '.' (which dataset readers skip) and then moved into place, so a crash never leaves
+a half-written file visible. Re-running a command replaces its own rows, never duplicates them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+
+from . import __version__
+from .errors import RunError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+UNITS_ROW_GROUP = 256  # rows per row group: a few MB with images, readable a group at a time
+
+LAYER_PARTITION = pa.schema([("layer", pa.string())])
+
+SELECTIVITY_SCHEMA = pa.schema([
+    ("unit", pa.int32()),
+    ("selectivity", pa.float64()),
+    ("top_class", pa.int32()),
+    ("class_means", pa.list_(pa.float64())),
+    ("n_images", pa.int64()),
+    ("dead", pa.bool_()),
+])  # fmt: skip
+
+UNITS_SCHEMA = pa.schema([
+    ("method", pa.string()),
+    ("unit", pa.int32()),
+    ("activation", pa.float32()),
+    ("layer_activations", pa.list_(pa.float32())),
+    ("rs", pa.float64()),
+    ("image", pa.binary()),
+    ("seed", pa.int64()),
+    ("steps", pa.int32()),
+])  # fmt: skip
+
+TABLES = {"selectivity": SELECTIVITY_SCHEMA, "units": UNITS_SCHEMA}
+
+
+def full_schema(table: str) -> pa.Schema:
+    """A table's schema as readers see it: the stored columns plus the `layer` partition column."""
+    return TABLES[table].insert(0, pa.field("layer", pa.string()))
+
+
+def filesystem_for(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a run location (a local path, or a URI pyarrow understands)."""
+    text = os.fspath(uri)
+    if "://" in text:
+        return pafs.FileSystem.from_uri(text)
+    return pafs.LocalFileSystem(), str(Path(text).absolute())
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes from the units table back to a uint8 [H, W, 3] array."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def code_version() -> str:
+    """The git commit of the repsub checkout (with '+dirty' for local changes), or the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"repsub {__version__}"
+
+
+def library_versions() -> dict[str, str]:
+    import scipy
+    import torch
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "repsub": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+class RunWriter:
+    """Writes tables and the manifest of one run location."""
+
+    def __init__(self, uri: str | os.PathLike):
+        self.uri = os.fspath(uri)
+        self.fs, self.root = filesystem_for(self.uri)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _staged(self, directory: str, name: str) -> str:
+        self.fs.create_dir(directory, recursive=True)
+        return f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
+
+    def _write_parquet(
+        self, table: pa.Table, directory: str, name: str, row_group_size: int | None = None
+    ) -> str:
+        """Write `table` to directory/name atomically: a hidden temporary file, then a move."""
+        staged = self._staged(directory, name)
+        try:
+            pq.write_table(
+                table, staged, filesystem=self.fs, row_group_size=row_group_size, compression="zstd"
+            )
+            final = f"{directory}/{name}"
+            self.fs.move(staged, final)
+        except BaseException:
+            if self._exists(staged):
+                self.fs.delete_file(staged)
+            raise
+        return final
+
+    def _partition_dir(self, table: str, layer: str) -> str:
+        return self._path(table, f"layer={layer}")
+
+    def check_run(self, model_identity: dict) -> None:
+        """Refuse a location that holds a run of another schema version or another model/weights."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            return
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise RunError(
+                f"{self.uri} holds a run of schema version {manifest.get('schema_version')}; this "
+                f"repsub writes version {SCHEMA_VERSION}: use another output location"
+            )
+        if manifest.get("model") != model_identity:
+            raise RunError(
+                f"{self.uri} holds results of another model or weights ({manifest.get('model')}); "
+                f"not mixing them with {model_identity}: use another output location"
+            )
+
+    def write_selectivity(self, layer: str, table: pa.Table) -> None:
+        """Replace the layer's selectivity rows."""
+        self._write_parquet(
+            table.select(SELECTIVITY_SCHEMA.names).cast(SELECTIVITY_SCHEMA),
+            self._partition_dir("selectivity", layer),
+            "selectivity.parquet",
+        )
+
+    def write_units(self, method: str, layer: str, table: pa.Table) -> None:
+        """Add the units of one (method, layer), replacing any rows already stored for the same units."""
+        table = table.select(UNITS_SCHEMA.names).cast(UNITS_SCHEMA)
+        units = np.asarray(table.column("unit").to_numpy(), dtype=np.int64)
+        directory = self._partition_dir("units", layer)
+        digest = uuid.uuid5(uuid.NAMESPACE_OID, ",".join(map(str, sorted(units)))).hex[:8]
+        name = f"{method}-{units.min():05d}-{units.max():05d}-{digest}.parquet"
+        staged = self._staged(directory, name)
+        pq.write_table(table, staged, filesystem=self.fs, row_group_size=UNITS_ROW_GROUP, compression="zstd")
+        try:
+            self._drop_units(directory, method, set(units.tolist()))
+            self.fs.move(staged, f"{directory}/{name}")
+        except BaseException:
+            if self._exists(staged):
+                self.fs.delete_file(staged)
+            raise
+
+    def _drop_units(self, directory: str, method: str, units: set[int]) -> None:
+        """Remove the given units' rows of `method` from the files already in a layer partition."""
+        selector = pafs.FileSelector(directory, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            base = info.base_name
+            if not (base.startswith(f"{method}-") and base.endswith(".parquet")):
+                continue
+            stored = pq.read_table(info.path, filesystem=self.fs, columns=["unit"]).column("unit").to_pylist()
+            if not units.intersection(stored):
+                continue
+            kept = pq.read_table(info.path, filesystem=self.fs)
+            kept = kept.filter(pa.array([u not in units for u in stored]))
+            if kept.num_rows:
+                self._write_parquet(kept, directory, base, UNITS_ROW_GROUP)
+            else:
+                self.fs.delete_file(info.path)
+
+    def read_manifest(self) -> dict | None:
+        path = self._path(MANIFEST)
+        if not self._exists(path):
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def record(self, key: str, model_identity: dict, config: dict) -> dict:
+        """Record in the manifest (written last, atomically) that command `key` completed with `config`."""
+        manifest = self.read_manifest() or {
+            "schema_version": SCHEMA_VERSION,
+            "created_at": _now(),
+            "commands": {},
+        }
+        manifest.update(
+            model=model_identity, libraries=library_versions(), code_version=code_version(), updated_at=_now()
+        )
+        manifest["commands"][key] = {"config": config, "completed_at": _now()}
+        staged = self._staged(self.root, MANIFEST)
+        with self.fs.open_output_stream(staged) as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+        self.fs.move(staged, self._path(MANIFEST))
+        return manifest
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Run:
+    """A run's tables as pyarrow datasets (None where the run has no such table) and its manifest."""
+
+    uri: str
+    manifest: dict
+    selectivity: ds.Dataset | None
+    units: ds.Dataset | None
+
+    def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
+        dataset = getattr(self, name)
+        return None if dataset is None else dataset.to_table(**to_table_kwargs)
+
+
+def open_run(uri: str | os.PathLike) -> Run:
+    """Open a run (local directory or URI) and check its schema version.
+
+    >>> run = repsub.open_run("runs/demo")
+    >>> run.units.to_table(columns=["layer", "unit", "method", "rs"]).to_pandas()
+    """
+    writer = RunWriter(uri)
+    manifest = writer.read_manifest()
+    if manifest is None:
+        raise RunError(f"{writer.uri} holds no run (no {MANIFEST})")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise RunError(
+            f"{writer.uri} holds a run of schema version {manifest.get('schema_version')}; this repsub "
+            f"reads version {SCHEMA_VERSION}"
+        )
+    datasets = {}
+    for name in TABLES:
+        directory = writer._path(name)
+        if writer._exists(directory):
+            datasets[name] = ds.dataset(
+                directory,
+                filesystem=writer.fs,
+                format="parquet",
+                schema=full_schema(name),
+                partitioning=ds.partitioning(LAYER_PARTITION, flavor="hive"),
+            )
+        else:
+            datasets[name] = None
+    return Run(
+        uri=writer.uri, manifest=manifest, selectivity=datasets["selectivity"], units=datasets["units"]
+    )
