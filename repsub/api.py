@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -84,7 +85,10 @@ def selectivity(
     dataset = image_folder(data, size, loaded.mean, loaded.std)
     if len(dataset.classes) != loaded.num_classes:
         # Selectivity does not need the two to match, but a mismatch usually means the wrong data or weights.
-        print(f"note: {data} has {len(dataset.classes)} classes, the model's classifier {loaded.num_classes}")
+        print(
+            f"note: {data} has {len(dataset.classes)} classes, the model's classifier {loaded.num_classes}",
+            file=sys.stderr,
+        )
     writer = RunWriter(out) if out is not None else None
     if writer:
         writer.check_run(loaded.identity())

@@ -64,7 +64,7 @@ def train_classifier(
             correct += int((net(images).argmax(1) == labels).sum())
     torch.save(net.state_dict(), out)
     return {
-        "final_loss": float(loss),
+        "final_loss": loss.item(),
         "train_accuracy": correct / len(train_set),
         "classes": train_set.classes,
     }

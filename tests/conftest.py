@@ -1,0 +1,26 @@
+"""Shared fixtures: small generated data and models built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from repsub.data.synthetic import make_image_folder
+from repsub.models import load_model
+
+
+@pytest.fixture(scope="session")
+def image_folder_dir(tmp_path_factory):
+    """A 3-class ImageFolder of 36 px PNGs, 7 images per class (21: not a multiple of common batch sizes)."""
+    return make_image_folder(
+        tmp_path_factory.mktemp("data") / "images", num_classes=3, images_per_class=7, size=36
+    )
+
+
+@pytest.fixture(scope="session")
+def vgg16_random():
+    return load_model("vgg16", weights="random", seed=0)
+
+
+@pytest.fixture(scope="session")
+def shallow_random():
+    return load_model("shallow_cnn", weights="random", seed=0, num_classes=3)

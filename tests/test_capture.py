@@ -1,0 +1,97 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repsub.capture import LayerReader
+from repsub.models import UnitLayer
+
+
+def manual_vgg_units(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Post-ReLU unit activations of VGG16 computed by hand, without hooks and without inplace ops."""
+    names = iter(
+        [
+            "conv1_1",
+            "conv1_2",
+            "conv2_1",
+            "conv2_2",
+            "conv3_1",
+            "conv3_2",
+            "conv3_3",
+            "conv4_1",
+            "conv4_2",
+            "conv4_3",
+            "conv5_1",
+            "conv5_2",
+            "conv5_3",
+        ]
+    )
+    out = {}
+    for module in model.features:
+        if isinstance(module, nn.ReLU):
+            x = F.relu(x)
+            out[next(names)] = x.mean(dim=(2, 3))
+        else:
+            x = module(x)
+    x = torch.flatten(model.avgpool(x), 1)
+    c = model.classifier
+    out["fc6"] = F.relu(c[0](x))
+    out["fc7"] = F.relu(c[3](out["fc6"]))
+    out["fc8"] = c[6](out["fc7"])
+    return out
+
+
+def test_capture_equals_manual_forward(vgg16_random):
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        captured = LayerReader(vgg16_random.module, vgg16_random.layers)(x)
+        expected = manual_vgg_units(vgg16_random.module, x)
+    assert list(captured) == list(expected)
+    for name in expected:
+        torch.testing.assert_close(captured[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert (captured["fc8"] < 0).any()  # logits are read before any ReLU
+
+
+def test_capture_is_unharmed_by_a_later_inplace_relu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1))
+    pre_relu = UnitLayer("pre", 4, "0", "conv", after_relu=False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model[0](x)
+        maps = LayerReader(model, [pre_relu], reduce=None, stop=False)(x)["pre"]
+        means = LayerReader(model, [pre_relu], reduce="mean", stop=False)(x)["pre"]
+    assert (expected < 0).any()  # the inplace ReLU would have zeroed these
+    torch.testing.assert_close(maps, expected)
+    torch.testing.assert_close(means, expected.mean(dim=(2, 3)))
+
+
+def test_cut_forward_equals_full_forward_and_stops(vgg16_random):
+    layer = vgg16_random.layer("conv3_1")
+    calls = []
+    handle = vgg16_random.module.classifier.register_forward_hook(lambda *_: calls.append("classifier"))
+    deeper = vgg16_random.module.features[12].register_forward_hook(lambda *_: calls.append("conv3_2"))
+    try:
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad():
+            cut = LayerReader(vgg16_random.module, [layer])(x)["conv3_1"]
+            assert calls == []  # nothing past conv3_1 ran
+            full = LayerReader(vgg16_random.module, [layer], stop=False)(x)["conv3_1"]
+            assert "classifier" in calls
+    finally:
+        handle.remove()
+        deeper.remove()
+    torch.testing.assert_close(cut, full, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduce", ["max", "center"])
+def test_other_reductions(reduce):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    layer = UnitLayer("c", 4, "1", "conv", after_relu=True)
+    x = torch.randn(2, 3, 5, 6)
+    with torch.no_grad():
+        got = LayerReader(model, [layer], reduce=reduce)(x)["c"]
+        maps = model(x)
+    expected = maps.amax(dim=(2, 3)) if reduce == "max" else maps[:, :, 2, 3]
+    torch.testing.assert_close(got, expected)

@@ -1,0 +1,143 @@
+"""Every CLI error of the contract: a clear message and exit status 2."""
+
+import shutil
+
+import pytest
+
+from repsub.cli import main
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_unknown_model(capsys, tmp_path):
+    code, text = run_cli(capsys, "layers", "--model", "resnet9000")
+    assert code == 2 and "invalid choice: 'resnet9000'" in text and "vgg16" in text and "shallow_cnn" in text
+
+
+def test_unknown_layer(capsys, tmp_path):
+    code, text = run_cli(
+        capsys,
+        "visualize",
+        "--model",
+        "shallow_cnn",
+        "--method",
+        "am",
+        "--layers",
+        "conv7",
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "1",
+        "--no-progress",
+    )
+    assert code == 2 and "unknown layer(s) conv7" in text and "conv1, conv2, conv3, conv4, fc5, fc6" in text
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_method(capsys, tmp_path):
+    code, text = run_cli(
+        capsys, "visualize", "--model", "shallow_cnn", "--method", "xam", "--out", str(tmp_path)
+    )
+    assert code == 2 and "'xam'" in text and "am" in text and "iam" in text
+
+
+def test_out_of_range_units(capsys, tmp_path):
+    code, text = run_cli(
+        capsys,
+        "visualize",
+        "--model",
+        "shallow_cnn",
+        "--method",
+        "am",
+        "--layers",
+        "fc6",
+        "--units",
+        "5-12",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    )
+    assert code == 2 and "fc6 has units 0-9" in text and "[10, 11, 12]" in text
+
+
+def test_unreadable_image_is_named(capsys, tmp_path, image_folder_dir):
+    data = tmp_path / "data"
+    shutil.copytree(image_folder_dir, data)
+    bad = data / "class_01" / "broken.png"
+    bad.write_bytes((data / "class_01" / "img_0000.png").read_bytes()[:60])  # truncated PNG
+    code, text = run_cli(
+        capsys,
+        "selectivity",
+        "--model",
+        "shallow_cnn",
+        "--data",
+        str(data),
+        "--image-size",
+        "16",
+        "--out",
+        str(tmp_path / "r"),
+        "--workers",
+        "0",
+        "--no-progress",
+    )
+    assert code == 2 and f"unreadable image {bad}" in text
+
+
+@pytest.mark.parametrize("classes", [0, 1])
+def test_empty_or_one_class_dataset_is_refused(capsys, tmp_path, image_folder_dir, classes):
+    data = tmp_path / "data"
+    data.mkdir()
+    if classes:
+        shutil.copytree(image_folder_dir / "class_00", data / "class_00")
+    code, text = run_cli(
+        capsys,
+        "selectivity",
+        "--model",
+        "shallow_cnn",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    )
+    assert code == 2 and f"found {classes} class folder(s); selectivity needs two classes or more" in text
+
+
+def test_class_folder_without_images_is_refused(capsys, tmp_path, image_folder_dir):
+    data = tmp_path / "data"
+    shutil.copytree(image_folder_dir, data)
+    (data / "class_99").mkdir()
+    code, text = run_cli(
+        capsys,
+        "selectivity",
+        "--model",
+        "shallow_cnn",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    )
+    assert code == 2 and "class_99" in text
+
+
+def test_missing_data_directory(capsys, tmp_path):
+    code, text = run_cli(
+        capsys,
+        "selectivity",
+        "--model",
+        "shallow_cnn",
+        "--data",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    )
+    assert code == 2 and "not a directory" in text

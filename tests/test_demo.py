@@ -1,0 +1,23 @@
+from repsub.demo import run_demo
+from repsub.store import open_run
+
+
+def test_demo_end_to_end(tmp_path):
+    rows = run_demo(
+        out=str(tmp_path / "run"), cache=str(tmp_path / "cache"), steps=2, epochs=2, progress=False
+    )
+    assert [row["layer"] for row in rows] == ["conv1", "conv2", "conv3", "conv4", "fc5", "fc6"]
+    assert [row["units"] for row in rows] == [64, 64, 128, 128, 128, 10]
+    for row in rows:
+        assert {
+            "dead",
+            "mean_selectivity",
+            "mean_rs_am",
+            "mean_rs_iam",
+            "spearman_am",
+            "spearman_iam",
+        } <= set(row)
+        assert 0 <= row["mean_rs_am"] <= 1 and 0 <= row["mean_rs_iam"] <= 1
+    run = open_run(tmp_path / "run")
+    assert run.units.count_rows() == 2 * 522
+    assert (tmp_path / "cache" / "demo-data" / "complete.json").is_file()

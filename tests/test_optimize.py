@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+
+from repsub.capture import LayerReader
+from repsub.optimize import OptimSettings, optimize_units, unit_seed
+from repsub.optimize.objectives import activation, inter_unit
+from repsub.optimize.param import FourierImage, PixelImage
+from repsub.rs import representative_substitution
+from repsub.store import decode_png, png_bytes
+
+SMALL = OptimSettings(steps=6, image_size=24, batch_size=8, lr=0.05)
+
+
+def test_iam_hand_computed():
+    layer = torch.tensor([[3.0, 1.0, 2.0], [0.0, 4.0, 1.0]])
+    units = torch.tensor([0, 2])
+    assert activation(layer, units).tolist() == [3.0, 1.0]
+    assert inter_unit(layer, units).tolist() == [3.0 - 1.5, 1.0 - 2.0]
+
+
+@pytest.mark.parametrize("method", [activation, inter_unit])
+def test_batched_objective_gradient_equals_per_unit_gradients(vgg16_random, method):
+    layer = vgg16_random.layer("conv2_1")
+    reader = LayerReader(vgg16_random.module, [layer])
+    units = torch.tensor([0, 5, 17, 100])
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    method(reader(images)[layer.name], units).sum().backward()
+    for b in range(4):
+        single = images[b : b + 1].detach().clone().requires_grad_(True)
+        method(reader(single)[layer.name], units[b : b + 1]).sum().backward()
+        torch.testing.assert_close(images.grad[b : b + 1], single.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_unit_seed_depends_on_run_layer_and_unit_only():
+    assert unit_seed(0, "conv1", 3) == unit_seed(0, "conv1", 3)
+    assert (
+        len(
+            {
+                unit_seed(0, "conv1", 3),
+                unit_seed(1, "conv1", 3),
+                unit_seed(0, "conv2", 3),
+                unit_seed(0, "conv1", 4),
+            }
+        )
+        == 4
+    )
+
+
+@pytest.mark.parametrize("param", [PixelImage, FourierImage])
+def test_parameterization_start_depends_only_on_own_generator(param):
+    def start(seeds):
+        return param([torch.Generator().manual_seed(s) for s in seeds], 16, torch.device("cpu"))().detach()
+
+    both = start([11, 22])
+    assert both.shape == (2, 3, 16, 16) and both.min() >= 0 and both.max() <= 1
+    torch.testing.assert_close(both[1:], start([22]), rtol=0, atol=0)
+
+
+def test_optimization_raises_the_objective(shallow_random):
+    layer = shallow_random.layer("conv3")
+    units = [0, 1, 2, 3]
+    short = optimize_units(
+        shallow_random, layer, units, "am", OptimSettings(steps=1, image_size=24), progress=False
+    )
+    long = optimize_units(
+        shallow_random, layer, units, "am", OptimSettings(steps=40, image_size=24), progress=False
+    )
+    assert (long.activation > short.activation).mean() >= 0.75
+
+
+def test_same_seed_same_result_and_seed_changes_it(shallow_random):
+    layer = shallow_random.layer("conv2")
+    a = optimize_units(shallow_random, layer, [1, 2, 3], "iam", SMALL, run_seed=5, progress=False)
+    b = optimize_units(shallow_random, layer, [1, 2, 3], "iam", SMALL, run_seed=5, progress=False)
+    c = optimize_units(shallow_random, layer, [1, 2, 3], "iam", SMALL, run_seed=6, progress=False)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.layer_activations, b.layer_activations)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_a_units_result_does_not_depend_on_its_batch(vgg16_random):
+    """Unit 7's image, computed with different batch-mates and batch sizes. On CPU the convolution's
+    blocking can change with the batch size, so equality is up to float rounding: images within one
+    8-bit level at a few pixels, activations within 1e-4 relative."""
+    layer = vgg16_random.layer("conv2_2")
+    settings = OptimSettings(steps=5, image_size=32, batch_size=8, param="fourier")
+    alone = optimize_units(vgg16_random, layer, [7], "am", settings, progress=False)
+    batched = optimize_units(vgg16_random, layer, [3, 7, 40, 90, 127], "am", settings, progress=False)
+    split = optimize_units(
+        vgg16_random,
+        layer,
+        [5, 7, 9],
+        "am",
+        OptimSettings(**{**settings.to_dict(), "batch_size": 2}),
+        progress=False,
+    )
+    for other, index in ((batched, 1), (split, 1)):
+        diff = np.abs(alone.images[0].astype(int) - other.images[index].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+        np.testing.assert_allclose(
+            other.layer_activations[index], alone.layer_activations[0], rtol=1e-4, atol=1e-5
+        )
+        assert other.seeds[index] == alone.seeds[0]
+
+
+def test_recorded_activations_are_those_of_the_stored_image(shallow_random):
+    layer = shallow_random.layer("fc5")
+    result = optimize_units(shallow_random, layer, [0, 4, 9], "iam", SMALL, progress=False)
+    stored = np.stack([decode_png(png_bytes(img)) for img in result.images])
+    np.testing.assert_array_equal(stored, result.images)
+    x = torch.from_numpy(stored).permute(0, 3, 1, 2).float() / 255
+    mean, std = (
+        torch.tensor(shallow_random.mean).view(1, 3, 1, 1),
+        torch.tensor(shallow_random.std).view(1, 3, 1, 1),
+    )
+    with torch.no_grad():
+        again = LayerReader(shallow_random.module, [layer])((x - mean) / std)["fc5"]
+    np.testing.assert_allclose(result.layer_activations, again.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(result.activation, result.layer_activations[np.arange(3), [0, 4, 9]])
+    rs = representative_substitution(torch.from_numpy(result.layer_activations), torch.tensor([0, 4, 9]))
+    np.testing.assert_array_equal(result.rs, rs.numpy())
+
+
+def test_non_finite_optimization_names_the_units(shallow_random):
+    from repsub.optimize.render import OptimizationError
+
+    module = shallow_random.module
+    saved = module.features[0].bias.clone()
+    module.features[0].bias.fill_(float("nan"))
+    try:
+        with pytest.raises(OptimizationError, match=r"conv1.*\[0, 1\]"):
+            optimize_units(shallow_random, shallow_random.layer("conv1"), [0, 1], "am", SMALL, progress=False)
+    finally:
+        module.features[0].bias.copy_(saved)
