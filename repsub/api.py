@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .data.imagefolder import image_folder
+from .data.sources import open_source
 from .errors import DataError, UsageError
 from .models import LoadedModel, load_model, select_layers
 from .optimize import OptimSettings, optimize_units
@@ -73,7 +73,7 @@ def selectivity(
     workers: int = 2,
     progress: bool = True,
 ) -> pa.Table:
-    """Class selectivity of every unit of `layers` (default: all) over the ImageFolder `data`.
+    """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory).
 
     Streams the dataset once, accumulating float64 per-class sums of every layer together. Returns
     the selectivity table (with its `layer` column) and, if `out` is given, writes it into that run.
@@ -82,49 +82,44 @@ def selectivity(
     loaded = _as_model(model, weights, seed, device)
     chosen = select_layers(loaded.layers, layers, loaded.name)
     size = image_size or _default_size(loaded)
-    dataset = image_folder(data, size, loaded.mean, loaded.std)
-    if len(dataset.classes) != loaded.num_classes:
+    source = open_source(data, size, loaded.mean, loaded.std)
+    if len(source.classes) < 2:
+        raise DataError(
+            f"--data {data}: {len(source.classes)} class(es); selectivity needs two classes or more"
+        )
+    if len(source.classes) != loaded.num_classes:
         # Selectivity does not need the two to match, but a mismatch usually means the wrong data or weights.
         print(
-            f"note: {data} has {len(dataset.classes)} classes, the model's classifier {loaded.num_classes}",
+            f"note: {data} has {len(source.classes)} classes, the model's classifier {loaded.num_classes}",
             file=sys.stderr,
         )
     writer = RunWriter(out) if out is not None else None
     if writer:
         writer.check_run(loaded.identity())
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        drop_last=False,
-        num_workers=workers,
-        pin_memory=str(device).startswith("cuda"),
-    )
     acc = accumulate_class_sums(
         loaded,
         chosen,
-        loader,
-        len(dataset.classes),
+        source.batches(batch_size, workers=workers, device=device),
+        len(source.classes),
         reduce=reduce,
         device=device,
-        total=len(dataset),
+        total=len(source),
         progress=progress,
     )
-    if acc.n_images != len(dataset):
-        raise DataError(f"the pass saw {acc.n_images} images, the dataset holds {len(dataset)}")
+    if acc.n_images != len(source):
+        raise DataError(f"the pass saw {acc.n_images} images, {data} holds {len(source)}")
     tables = {layer.name: selectivity_table(acc.class_means(layer.name), acc.n_images) for layer in chosen}
     if writer:
         for name, table in tables.items():
             writer.write_selectivity(name, table)
         config = {
-            "data": os.fspath(data),
+            "data": source.describe(),
             "image_size": size,
             "layers": list(tables),
             "batch_size": batch_size,
             "reduce": reduce,
             "seed": seed,
             "device": str(device),
-            "classes": dataset.classes,
             "n_images": acc.n_images,
         }
         writer.record("selectivity", loaded.identity(), config)

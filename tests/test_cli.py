@@ -140,4 +140,21 @@ def test_missing_data_directory(capsys, tmp_path):
         str(tmp_path / "r"),
         "--no-progress",
     )
-    assert code == 2 and "not a directory" in text
+    assert code == 2 and "no such file or directory" in text
+
+
+def test_data_that_is_neither_folder_nor_beton(capsys, tmp_path):
+    odd = tmp_path / "images.zip"
+    odd.write_bytes(b"PK")
+    code, text = run_cli(
+        capsys,
+        "selectivity",
+        "--model",
+        "shallow_cnn",
+        "--data",
+        str(odd),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    )
+    assert code == 2 and f"--data {odd}: not an ImageFolder directory or a .beton file" in text

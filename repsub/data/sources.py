@@ -1,0 +1,91 @@
+"""Image sources for the selectivity pass: what `--data` points at, chosen by what the path is.
+
+A source knows its classes and size and yields batches of normalized images with labels, in
+dataset order, optionally over a subset of indices (a data shard): every source shards the same
+way, so partial sums from shards merge into exactly the single pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..errors import DataError
+from .imagefolder import image_folder
+
+
+class ImageSource(Protocol):
+    path: str
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self,
+        batch_size: int,
+        indices: Sequence[int] | None = None,
+        workers: int = 2,
+        device: str | torch.device = "cpu",
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images [B, 3, S, S] normalized, on `device`; labels [B] int64) in index order, no image dropped."""
+        ...
+
+    def describe(self) -> dict:
+        """What the manifest records about the data."""
+        ...
+
+
+class ImageFolderSource:
+    """An ImageFolder tree read with torchvision and a DataLoader."""
+
+    def __init__(self, root: str | os.PathLike, image_size: int, mean, std):
+        self.path = os.fspath(root)
+        self.dataset = image_folder(root, image_size, mean, std)
+        self.classes = list(self.dataset.classes)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, batch_size, indices=None, workers=2, device="cpu"):
+        dataset = self.dataset if indices is None else torch.utils.data.Subset(self.dataset, list(indices))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=workers,
+            pin_memory=str(device).startswith("cuda"),
+        )
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels
+
+    def describe(self) -> dict:
+        return {
+            "kind": "imagefolder",
+            "path": self.path,
+            "images": len(self),
+            "classes": self.classes,
+            "image_size": self.image_size,
+        }
+
+
+def open_source(path: str | os.PathLike, image_size: int, mean, std) -> ImageSource:
+    """An ImageFolder directory or an FFCV `.beton` file; anything else is refused with what was expected."""
+    location = Path(path)
+    if location.is_dir():
+        return ImageFolderSource(location, image_size, mean, std)
+    if location.is_file() and location.suffix == ".beton":
+        from .beton import BetonSource  # FFCV is imported only when a .beton is used
+
+        return BetonSource(location, image_size, mean, std)
+    if not location.exists():
+        raise DataError(
+            f"--data {location}: no such file or directory (expected an ImageFolder directory or a "
+            ".beton file)"
+        )
+    raise DataError(f"--data {location}: not an ImageFolder directory or a .beton file")
