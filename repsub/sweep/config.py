@@ -1,0 +1,183 @@
+"""The sweep configuration: one YAML file naming the model, data, layers, methods, settings and output.
+
+Validated strictly: an unknown key is an error that lists the valid keys, a bad value names the key.
+
+    model: vgg16
+    weights: imagenet            # imagenet | random | a state_dict path
+    seed: 0
+    out: s3://bucket/runs/vgg16  # or a local directory
+    layers: all                  # or a list of layer names
+    methods: [am, iam]
+    units: null                  # e.g. "0-63": the same units of every layer (default: all)
+    device: auto                 # auto | cpu | cuda
+    optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64}
+    selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, reduce: mean,
+                   workers: 8, images_per_shard: 5000}
+    sharding:     {units_per_shard: 64}
+    workers:      {count: 8, gpus: 1, cpus: 4}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..errors import UsageError
+from ..optimize import METHODS, PARAMETERIZATIONS
+from ..optimize.render import OptimSettings
+
+REDUCTIONS = ("mean", "max", "center")
+
+
+@dataclass(frozen=True)
+class SelectivityConfig:
+    data: str | None = None  # None: no selectivity pass
+    image_size: int | None = None  # None: the optimization's image size
+    batch_size: int = 64
+    reduce: str = "mean"
+    workers: int = 2  # data-loading processes per actor
+    images_per_shard: int = 5000
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    units_per_shard: int = 64
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    count: int = 1  # long-lived actors (one model each); pending ones make an autoscaling cluster grow
+    gpus: float = 0  # GPUs per actor (0: CPU actors)
+    cpus: float = 1
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    model: str
+    out: str
+    weights: str = "random"
+    seed: int = 0
+    layers: tuple[str, ...] | None = None  # None: all
+    methods: tuple[str, ...] = ("am", "iam")
+    units: str | None = None
+    device: str = "auto"
+    optimization: OptimSettings = field(default_factory=OptimSettings)
+    selectivity: SelectivityConfig = field(default_factory=SelectivityConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes results: the same config always plans the same shards.
+        (workers and device change where work runs, not what it computes.)"""
+        payload = {k: v for k, v in self.to_dict().items() if k not in ("workers", "device", "out")}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTIONS = {"optimization": OptimSettings, "selectivity": SelectivityConfig, "sharding": ShardingConfig,
+             "workers": WorkersConfig}  # fmt: skip
+
+
+def _section(name: str, cls, values, defaults: dict | None = None):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UsageError(f"config key {name!r} must be a mapping, got {values!r}")
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise UsageError(f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; valid keys of {name}: "
+                         f"{', '.join(valid)}")
+    merged = {**(defaults or {}), **values}
+    for f in fields(cls):
+        if f.name in merged and merged[f.name] is not None:
+            merged[f.name] = _typed(f"{name}.{f.name}", merged[f.name], f.type)
+    return cls(**merged)
+
+
+def _typed(key: str, value, type_name):
+    """Check one scalar's type (the dataclass annotations are strings under `from __future__`)."""
+    text = str(type_name)
+    if "int" in text and "float" not in text and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if "float" in text and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if "str" in text and isinstance(value, str):
+        return value
+    raise UsageError(f"config key {key!r}: expected {text.replace(' | None', '')}, got {value!r}")
+
+
+def parse_config(raw: dict, source: str = "config") -> SweepConfig:
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
+    valid = [f.name for f in fields(SweepConfig)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+    for key in ("model", "out"):
+        if not raw.get(key):
+            raise UsageError(f"{source}: {key!r} is required")
+    from ..models import MODELS, catalog
+
+    if raw["model"] not in MODELS:
+        raise UsageError(f"{source}: unknown model {raw['model']!r}; valid models: {', '.join(MODELS)}")
+    layers = raw.get("layers", "all")
+    if layers in (None, "all"):
+        layers = None
+    else:
+        if isinstance(layers, str):
+            layers = [name.strip() for name in layers.split(",")]
+        names = [layer.name for layer in catalog(raw["model"])]
+        bad = [name for name in layers if name not in names]
+        if bad:
+            raise UsageError(f"{source}: unknown layer(s) {', '.join(map(str, bad))} for {raw['model']}; valid "
+                             f"layers: {', '.join(names)}")
+        layers = tuple(layers)
+    methods = raw.get("methods", ["am", "iam"])
+    methods = [methods] if isinstance(methods, str) else list(methods or [])
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise UsageError(f"{source}: methods {methods}: valid methods are {', '.join(METHODS)}")
+    device = raw.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"{source}: device {device!r}; valid: auto, cpu, cuda")
+    optimization = _section("optimization", OptimSettings, raw.get("optimization"))
+    optimization.validate()
+    selectivity = _section("selectivity", SelectivityConfig, raw.get("selectivity"))
+    if selectivity.reduce not in REDUCTIONS:
+        raise UsageError(f"{source}: selectivity.reduce {selectivity.reduce!r}; valid: {', '.join(REDUCTIONS)}")
+    sharding = _section("sharding", ShardingConfig, raw.get("sharding"))
+    workers = _section("workers", WorkersConfig, raw.get("workers"))
+    for key, value in (("selectivity.batch_size", selectivity.batch_size),
+                       ("selectivity.images_per_shard", selectivity.images_per_shard),
+                       ("sharding.units_per_shard", sharding.units_per_shard), ("workers.count", workers.count)):
+        if value < 1:
+            raise UsageError(f"{source}: {key} must be at least 1, got {value}")
+    if optimization.param not in PARAMETERIZATIONS:  # validate() covers it; kept explicit for the message
+        raise UsageError(f"{source}: optimization.param {optimization.param!r}")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UsageError(f"{source}: seed must be an integer, got {seed!r}")
+    return SweepConfig(model=raw["model"], out=str(raw["out"]), weights=str(raw.get("weights", "random")), seed=seed,
+                       layers=layers, methods=tuple(methods), units=raw.get("units"), device=device,
+                       optimization=optimization, selectivity=selectivity, sharding=sharding, workers=workers)
+
+
+def load_config(path: str | Path, out: str | None = None) -> SweepConfig:
+    """Read and validate a YAML config; `out` (the CLI's --out) overrides the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML: {err}") from None
+    if out is not None and isinstance(raw, dict):
+        raw["out"] = out
+    return parse_config(raw, source=str(path))
