@@ -1,0 +1,270 @@
+"""The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
+
+1. RS against selectivity, one panel per method, per layer (the paper's Figures 1, 4, 5);
+2. Spearman rho against layer depth with bootstrap intervals (Figures 3b, 6b);
+3. a unit's IAM image and the images of the units that respond more to it (Figure 2);
+4. per-layer histograms of selectivity and RS.
+
+Each function writes one PNG and returns its path, or None when the run has nothing to draw.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .errors import RunError
+from .report_stats import RunData, StatsOptions
+from .store import decode_png
+
+DPI = 100
+GRID_MAX_SUBSTITUTES = 11  # images shown next to the unit in the Figure-2 grid (most active first)
+GRID_COLUMNS = 6
+METHOD_COLOURS = {"am": "tab:blue", "iam": "tab:orange"}
+LOGITS_NOTE = "logits: selectivity unbounded"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def safe_name(text: str) -> str:
+    """A layer name usable in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _layer_title(data: RunData, layer: str) -> str:
+    return f"{layer} ({LOGITS_NOTE})" if data.layer(layer).after_relu is False else layer
+
+
+def rs_vs_selectivity(data: RunData, layer: str, options: StatsOptions, path: Path) -> Path | None:
+    """Figure 1 style: a scatter of RS (y) against selectivity (x), one panel per method, for one layer."""
+    methods = [m for m in data.methods if (layer, m) in data.rs]
+    if not methods or layer not in data.selectivity:
+        return None
+    shown = list(dict.fromkeys(["am", "iam", *methods]))
+    fig = Figure(figsize=(4.2 * len(shown), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
+    for ax, method in zip(axes, shown, strict=True):
+        units, x, y = data.pairs(layer, method)
+        if (layer, method) not in data.rs:
+            ax.text(
+                0.5, 0.5, f"no {method.upper()} results", ha="center", va="center", transform=ax.transAxes
+            )
+        else:
+            ax.scatter(x, y, s=10, alpha=0.6, color=METHOD_COLOURS.get(method, "tab:green"), linewidths=0)
+            ax.axvline(options.high, color="grey", linestyle="--", linewidth=0.8)
+            ax.axvline(options.low, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_title(f"{method.upper()}: n = {len(units)}", fontsize=10)
+        ax.set_xlabel("class selectivity")
+        if data.layer(layer).after_relu is False:
+            ax.set_xscale("symlog", linthresh=1.0)  # logit selectivity: a few units far out
+            ax.set_xlabel("class selectivity (symlog)")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("RS")
+    fig.suptitle(_layer_title(data, layer), fontsize=11)
+    return _save(fig, path)
+
+
+def rho_vs_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
+    """Figure 3b style: Spearman rho of RS against selectivity per layer, with bootstrap intervals."""
+    rows = [r for r in stats.to_pylist() if r["method"] is not None]
+    if not rows:
+        return None
+    layers = [info.name for info in data.layers]
+    # Catalog depth when every layer has one (gaps show the layers the run lacks), else the order.
+    known = all(info.depth is not None for info in data.layers)
+    position = {info.name: info.depth if known else i for i, info in enumerate(data.layers)}
+    fig = Figure(figsize=(max(5.0, 0.55 * len(layers) + 2.5), 3.8), layout="constrained")
+    ax = fig.subplots()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    offsets = np.linspace(-0.12, 0.12, len(methods)) if len(methods) > 1 else [0.0]
+    for offset, method in zip(offsets, methods, strict=True):
+        mine = [r for r in rows if r["method"] == method and _finite(r["spearman_rho"])]
+        if not mine:
+            continue
+        xs = np.array([position[r["layer"]] + offset for r in mine])
+        rho = np.array([r["spearman_rho"] for r in mine])
+        low = np.array(
+            [r["rho_ci_low"] if _finite(r["rho_ci_low"]) else v for r, v in zip(mine, rho, strict=True)]
+        )
+        high = np.array(
+            [r["rho_ci_high"] if _finite(r["rho_ci_high"]) else v for r, v in zip(mine, rho, strict=True)]
+        )
+        colour = METHOD_COLOURS.get(method, "tab:green")
+        ax.errorbar(
+            xs, rho, yerr=[rho - low, high - rho], fmt="-", color=colour, capsize=3, label=method.upper()
+        )
+        logits = np.array([r["after_relu"] is False for r in mine])
+        ax.scatter(xs[~logits], rho[~logits], color=colour, zorder=3)
+        ax.scatter(xs[logits], rho[logits], facecolors="white", edgecolors=colour, zorder=3)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks([position[n] for n in layers])
+    ax.set_xticklabels(
+        [f"{n}*" if data.layer(n).after_relu is False else n for n in layers], rotation=45, ha="right"
+    )
+    ax.set_xlabel("layer (depth order; * logits, hollow marker)")
+    ax.set_ylabel("Spearman rho (RS vs selectivity)")
+    ax.set_ylim(-1.05, 1.05)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no Spearman rho computable", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def histograms(data: RunData, layer: str, options: StatsOptions, path: Path) -> Path:
+    """Figure 4: the layer's selectivity histogram (dead units left out) and RS histograms per method."""
+    fig = Figure(figsize=(8.4, 3.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    sel = data.selectivity.get(layer)
+    if sel is not None:
+        values = sel.selectivity[~sel.dead & np.isfinite(sel.selectivity)]
+        left.hist(values, bins=20, color="tab:grey")
+        left.axvline(options.high, color="black", linestyle="--", linewidth=0.8)
+        left.axvline(options.low, color="black", linestyle=":", linewidth=0.8)
+        left.set_title(f"selectivity: {len(values)} units, {int(sel.dead.sum())} dead", fontsize=10)
+    else:
+        left.text(0.5, 0.5, "no selectivity", ha="center", va="center", transform=left.transAxes)
+    left.set_xlabel("class selectivity")
+    left.set_ylabel("units")
+    methods = [m for m in data.methods if (layer, m) in data.rs]
+    for method in methods:
+        rs = data.rs[(layer, method)].rs
+        right.hist(
+            rs[np.isfinite(rs)],
+            bins=np.linspace(0, 1, 21),
+            histtype="step",
+            linewidth=1.5,
+            color=METHOD_COLOURS.get(method, "tab:green"),
+            label=f"{method.upper()} ({len(rs)})",
+        )
+    if methods:
+        right.legend()
+    else:
+        right.text(0.5, 0.5, "no RS", ha="center", va="center", transform=right.transAxes)
+    right.set_xlabel("RS")
+    fig.suptitle(_layer_title(data, layer), fontsize=11)
+    return _save(fig, path)
+
+
+def _read_units(data: RunData, columns: list[str], where) -> pa.Table:
+    try:
+        return data.run.units.to_table(columns=columns, filter=where)
+    except (pa.ArrowException, OSError) as err:
+        raise RunError(f"{data.run.uri}: cannot read the units table: {err}") from err
+
+
+@dataclass
+class GridChoice:
+    """The Figure-2 unit: its layer, unit, method (IAM, or AM if the run has no IAM) and what was shown."""
+
+    layer: str
+    unit: int
+    method: str
+    selectivity: float
+    rs: float
+    higher: list[int]  # units whose activation on the unit's image is strictly higher, most active first
+    shown_missing: list[int]  # of those shown, the units with no image in the run
+
+
+def parse_unit(text: str) -> tuple[str, int]:
+    """'conv3:17' -> ('conv3', 17)."""
+    from .errors import UsageError
+
+    layer, sep, unit = text.rpartition(":")
+    if not sep or not layer or not unit.strip().isdigit():
+        raise UsageError(f"--unit {text!r}: expected LAYER:UNIT, e.g. conv3:17")
+    return layer, int(unit)
+
+
+def choose_grid_unit(data: RunData, options: StatsOptions, unit: str | None) -> tuple[str, int, str] | None:
+    """The unit for Figure 2: `unit` ('LAYER:UNIT') if given, else the most selective IAM unit with RS > 0.
+
+    Prefers post-ReLU layers and units at or above the high threshold; None if the run has no IAM/AM.
+    """
+    method = "iam" if "iam" in data.methods else ("am" if "am" in data.methods else None)
+    if unit is not None:
+        layer, index = parse_unit(unit)
+        if method is None or (layer, method) not in data.rs or index not in data.rs[(layer, method)].units:
+            raise RunError(f"{data.run.uri} has no IAM or AM image of unit {layer}:{index}")
+        return layer, index, method
+    if method is None:
+        return None
+    candidates = []
+    for info in data.layers:
+        if (info.name, method) not in data.rs:
+            continue
+        units, x, y = data.pairs(info.name, method)
+        rs = data.rs[(info.name, method)]
+        active = rs.activation[np.searchsorted(rs.units, units)] > 0
+        for u, s, r, a in zip(units.tolist(), x.tolist(), y.tolist(), active.tolist(), strict=True):
+            # Preferred, in order: substitutes exist, the image drives the unit at all, a post-ReLU
+            # layer, high selectivity, then the most selective.
+            key = (r > 0, a, info.after_relu is not False, s >= options.high, s)
+            candidates.append((key, info.name, u))
+    if not candidates:
+        rs = next((key for key in data.rs if key[1] == method), None)
+        return None if rs is None else (rs[0], int(data.rs[rs].units[0]), method)
+    _, layer, index = max(candidates, key=lambda c: c[0])
+    return layer, index, method
+
+
+def substitution_grid(
+    data: RunData, layer: str, unit: int, method: str, path: Path
+) -> tuple[Path, GridChoice]:
+    """Figure 2: the unit's image, then the images of the units more active on it, with their activations."""
+    where = (ds.field("layer") == layer) & (ds.field("method") == method)
+    own_row = _read_units(data, ["layer_activations", "rs"], where & (ds.field("unit") == unit))
+    acts = np.asarray(own_row.column("layer_activations")[0].as_py(), dtype=np.float64)
+    own = acts[unit]
+    higher = [int(j) for j in np.argsort(-acts, kind="stable") if acts[j] > own]
+    shown = higher[:GRID_MAX_SUBSTITUTES]
+    # Only the images shown are read: a whole layer's images can be hundreds of MB (VGG16 fc6).
+    pictures = _read_units(data, ["unit", "image"], where & ds.field("unit").isin([unit, *shown]))
+    images = dict(zip(pictures.column("unit").to_pylist(), pictures.column("image").to_pylist(), strict=True))
+    sel = data.selectivity.get(layer)
+    sel_of = dict(zip(sel.units.tolist(), sel.selectivity.tolist(), strict=True)) if sel else {}
+    panels = [unit, *shown]
+    rows = math.ceil(len(panels) / GRID_COLUMNS)
+    columns = min(len(panels), GRID_COLUMNS)
+    fig = Figure(figsize=(1.9 * columns, 2.2 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    missing = []
+    for ax, j in zip(axes, panels, strict=False):
+        if images.get(j) is not None:
+            ax.imshow(decode_png(images[j]))
+        else:
+            missing.append(j)
+            ax.set_facecolor("0.85")
+            ax.text(0.5, 0.5, "no image\nin run", ha="center", va="center", transform=ax.transAxes)
+        label = "unit" if j == unit else "higher"
+        ax.set_title(f"{label} {j}\nact {acts[j]:.3g}, sel {sel_of.get(j, math.nan):.2f}", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    rs = float(own_row.column("rs")[0].as_py())
+    more = f" (first {len(shown)} shown)" if len(higher) > len(shown) else ""
+    fig.suptitle(
+        f"{layer} unit {unit}, {method.upper()} image: {len(higher)} of {len(acts)} units respond more "
+        f"(RS {rs:.3f}){more}",
+        fontsize=10,
+    )
+    choice = GridChoice(layer, unit, method, sel_of.get(unit, math.nan), rs, higher, missing)
+    return _save(fig, path), choice
