@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import api
+from . import api, report
 from .errors import RepsubError
 from .models import MODELS, catalog
 from .optimize import METHODS, PARAMETERIZATIONS, OptimSettings
@@ -99,8 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("sweep", help="a whole sweep from a YAML config, sharded on a Ray cluster (resumable)")
+    p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
+    p.add_argument("--out", default=None, help="run location (overrides the config's `out`)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="auto (the running cluster), ray://HOST:PORT, or local (a new single-machine Ray); "
+        "default: Ray's own choice (a running local cluster, else a new one)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
     p = sub.add_parser("summary", help="print the per-layer summary of a run")
     p.add_argument("run")
+
+    report.add_report_parser(sub)
 
     p = sub.add_parser("demo", help="the whole method on generated data, on CPU, in a few minutes")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
@@ -186,6 +199,14 @@ def cmd_train(args) -> None:
     )
 
 
+def cmd_sweep(args) -> None:
+    from .sweep import load_config, run_sweep
+
+    config = load_config(args.config, out=args.out)
+    print(format_table(run_sweep(config, address=args.address, progress=not args.no_progress)))
+    print(f"sweep written to {config.out}")
+
+
 def cmd_summary(args) -> None:
     print(format_table(layer_summary(open_run(args.run))))
 
@@ -196,6 +217,7 @@ def cmd_demo(args) -> None:
     started = time.monotonic()
     rows = run_demo(out=args.out, cache=args.cache, steps=args.steps)
     print(format_table(rows))
+    print(f"report: {report.write_report(args.out)}")
     print(f"demo run written to {args.out} in {time.monotonic() - started:.0f} s")
 
 
@@ -204,7 +226,9 @@ COMMANDS = {
     "selectivity": cmd_selectivity,
     "visualize": cmd_visualize,
     "train": cmd_train,
+    "sweep": cmd_sweep,
     "summary": cmd_summary,
+    "report": report.cmd_report,
     "demo": cmd_demo,
 }
 

@@ -2,6 +2,7 @@
 
     RUN/selectivity/layer=<layer>/selectivity.parquet
     RUN/units/layer=<layer>/<method>-<first>-<last>-<hash>.parquet
+    RUN/activations/layer=<layer>/activations.parquet   (selectivity --save-activations)
     RUN/manifest.json
 
 Paths go through ``pyarrow.fs``, so a run is a local directory or, with a filesystem from a URI,
@@ -58,7 +59,14 @@ UNITS_SCHEMA = pa.schema([
     ("steps", pa.int32()),
 ])  # fmt: skip
 
-TABLES = {"selectivity": SELECTIVITY_SCHEMA, "units": UNITS_SCHEMA}
+# One row per image per layer, streamed during the selectivity pass (repsub.activations).
+ACTIVATIONS_SCHEMA = pa.schema([
+    ("image_index", pa.int64()),
+    ("label", pa.int32()),
+    ("activations", pa.list_(pa.float32())),
+])  # fmt: skip
+
+TABLES = {"selectivity": SELECTIVITY_SCHEMA, "units": UNITS_SCHEMA, "activations": ACTIVATIONS_SCHEMA}
 
 
 def full_schema(table: str) -> pa.Schema:
@@ -83,6 +91,12 @@ def png_bytes(image: np.ndarray) -> bytes:
 def decode_png(data: bytes) -> np.ndarray:
     """PNG bytes from the units table back to a uint8 [H, W, 3] array."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def units_file_name(method: str, units: list[int]) -> str:
+    """The file of a block of units: deterministic, so rewriting the same units replaces the same file."""
+    digest = uuid.uuid5(uuid.NAMESPACE_OID, ",".join(map(str, sorted(units)))).hex[:8]
+    return f"{method}-{min(units):05d}-{max(units):05d}-{digest}.parquet"
 
 
 def code_version() -> str:
@@ -155,8 +169,47 @@ class RunWriter:
             raise
         return final
 
+    def put_bytes(self, relative: str, data: bytes) -> None:
+        """Write a small file under the run atomically (hidden temporary name, then a move)."""
+        directory, _, name = self._path(relative).rpartition("/")
+        staged = self._staged(directory, name)
+        with self.fs.open_output_stream(staged) as f:
+            f.write(data)
+        self.fs.move(staged, f"{directory}/{name}")
+
+    def get_bytes(self, relative: str) -> bytes | None:
+        """A file's content, or None if it does not exist."""
+        path = self._path(relative)
+        if not self._exists(path):
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def list_names(self, relative_dir: str) -> list[str]:
+        """Names of the visible files in a directory of the run (none if it does not exist)."""
+        selector = pafs.FileSelector(self._path(relative_dir), allow_not_found=True)
+        return sorted(
+            i.base_name
+            for i in self.fs.get_file_info(selector)
+            if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+        )
+
     def _partition_dir(self, table: str, layer: str) -> str:
         return self._path(table, f"layer={layer}")
+
+    def stage(self, table: str, layer: str, name: str) -> tuple[str, str]:
+        """(hidden temporary path, final path) of a file of `table` in a layer partition, for a file
+        written incrementally: write the temporary, then `publish` it (or `discard` it)."""
+        directory = self._partition_dir(table, layer)
+        return self._staged(directory, name), f"{directory}/{name}"
+
+    def publish(self, staged: str, final: str) -> None:
+        """Move a staged file into place (replacing the file there)."""
+        self.fs.move(staged, final)
+
+    def discard(self, staged: str) -> None:
+        if self._exists(staged):
+            self.fs.delete_file(staged)
 
     def check_run(self, model_identity: dict) -> None:
         """Refuse a location that holds a run of another schema version or another model/weights."""
@@ -182,29 +235,36 @@ class RunWriter:
             "selectivity.parquet",
         )
 
-    def write_units(self, method: str, layer: str, table: pa.Table) -> None:
-        """Add the units of one (method, layer), replacing any rows already stored for the same units."""
+    def write_units(self, method: str, layer: str, table: pa.Table, replace_existing: bool = True) -> str:
+        """Add the units of one (method, layer) under a name derived from the units; with
+        `replace_existing`, rows already stored for the same units in other files are removed.
+        Returns the file's path."""
         table = table.select(UNITS_SCHEMA.names).cast(UNITS_SCHEMA)
-        units = np.asarray(table.column("unit").to_numpy(), dtype=np.int64)
+        units = [int(u) for u in table.column("unit").to_pylist()]
         directory = self._partition_dir("units", layer)
-        digest = uuid.uuid5(uuid.NAMESPACE_OID, ",".join(map(str, sorted(units)))).hex[:8]
-        name = f"{method}-{units.min():05d}-{units.max():05d}-{digest}.parquet"
+        name = units_file_name(method, units)
         staged = self._staged(directory, name)
         pq.write_table(table, staged, filesystem=self.fs, row_group_size=UNITS_ROW_GROUP, compression="zstd")
         try:
-            self._drop_units(directory, method, set(units.tolist()))
+            if replace_existing:
+                self.drop_units(method, layer, set(units), keep_files={name})
             self.fs.move(staged, f"{directory}/{name}")
         except BaseException:
             if self._exists(staged):
                 self.fs.delete_file(staged)
             raise
+        return f"{directory}/{name}"
 
-    def _drop_units(self, directory: str, method: str, units: set[int]) -> None:
-        """Remove the given units' rows of `method` from the files already in a layer partition."""
+    def drop_units(
+        self, method: str, layer: str, units: set[int], keep_files: set[str] = frozenset()
+    ) -> None:
+        """Remove the given units' rows of `method` from the files of a layer partition, except the
+        files named in `keep_files` (which a caller is about to overwrite whole)."""
+        directory = self._partition_dir("units", layer)
         selector = pafs.FileSelector(directory, allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             base = info.base_name
-            if not (base.startswith(f"{method}-") and base.endswith(".parquet")):
+            if base in keep_files or not (base.startswith(f"{method}-") and base.endswith(".parquet")):
                 continue
             stored = pq.read_table(info.path, filesystem=self.fs, columns=["unit"]).column("unit").to_pylist()
             if not units.intersection(stored):
@@ -221,7 +281,11 @@ class RunWriter:
         if not self._exists(path):
             return None
         with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
+            text = f.read().decode(errors="replace")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RunError(f"{self.uri}: {MANIFEST} is not valid JSON ({err})") from None
 
     def record(self, key: str, model_identity: dict, config: dict) -> dict:
         """Record in the manifest (written last, atomically) that command `key` completed with `config`."""
@@ -253,6 +317,7 @@ class Run:
     manifest: dict
     selectivity: ds.Dataset | None
     units: ds.Dataset | None
+    activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
 
     def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
         dataset = getattr(self, name)
@@ -287,6 +352,4 @@ def open_run(uri: str | os.PathLike) -> Run:
             )
         else:
             datasets[name] = None
-    return Run(
-        uri=writer.uri, manifest=manifest, selectivity=datasets["selectivity"], units=datasets["units"]
-    )
+    return Run(uri=writer.uri, manifest=manifest, **datasets)

@@ -8,7 +8,7 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     out: s3://bucket/runs/vgg16  # or a local directory
     layers: all                  # or a list of layer names
     methods: [am, iam]
-    units: null                  # e.g. "0-63": the same units of every layer (default: all)
+    units: null                  # e.g. "0-63": these units of every layer, where it has them (default: all)
     device: auto                 # auto | cpu | cuda
     optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64}
     selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, reduce: mean,
@@ -92,8 +92,10 @@ def _section(name: str, cls, values, defaults: dict | None = None):
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(values) - set(valid))
     if unknown:
-        raise UsageError(f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; valid keys of {name}: "
-                         f"{', '.join(valid)}")
+        raise UsageError(
+            f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; valid keys of {name}: "
+            f"{', '.join(valid)}"
+        )
     merged = {**(defaults or {}), **values}
     for f in fields(cls):
         if f.name in merged and merged[f.name] is not None:
@@ -136,8 +138,10 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         names = [layer.name for layer in catalog(raw["model"])]
         bad = [name for name in layers if name not in names]
         if bad:
-            raise UsageError(f"{source}: unknown layer(s) {', '.join(map(str, bad))} for {raw['model']}; valid "
-                             f"layers: {', '.join(names)}")
+            raise UsageError(
+                f"{source}: unknown layer(s) {', '.join(map(str, bad))} for {raw['model']}; valid "
+                f"layers: {', '.join(names)}"
+            )
         layers = tuple(layers)
     methods = raw.get("methods", ["am", "iam"])
     methods = [methods] if isinstance(methods, str) else list(methods or [])
@@ -151,12 +155,17 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     optimization.validate()
     selectivity = _section("selectivity", SelectivityConfig, raw.get("selectivity"))
     if selectivity.reduce not in REDUCTIONS:
-        raise UsageError(f"{source}: selectivity.reduce {selectivity.reduce!r}; valid: {', '.join(REDUCTIONS)}")
+        raise UsageError(
+            f"{source}: selectivity.reduce {selectivity.reduce!r}; valid: {', '.join(REDUCTIONS)}"
+        )
     sharding = _section("sharding", ShardingConfig, raw.get("sharding"))
     workers = _section("workers", WorkersConfig, raw.get("workers"))
-    for key, value in (("selectivity.batch_size", selectivity.batch_size),
-                       ("selectivity.images_per_shard", selectivity.images_per_shard),
-                       ("sharding.units_per_shard", sharding.units_per_shard), ("workers.count", workers.count)):
+    for key, value in (
+        ("selectivity.batch_size", selectivity.batch_size),
+        ("selectivity.images_per_shard", selectivity.images_per_shard),
+        ("sharding.units_per_shard", sharding.units_per_shard),
+        ("workers.count", workers.count),
+    ):
         if value < 1:
             raise UsageError(f"{source}: {key} must be at least 1, got {value}")
     if optimization.param not in PARAMETERIZATIONS:  # validate() covers it; kept explicit for the message
@@ -164,9 +173,20 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UsageError(f"{source}: seed must be an integer, got {seed!r}")
-    return SweepConfig(model=raw["model"], out=str(raw["out"]), weights=str(raw.get("weights", "random")), seed=seed,
-                       layers=layers, methods=tuple(methods), units=raw.get("units"), device=device,
-                       optimization=optimization, selectivity=selectivity, sharding=sharding, workers=workers)
+    return SweepConfig(
+        model=raw["model"],
+        out=str(raw["out"]),
+        weights=str(raw.get("weights", "random")),
+        seed=seed,
+        layers=layers,
+        methods=tuple(methods),
+        units=raw.get("units"),
+        device=device,
+        optimization=optimization,
+        selectivity=selectivity,
+        sharding=sharding,
+        workers=workers,
+    )
 
 
 def load_config(path: str | Path, out: str | None = None) -> SweepConfig:

@@ -1,0 +1,132 @@
+"""The sweep driver: plan, skip what is done, run the rest on Ray, merge, write the manifest last."""
+
+from __future__ import annotations
+
+import time
+
+from tqdm.auto import tqdm
+
+from ..api import selectivity_table
+from ..data.sources import open_source
+from ..errors import RepsubError
+from ..models import load_model
+from ..selectivity import ClassMeanAccumulator
+from ..store import RunWriter, open_run, units_file_name
+from ..summary import layer_summary
+from .commit import ShardLedger
+from .config import SweepConfig
+from .plan import DataShard, UnitShard, plan_data_shards, plan_unit_shards
+
+
+class SweepError(RepsubError):
+    """Some shards failed; the others finished and are committed, so a rerun computes only those."""
+
+
+def run_sweep(config: SweepConfig, address: str | None = None, progress: bool = True) -> list[dict]:
+    """Run a whole sweep (selectivity pass and every unit's optimization) and return the per-layer summary."""
+    from . import ray_runner
+
+    model = load_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity and catalog
+    writer = RunWriter(config.out)
+    writer.check_run(model.identity())
+    ledger = ShardLedger(writer, config.fingerprint())
+    layer_names = list(config.layers or [layer.name for layer in model.layers])
+
+    data_shards: list[DataShard] = []
+    classes: list[str] = []
+    if config.selectivity.data:
+        source = open_source(
+            config.selectivity.data,
+            config.selectivity.image_size or config.optimization.image_size,
+            model.mean,
+            model.std,
+        )
+        classes = source.classes
+        data_shards = plan_data_shards(len(source), config.selectivity.images_per_shard)
+    unit_shards = plan_unit_shards(config, model.num_classes)
+    _clear_foreign_rows(writer, unit_shards)
+
+    done = ledger.done()
+    pending = [s for s in data_shards + unit_shards if s.id not in done]
+    total_units = sum(s.size for s in unit_shards)
+    print(
+        f"sweep {config.fingerprint()}: {len(data_shards)} data shards, {len(unit_shards)} unit shards "
+        f"({total_units} units); {len(data_shards) + len(unit_shards) - len(pending)} already done"
+    )
+
+    failures = []
+    if pending:
+        ray_runner.connect(address)
+        workers = ray_runner.start_workers(config, model.num_classes)
+        try:
+            failures = _run_with_progress(
+                ray_runner, workers, pending, unit_shards, total_units, done, progress
+            )
+        finally:
+            for worker in workers:  # idle actors would keep autoscaled nodes alive
+                ray_runner.ray.kill(worker)
+    if failures:
+        names = "\n".join(f"  {f.shard}: {f.error}" for f in failures)
+        raise SweepError(
+            f"{len(failures)} shard(s) failed (the others are committed; a rerun computes only "
+            f"these):\n{names}"
+        )
+
+    if data_shards:
+        merged = _merge_partial_sums(ledger, data_shards)
+        for name in layer_names:
+            writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
+    writer.record(
+        "sweep",
+        model.identity(),
+        {
+            **config.to_dict(),
+            "fingerprint": config.fingerprint(),
+            "classes": classes,
+            "shards": len(data_shards) + len(unit_shards),
+        },
+    )
+    return layer_summary(open_run(config.out), layer_names)
+
+
+def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard]) -> None:
+    """Remove rows of the planned units left by other commands (e.g. an earlier `visualize`), keeping this
+    plan's own shard files (a resumed sweep keeps what it committed). Done once, before any worker writes."""
+    by_partition: dict[tuple[str, str], tuple[set[int], set[str]]] = {}
+    for shard in shards:
+        units, names = by_partition.setdefault((shard.method, shard.layer), (set(), set()))
+        units.update(shard.units)
+        names.add(units_file_name(shard.method, list(shard.units)))
+    for (method, layer), (units, names) in by_partition.items():
+        writer.drop_units(method, layer, units, keep_files=names)
+
+
+def _merge_partial_sums(ledger: ShardLedger, shards: list[DataShard]) -> ClassMeanAccumulator:
+    merged = ledger.load_partial_sums(shards[0].id)
+    for shard in shards[1:]:
+        merged.merge(ledger.load_partial_sums(shard.id))
+    expected = shards[-1].stop
+    if merged.n_images != expected:
+        raise SweepError(f"the data shards hold {merged.n_images} images, the dataset {expected}")
+    return merged
+
+
+def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, done, progress):
+    units_done = sum(s.size for s in unit_shards if s.id in done)
+    shards_total = len(pending) + len(done)
+    state = {"shards": len(done)}
+    started = time.monotonic()
+    with tqdm(
+        total=total_units, initial=units_done, unit="unit", desc="sweep", disable=not progress, smoothing=0.1
+    ) as bar:
+        bar.set_postfix_str(f"shards {state['shards']}/{shards_total}")
+
+        def on_done(shard, _result):
+            state["shards"] += 1
+            if isinstance(shard, UnitShard):
+                bar.update(shard.size)
+            bar.set_postfix_str(f"shards {state['shards']}/{shards_total}")
+
+        failures = ray_runner.run_shards(workers, pending, on_done)
+    print(f"ran {len(pending)} shards in {time.monotonic() - started:.1f} s")
+    return failures

@@ -1,0 +1,64 @@
+"""Planning: a config becomes a deterministic list of shards.
+
+A data shard is an index range of the dataset (its partial per-class sums merge exactly); a
+unit shard is one method, one layer and a block of units. Shard ids depend only on the config,
+so the same config always yields the same shards, and a rerun finds the ones already done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api import parse_units
+from ..models import catalog, select_layers
+from .config import SweepConfig
+
+
+@dataclass(frozen=True)
+class DataShard:
+    start: int
+    stop: int  # exclusive
+
+    @property
+    def id(self) -> str:
+        return f"data-{self.start:08d}-{self.stop:08d}"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class UnitShard:
+    method: str
+    layer: str
+    units: tuple[int, ...]
+
+    @property
+    def id(self) -> str:
+        return f"{self.method}-{self.layer}-{self.units[0]:05d}-{self.units[-1]:05d}"
+
+    @property
+    def size(self) -> int:
+        return len(self.units)
+
+
+def plan_data_shards(n_images: int, images_per_shard: int) -> list[DataShard]:
+    return [
+        DataShard(start, min(start + images_per_shard, n_images))
+        for start in range(0, n_images, images_per_shard)
+    ]
+
+
+def plan_unit_shards(config: SweepConfig, num_classes: int | None = None) -> list[UnitShard]:
+    """Every (method, layer, block of units) of the config, layer by layer in model order."""
+    layers = select_layers(catalog(config.model, num_classes), list(config.layers or []), config.model)
+    shards = []
+    per_shard = config.sharding.units_per_shard
+    for method in config.methods:
+        for layer in layers:
+            # `units` names the same indices in every layer; those past a smaller layer's end are skipped.
+            units = [u for u in parse_units(config.units, 2**31, layer.name) if u < layer.units]
+            for start in range(0, len(units), per_shard):
+                shards.append(UnitShard(method, layer.name, tuple(units[start : start + per_shard])))
+    return shards

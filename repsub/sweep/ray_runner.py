@@ -1,0 +1,104 @@
+"""Running shards on Ray: long-lived actors (one model each) fed with `ray.wait` backpressure.
+
+Ray's GPU tasks default to one call per worker process, which would reload the model for every
+shard; an actor loads it once. A worker process that dies is restarted by Ray and its in-flight
+shard retried (shards commit idempotently); an actor that cannot be restarted has its shard
+handed to another. An exception raised by a shard itself (say NaN in the optimization) is
+deterministic: it is not retried but reported, after the other shards finished and committed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+from .config import SweepConfig
+from .plan import DataShard, UnitShard
+from .work import ShardRunner
+
+INFRA_ATTEMPTS = 3  # times a shard is handed out again after its actor was lost for good
+
+
+@ray.remote
+class ShardWorker:
+    def __init__(self, config: SweepConfig, num_classes: int | None):
+        self.runner = ShardRunner(config, num_classes)
+
+    def info(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+            "device": self.runner.device,
+        }
+
+    def run(self, shard: DataShard | UnitShard) -> dict:
+        if isinstance(shard, DataShard):
+            return self.runner.run_data_shard(shard)
+        return self.runner.run_unit_shard(shard)
+
+
+@dataclass
+class ShardFailure:
+    shard: str
+    error: str
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` ('auto', 'ray://host:port'), start a local one ('local'), or
+    Ray's default (a running local cluster if there is one, else a new one)."""
+    if ray.is_initialized():
+        return
+    kwargs = {"logging_level": "WARNING", "log_to_driver": True}
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+
+
+def start_workers(config: SweepConfig, num_classes: int | None) -> list:
+    w = config.workers
+    options = {"num_cpus": w.cpus, "num_gpus": w.gpus, "max_restarts": -1, "max_task_retries": 3}
+    return [ShardWorker.options(**options).remote(config, num_classes) for _ in range(w.count)]
+
+
+def run_shards(
+    workers: list,
+    shards: list,
+    on_done: Callable[[DataShard | UnitShard, dict], None],
+    in_flight_per_worker: int = 1,
+) -> list[ShardFailure]:
+    """Run every shard on the workers; returns the shards that failed (each named with its error)."""
+    queue = deque(shards)
+    attempts: dict[str, int] = {}
+    running: dict = {}  # object ref -> (worker, shard)
+    failures: list[ShardFailure] = []
+    idle = [w for w in workers for _ in range(in_flight_per_worker)]
+
+    def submit(worker) -> None:
+        shard = queue.popleft()
+        running[worker.run.remote(shard)] = (worker, shard)
+
+    while queue and idle:
+        submit(idle.pop())
+    while running:
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        worker, shard = running.pop(ref)
+        try:
+            on_done(shard, ray.get(ref))
+        except RayTaskError as err:  # raised by the shard's own code: deterministic, not retried
+            cause = err.cause if getattr(err, "cause", None) is not None else err
+            failures.append(ShardFailure(shard.id, f"{type(cause).__name__}: {cause}"))
+        except (RayActorError, WorkerCrashedError) as err:  # the worker was lost beyond Ray's own retries
+            attempts[shard.id] = attempts.get(shard.id, 0) + 1
+            if attempts[shard.id] < INFRA_ATTEMPTS:
+                queue.appendleft(shard)
+            else:
+                failures.append(ShardFailure(shard.id, f"worker lost {INFRA_ATTEMPTS} times: {err}"))
+        if queue:
+            submit(worker)
+    return failures
