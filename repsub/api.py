@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .activations import ActivationWriter
 from .data.sources import open_source
 from .errors import DataError, UsageError
 from .models import LoadedModel, load_model, select_layers
@@ -25,32 +27,11 @@ from .optimize.objectives import METHODS
 from .selectivity import selectivity_index
 from .selectivity_pass import accumulate_class_sums
 from .store import RunWriter, png_bytes
+from .units import parse_units
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def parse_units(spec: str | list[int] | None, n_units: int, layer: str) -> list[int]:
-    """'0-15', '3,7,10-12' or a list -> sorted unique unit indices; None -> every unit of the layer."""
-    if spec is None:
-        return list(range(n_units))
-    if isinstance(spec, str):
-        units: set[int] = set()
-        try:
-            for part in spec.split(","):
-                first, _, last = part.strip().partition("-")
-                units.update(range(int(first), int(last or first) + 1))
-        except ValueError:
-            raise UsageError(f"--units {spec!r}: expected ranges like 0-15 or 3,7,10-12") from None
-    else:
-        units = {int(u) for u in spec}
-    out_of_range = sorted(u for u in units if not 0 <= u < n_units)
-    if out_of_range:
-        raise UsageError(f"layer {layer} has units 0-{n_units - 1}; out of range: {out_of_range[:10]}")
-    if not units:
-        raise UsageError(f"--units {spec!r} selects no unit")
-    return sorted(units)
 
 
 def _as_model(model: str | LoadedModel, weights: str, seed: int, device: str) -> LoadedModel:
@@ -72,15 +53,20 @@ def selectivity(
     device: str | None = None,
     workers: int = 2,
     progress: bool = True,
+    save_activations: list[str] | str | None = None,
 ) -> pa.Table:
-    """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory).
+    """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
+    or an FFCV .beton file from `repsub prepare`).
 
     Streams the dataset once, accumulating float64 per-class sums of every layer together. Returns
     the selectivity table (with its `layer` column) and, if `out` is given, writes it into that run.
+    `save_activations` (layers among `layers`) also streams every image's activations of those layers
+    into `out`/activations/ (repsub.activations), one row per image per layer.
     """
     device = device or default_device()
     loaded = _as_model(model, weights, seed, device)
     chosen = select_layers(loaded.layers, layers, loaded.name)
+    saved = _activation_layers(save_activations, chosen, loaded, out)
     size = image_size or _default_size(loaded)
     source = open_source(data, size, loaded.mean, loaded.std)
     if len(source.classes) < 2:
@@ -96,18 +82,26 @@ def selectivity(
     writer = RunWriter(out) if out is not None else None
     if writer:
         writer.check_run(loaded.identity())
-    acc = accumulate_class_sums(
-        loaded,
-        chosen,
-        source.batches(batch_size, workers=workers, device=device),
-        len(source.classes),
-        reduce=reduce,
-        device=device,
-        total=len(source),
-        progress=progress,
-    )
-    if acc.n_images != len(source):
-        raise DataError(f"the pass saw {acc.n_images} images, {data} holds {len(source)}")
+    with contextlib.ExitStack() as stack:
+        sink = None
+        if saved:
+            sink = stack.enter_context(ActivationWriter(writer, {layer.name: layer.units for layer in saved}))
+        acc = accumulate_class_sums(
+            loaded,
+            chosen,
+            source.batches(batch_size, workers=workers, device=device),
+            len(source.classes),
+            reduce=reduce,
+            device=device,
+            total=len(source),
+            progress=progress,
+            on_batch=sink.add if sink else None,
+        )
+        if acc.n_images != len(source):
+            raise DataError(f"the pass saw {acc.n_images} images, {data} holds {len(source)}")
+        activation_rows = sink.row_groups() if sink else None
+        if sink:
+            sink.commit()  # in place before the manifest records the command
     tables = {layer.name: selectivity_table(acc.class_means(layer.name), acc.n_images) for layer in chosen}
     if writer:
         for name, table in tables.items():
@@ -122,8 +116,30 @@ def selectivity(
             "device": str(device),
             "n_images": acc.n_images,
         }
+        if saved:
+            config["save_activations"] = [layer.name for layer in saved]
+            config["activations_row_group_rows"] = activation_rows
         writer.record("selectivity", loaded.identity(), config)
     return _with_layer(tables)
+
+
+def _activation_layers(names, chosen, loaded: LoadedModel, out) -> list:
+    """The layers of `save_activations`: known, among the pass's layers, and with a run to write into."""
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    if not names:
+        return []
+    wanted = select_layers(loaded.layers, list(names), loaded.name)  # unknown names: UsageError
+    chosen_names = {layer.name for layer in chosen}
+    outside = [layer.name for layer in wanted if layer.name not in chosen_names]
+    if outside:
+        raise UsageError(
+            f"--save-activations {','.join(outside)}: not among the pass's --layers "
+            f"({', '.join(sorted(chosen_names))})"
+        )
+    if out is None:
+        raise UsageError("--save-activations writes into a run: give --out")
+    return wanted
 
 
 def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:

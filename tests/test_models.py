@@ -61,3 +61,17 @@ def test_bad_weights_are_refused_clearly(tmp_path):
         load_model("mlp", str(tmp_path / "cnn.pt"))
     with pytest.raises(UsageError, match="only for vgg16"):
         load_model("mlp", "imagenet")
+
+
+def test_unit_selections():
+    from repsub.units import parse_units, units_within
+
+    assert parse_units("0-3,7,2", 10, "l") == [0, 1, 2, 3, 7]
+    assert parse_units(None, 3, "l") == [0, 1, 2]
+    with pytest.raises(UsageError, match=r"layer l has units 0-9; out of range: \[10, 11"):
+        parse_units("5-99999999999", 10, "l")  # refused without materializing the range
+    with pytest.raises(UsageError, match="ascending"):
+        parse_units("5-2", 10, "l")
+    with pytest.raises(UsageError, match="expected ranges"):
+        parse_units("a-b", 10, "l")
+    assert units_within("8-99999999999", 10) == [8, 9] and units_within(None, 2) == [0, 1]

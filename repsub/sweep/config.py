@@ -170,6 +170,10 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
             raise UsageError(f"{source}: {key} must be at least 1, got {value}")
     if optimization.param not in PARAMETERIZATIONS:  # validate() covers it; kept explicit for the message
         raise UsageError(f"{source}: optimization.param {optimization.param!r}")
+    if raw.get("units") is not None:
+        from ..units import parse_ranges
+
+        parse_ranges(str(raw["units"]))  # the syntax, checked before any work
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UsageError(f"{source}: seed must be an integer, got {seed!r}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api import parse_units
 from ..models import catalog, select_layers
+from ..units import units_within
 from .config import SweepConfig
 
 
@@ -57,8 +57,7 @@ def plan_unit_shards(config: SweepConfig, num_classes: int | None = None) -> lis
     per_shard = config.sharding.units_per_shard
     for method in config.methods:
         for layer in layers:
-            # `units` names the same indices in every layer; those past a smaller layer's end are skipped.
-            units = [u for u in parse_units(config.units, 2**31, layer.name) if u < layer.units]
+            units = units_within(config.units, layer.units)
             for start in range(0, len(units), per_shard):
                 shards.append(UnitShard(method, layer.name, tuple(units[start : start + per_shard])))
     return shards
