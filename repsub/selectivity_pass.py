@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -22,16 +22,22 @@ def accumulate_class_sums(
     device: str | torch.device = "cpu",
     total: int | None = None,
     progress: bool = True,
+    on_batch: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
 ) -> ClassMeanAccumulator:
     """One pass over `batches` of (images, labels); returns the per-class sums of all `layers` at once.
 
     The forward stops after the deepest requested layer. `total` (image count) sizes the progress bar.
+    `on_batch(activations, labels)` sees each batch's unit activations {layer: [B, N]} (e.g. to store
+    them per image: repsub.activations.ActivationWriter.add).
     """
     reader = LayerReader(model.module, layers, reduce=reduce)
     accumulator = ClassMeanAccumulator({layer.name: layer.units for layer in layers}, num_classes, device)
     with tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress) as bar:
         for images, labels in batches:
             images = images.to(device, non_blocking=True)
-            accumulator.add(reader(images), labels)
+            activations = reader(images)
+            accumulator.add(activations, labels)
+            if on_batch is not None:
+                on_batch(activations, labels)
             bar.update(len(labels))
     return accumulator
