@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         data = config.selectivity.data
         if args.prepare_demo_data and data and not Path(data).exists():
             make_image_folder(data, num_classes=10, images_per_class=20, size=36, seed=2)
-        rows = run_sweep(config, address=args.address, progress=sys.stderr.isatty())
+        rows = run_sweep(
+            config, address=args.address, progress=sys.stderr.isatty(), force_unlock=args.force_unlock
+        )
     except RepsubError as err:
         print(f"jobs.sweep: error: {err}", file=sys.stderr)
         return 2

@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (the running cluster), ray://HOST:PORT, or local (a new single-machine Ray); "
         "default: Ray's own choice (a running local cluster, else a new one)",
     )
+    p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="remove a stale run lock left by a sweep that died (check that none is running)",
+    )
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("summary", help="print the per-layer summary of a run")
@@ -203,7 +208,10 @@ def cmd_sweep(args) -> None:
     from .sweep import load_config, run_sweep
 
     config = load_config(args.config, out=args.out)
-    print(format_table(run_sweep(config, address=args.address, progress=not args.no_progress)))
+    rows = run_sweep(
+        config, address=args.address, progress=not args.no_progress, force_unlock=args.force_unlock
+    )
+    print(format_table(rows))
     print(f"sweep written to {config.out}")
 
 

@@ -5,14 +5,16 @@
     RUN/activations/layer=<layer>/activations.parquet   (selectivity --save-activations)
     RUN/manifest.json
 
-Paths go through ``pyarrow.fs``, so a run is a local directory or, with a filesystem from a URI,
-an object store: the logic is the same. Every file is written under a temporary name that
-starts with '.' (which dataset readers skip) and then moved into place, so a crash never leaves
-a half-written file visible. Re-running a command replaces its own rows, never duplicates them.
+Paths go through ``pyarrow.fs`` (repsub.storage), so a run is a local directory or an
+``s3://bucket/prefix``: the logic is the same. A file appears whole or not at all: locally it is
+written under a hidden temporary name ('.' prefix, which dataset readers skip) and renamed into
+place; on S3 an object becomes visible only when its upload completes, and an incomplete multipart
+upload is no object at all. Re-running a command replaces its own rows, never duplicates them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -32,6 +34,7 @@ from PIL import Image
 
 from . import __version__
 from .errors import RunError
+from .storage import explain_s3_error, filesystem_for, is_s3, put_if_absent
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -72,14 +75,6 @@ TABLES = {"selectivity": SELECTIVITY_SCHEMA, "units": UNITS_SCHEMA, "activations
 def full_schema(table: str) -> pa.Schema:
     """A table's schema as readers see it: the stored columns plus the `layer` partition column."""
     return TABLES[table].insert(0, pa.field("layer", pa.string()))
-
-
-def filesystem_for(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path of a run location (a local path, or a URI pyarrow understands)."""
-    text = os.fspath(uri)
-    if "://" in text:
-        return pafs.FileSystem.from_uri(text)
-    return pafs.LocalFileSystem(), str(Path(text).absolute())
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -152,46 +147,96 @@ class RunWriter:
         self.fs.create_dir(directory, recursive=True)
         return f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
 
+    @contextlib.contextmanager
+    def _storage_errors(self, what: str):
+        """On S3, turn the SDK's errors into one that names the endpoint and the location."""
+        try:
+            yield
+        except OSError as err:
+            if not is_s3(self.uri):
+                raise
+            raise explain_s3_error(err, what) from None
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        """Make `path` hold `data`, all or nothing. Locally: a hidden temporary file, then a rename. On S3 the
+        object appears only when its upload completes, and the content is complete before the upload starts."""
+        directory, _, name = path.rpartition("/")
+        with self._storage_errors(f"{self.uri}: writing {path}"):
+            if is_s3(self.uri):
+                with self.fs.open_output_stream(path) as f:
+                    f.write(data)
+                return
+            staged = self._staged(directory, name)
+            try:
+                with self.fs.open_output_stream(staged) as f:
+                    f.write(data)
+                self.fs.move(staged, path)
+            except BaseException:
+                if self._exists(staged):
+                    self.fs.delete_file(staged)
+                raise
+
     def _write_parquet(
         self, table: pa.Table, directory: str, name: str, row_group_size: int | None = None
     ) -> str:
-        """Write `table` to directory/name atomically: a hidden temporary file, then a move."""
-        staged = self._staged(directory, name)
-        try:
-            pq.write_table(
-                table, staged, filesystem=self.fs, row_group_size=row_group_size, compression="zstd"
-            )
-            final = f"{directory}/{name}"
-            self.fs.move(staged, final)
-        except BaseException:
-            if self._exists(staged):
-                self.fs.delete_file(staged)
-            raise
+        """Write `table` to directory/name atomically (see `_write_bytes`)."""
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, row_group_size=row_group_size, compression="zstd")
+        final = f"{directory}/{name}"
+        self._write_bytes(final, buffer.getvalue().to_pybytes())
         return final
 
     def put_bytes(self, relative: str, data: bytes) -> None:
-        """Write a small file under the run atomically (hidden temporary name, then a move)."""
-        directory, _, name = self._path(relative).rpartition("/")
-        staged = self._staged(directory, name)
-        with self.fs.open_output_stream(staged) as f:
-            f.write(data)
-        self.fs.move(staged, f"{directory}/{name}")
+        """Write a small file under the run atomically."""
+        self._write_bytes(self._path(relative), data)
+
+    def put_if_absent(self, relative: str, data: bytes) -> bool:
+        """Create a file only if it does not exist yet (atomic); False if it was already there."""
+        with self._storage_errors(f"{self.uri}: creating {relative}"):
+            return put_if_absent(self.fs, self._path(relative), data)
+
+    def delete(self, relative: str) -> None:
+        path = self._path(relative)
+        with self._storage_errors(f"{self.uri}: deleting {relative}"):
+            if self._exists(path):
+                self.fs.delete_file(path)
+
+    def preflight(self) -> None:
+        """Fail early, before any work, if the location cannot be written (missing bucket, no access...)."""
+        if not is_s3(self.uri):
+            return
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from .storage import s3_client
+
+        bucket = self.root.split("/", 1)[0]
+        try:
+            s3_client().head_bucket(Bucket=bucket)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            meaning = {"404": "NoSuchBucket", "NoSuchBucket": "NoSuchBucket", "403": "AccessDenied"}.get(
+                code, code
+            )
+            raise explain_s3_error(Exception(meaning), self.uri) from None
+        except BotoCoreError as err:
+            raise explain_s3_error(Exception(f"{type(err).__name__}: {err}"), self.uri) from None
 
     def get_bytes(self, relative: str) -> bytes | None:
         """A file's content, or None if it does not exist."""
         path = self._path(relative)
-        if not self._exists(path):
-            return None
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
+        with self._storage_errors(f"{self.uri}: reading {relative}"):
+            if not self._exists(path):
+                return None
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
 
     def list_names(self, relative_dir: str) -> list[str]:
         """Names of the visible files in a directory of the run (none if it does not exist)."""
         selector = pafs.FileSelector(self._path(relative_dir), allow_not_found=True)
+        with self._storage_errors(f"{self.uri}: listing {relative_dir}"):
+            infos = self.fs.get_file_info(selector)
         return sorted(
-            i.base_name
-            for i in self.fs.get_file_info(selector)
-            if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+            i.base_name for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".")
         )
 
     def _partition_dir(self, table: str, layer: str) -> str:
@@ -243,17 +288,9 @@ class RunWriter:
         units = [int(u) for u in table.column("unit").to_pylist()]
         directory = self._partition_dir("units", layer)
         name = units_file_name(method, units)
-        staged = self._staged(directory, name)
-        pq.write_table(table, staged, filesystem=self.fs, row_group_size=UNITS_ROW_GROUP, compression="zstd")
-        try:
-            if replace_existing:
-                self.drop_units(method, layer, set(units), keep_files={name})
-            self.fs.move(staged, f"{directory}/{name}")
-        except BaseException:
-            if self._exists(staged):
-                self.fs.delete_file(staged)
-            raise
-        return f"{directory}/{name}"
+        if replace_existing:
+            self.drop_units(method, layer, set(units), keep_files={name})
+        return self._write_parquet(table, directory, name, UNITS_ROW_GROUP)
 
     def drop_units(
         self, method: str, layer: str, units: set[int], keep_files: set[str] = frozenset()
@@ -277,11 +314,10 @@ class RunWriter:
                 self.fs.delete_file(info.path)
 
     def read_manifest(self) -> dict | None:
-        path = self._path(MANIFEST)
-        if not self._exists(path):
+        data = self.get_bytes(MANIFEST)
+        if data is None:
             return None
-        with self.fs.open_input_stream(path) as f:
-            text = f.read().decode(errors="replace")
+        text = data.decode(errors="replace")
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
@@ -298,10 +334,7 @@ class RunWriter:
             model=model_identity, libraries=library_versions(), code_version=code_version(), updated_at=_now()
         )
         manifest["commands"][key] = {"config": config, "completed_at": _now()}
-        staged = self._staged(self.root, MANIFEST)
-        with self.fs.open_output_stream(staged) as f:
-            f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
-        self.fs.move(staged, self._path(MANIFEST))
+        self.put_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
         return manifest
 
 

@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray: equal to the single-process results, resumable, and robust to lost workers."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,5 +213,6 @@ def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, capsys):
     done_before = len(ledger.done())
     assert 3 <= done_before < 24
     run_sweep(config, progress=False)
-    assert f"{done_before} already done" in capsys.readouterr().out
+    already = int(re.search(r"(\d+) already done", capsys.readouterr().out).group(1))
+    assert done_before <= already <= done_before + 1  # its in-flight shard may still have landed
     assert units_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))

@@ -74,8 +74,37 @@ class ImageFolderSource:
         }
 
 
+class StagedSource:
+    """A source read from a local copy of a remote file; the manifest records where the copy came from."""
+
+    def __init__(self, local: ImageSource, origin: dict):
+        self._local = local
+        self.origin = origin
+
+    def __getattr__(self, name):
+        return getattr(self._local, name)
+
+    def __len__(self) -> int:
+        return len(self._local)
+
+    def describe(self) -> dict:
+        return {**self._local.describe(), "staged_from": self.origin}
+
+
 def open_source(path: str | os.PathLike, image_size: int, mean, std) -> ImageSource:
-    """An ImageFolder directory or an FFCV `.beton` file; anything else is refused with what was expected."""
+    """An ImageFolder directory or an FFCV `.beton` file (local, or on S3: staged to a local cache);
+    anything else is refused with what was expected."""
+    text = os.fspath(path)
+    if text.startswith("s3://"):
+        if not text.endswith(".beton"):
+            raise DataError(
+                f"--data {text}: only .beton files can be read from S3 (ImageFolders must be local)"
+            )
+        from .beton import BetonSource
+        from .staging import stage_beton
+
+        local, etag = stage_beton(text)
+        return StagedSource(BetonSource(local, image_size, mean, std), {"uri": text, "etag": etag})
     location = Path(path)
     if location.is_dir():
         return ImageFolderSource(location, image_size, mean, std)

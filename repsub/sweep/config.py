@@ -15,6 +15,7 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
                    workers: 8, images_per_shard: 5000}
     sharding:     {units_per_shard: 64}
     workers:      {count: 8, gpus: 1, cpus: 4}
+    storage:      {endpoint_url: null, region: null}   # S3-compatible endpoint; credentials never here
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    endpoint_url: str | None = None  # an S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)
+    region: str | None = None
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     model: str
     out: str
@@ -69,19 +76,22 @@ class SweepConfig:
     selectivity: SelectivityConfig = field(default_factory=SelectivityConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
     def fingerprint(self) -> str:
         """A hash of everything that changes results: the same config always plans the same shards.
-        (workers and device change where work runs, not what it computes.)"""
-        payload = {k: v for k, v in self.to_dict().items() if k not in ("workers", "device", "out")}
+        (workers, device and storage change where work runs and lands, not what it computes.)"""
+        payload = {
+            k: v for k, v in self.to_dict().items() if k not in ("workers", "device", "out", "storage")
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _SECTIONS = {"optimization": OptimSettings, "selectivity": SelectivityConfig, "sharding": ShardingConfig,
-             "workers": WorkersConfig}  # fmt: skip
+             "workers": WorkersConfig, "storage": StorageConfig}  # fmt: skip
 
 
 def _section(name: str, cls, values, defaults: dict | None = None):
@@ -160,6 +170,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         )
     sharding = _section("sharding", ShardingConfig, raw.get("sharding"))
     workers = _section("workers", WorkersConfig, raw.get("workers"))
+    storage = _section("storage", StorageConfig, raw.get("storage"))
     for key, value in (
         ("selectivity.batch_size", selectivity.batch_size),
         ("selectivity.images_per_shard", selectivity.images_per_shard),
@@ -190,6 +201,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         selectivity=selectivity,
         sharding=sharding,
         workers=workers,
+        storage=storage,
     )
 
 

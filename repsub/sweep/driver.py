@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from tqdm.auto import tqdm
@@ -11,9 +12,10 @@ from ..data.sources import open_source
 from ..errors import RepsubError
 from ..models import load_model
 from ..selectivity import ClassMeanAccumulator
+from ..storage import configure_s3
 from ..store import RunWriter, open_run, units_file_name
 from ..summary import layer_summary
-from .commit import ShardLedger
+from .commit import RunLock, ShardLedger
 from .config import SweepConfig
 from .plan import DataShard, UnitShard, plan_data_shards, plan_unit_shards
 
@@ -22,13 +24,32 @@ class SweepError(RepsubError):
     """Some shards failed; the others finished and are committed, so a rerun computes only those."""
 
 
-def run_sweep(config: SweepConfig, address: str | None = None, progress: bool = True) -> list[dict]:
-    """Run a whole sweep (selectivity pass and every unit's optimization) and return the per-layer summary."""
-    from . import ray_runner
+def run_sweep(
+    config: SweepConfig, address: str | None = None, progress: bool = True, force_unlock: bool = False
+) -> list[dict]:
+    """Run a whole sweep (selectivity pass and every unit's optimization) and return the per-layer summary.
 
+    Holds the run's lock throughout: a second sweep on the same location is refused. `force_unlock`
+    removes a stale lock left by a sweep that died on another host."""
+    configure_s3(config.storage.endpoint_url, config.storage.region)
     model = load_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity and catalog
     writer = RunWriter(config.out)
+    writer.preflight()
     writer.check_run(model.identity())
+    lock = RunLock(writer)
+    lock.acquire(force=force_unlock)
+    try:
+        return _run_locked(config, address, progress, model, writer)
+    finally:
+        try:
+            lock.release()
+        except RepsubError as err:  # storage unreachable: say so, without hiding the sweep's own error
+            print(f"warning: could not remove the run lock: {err}", file=sys.stderr)
+
+
+def _run_locked(config, address, progress, model, writer) -> list[dict]:
+    from . import ray_runner
+
     ledger = ShardLedger(writer, config.fingerprint())
     layer_names = list(config.layers or [layer.name for layer in model.layers])
 

@@ -4,7 +4,8 @@ Ray's GPU tasks default to one call per worker process, which would reload the m
 shard; an actor loads it once. A worker process that dies is restarted by Ray and its in-flight
 shard retried (shards commit idempotently); an actor that cannot be restarted has its shard
 handed to another. An exception raised by a shard itself (say NaN in the optimization) is
-deterministic: it is not retried but reported, after the other shards finished and committed.
+deterministic: it is not retried but reported, after the other shards finished and committed. A
+storage error (the bucket unreachable after retries) stops the dispatch of further shards.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
+from ..errors import RunError
 from .config import SweepConfig
 from .plan import DataShard, UnitShard
 from .work import ShardRunner
@@ -93,6 +95,9 @@ def run_shards(
         except RayTaskError as err:  # raised by the shard's own code: deterministic, not retried
             cause = err.cause if getattr(err, "cause", None) is not None else err
             failures.append(ShardFailure(shard.id, f"{type(cause).__name__}: {cause}"))
+            if isinstance(cause, RunError) and queue:  # storage is failing: the rest would fail alike
+                failures.append(ShardFailure(f"{len(queue)} more shard(s)", "not started after the storage error"))
+                queue.clear()
         except (RayActorError, WorkerCrashedError) as err:  # the worker was lost beyond Ray's own retries
             attempts[shard.id] = attempts.get(shard.id, 0) + 1
             if attempts[shard.id] < INFRA_ATTEMPTS:

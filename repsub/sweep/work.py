@@ -14,6 +14,7 @@ from ..data.sources import open_source
 from ..models import LoadedModel, load_model
 from ..optimize import optimize_units
 from ..selectivity_pass import accumulate_class_sums
+from ..storage import configure_s3
 from ..store import RunWriter
 from .commit import ShardLedger
 from .config import SweepConfig
@@ -32,6 +33,7 @@ class ShardRunner:
 
     def __init__(self, config: SweepConfig, num_classes: int | None = None):
         self.config = config
+        configure_s3(config.storage.endpoint_url, config.storage.region)  # this is another process
         self.device = resolve_device(config.device)
         self.model: LoadedModel = load_model(
             config.model, config.weights, seed=config.seed, device=self.device, num_classes=num_classes

@@ -1,0 +1,196 @@
+"""Runs on S3, against a real SeaweedFS server on loopback (tests/s3_server.py)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+import ray
+
+import repsub
+from repsub.errors import RunError
+from repsub.store import RunWriter
+from repsub.sweep import SweepError, parse_config, run_sweep
+from repsub.sweep.commit import LOCK, ShardLedger
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3
+
+BUCKET = "runs"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = SeaweedS3()
+    server.client().create_bucket(Bucket=BUCKET)
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())  # before Ray starts, so its workers inherit the same AWS environment
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield server
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.close()
+
+
+def config_for(uri, data=None, **overrides):
+    raw = {"model": "shallow_cnn", "seed": 1, "out": uri, "layers": ["conv2", "fc5"], "units": "0-5",
+           "optimization": {"steps": 3, "image_size": 16, "batch_size": 3}, "sharding": {"units_per_shard": 3},
+           "workers": {"count": 2, "cpus": 1}}
+    if data:
+        raw["selectivity"] = {"data": str(data), "image_size": 16, "batch_size": 8, "workers": 0,
+                              "images_per_shard": 10}
+    raw.update(overrides)
+    return parse_config(raw)
+
+
+def keys(server, prefix):
+    listing = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def unit_rows(uri):
+    table = repsub.open_run(uri).units.to_table(columns=["method", "layer", "unit"])
+    return sorted(zip(*(table[c].to_pylist() for c in ("method", "layer", "unit")), strict=True))
+
+
+EXPECTED = sorted((m, layer, u) for m in ("am", "iam") for layer in ("conv2", "fc5") for u in range(6))
+
+
+def test_a_sweep_to_s3_read_back_by_pyarrow_duckdb_and_polars(s3, image_folder_dir):
+    uri = f"s3://{BUCKET}/readers"
+    run_sweep(config_for(uri, image_folder_dir), progress=False)
+    run = repsub.open_run(uri)
+    assert unit_rows(uri) == EXPECTED
+    units = run.units.to_table(columns=["layer", "method", "unit", "rs"]).sort_by([("layer", "ascending"),
+                                                                                ("method", "ascending"),
+                                                                                ("unit", "ascending")])
+    assert run.selectivity.count_rows() == 64 + 128
+    assert not [k for k in keys(s3, "readers/") if "/.tmp-" in k]  # nothing staged was left behind
+
+    import duckdb_extension_httpfs
+
+    extension = (Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+                 / "httpfs.duckdb_extension")
+    con = duckdb.connect()
+    con.execute(f"LOAD '{extension}'")
+    con.execute(f"CREATE SECRET (TYPE s3, KEY_ID '{ACCESS_KEY}', SECRET '{SECRET_KEY}', "
+                f"ENDPOINT '{s3.endpoint.removeprefix('http://')}', URL_STYLE 'path', USE_SSL false, "
+                "REGION 'us-east-1')")
+    by_duckdb = con.sql(f"SELECT layer, method, unit, rs FROM read_parquet('{uri}/units/*/*.parquet', "
+                        "hive_partitioning=true) ORDER BY layer, method, unit").fetchall()
+    assert by_duckdb == list(zip(*(units[c].to_pylist() for c in ("layer", "method", "unit", "rs")), strict=True))
+
+    options = {"aws_endpoint_url": s3.endpoint, "aws_access_key_id": ACCESS_KEY,
+               "aws_secret_access_key": SECRET_KEY, "aws_region": "us-east-1"}
+    by_polars = (pl.scan_parquet(f"{uri}/selectivity/**/*.parquet", hive_partitioning=True, storage_options=options)
+                 .group_by("layer").agg(pl.len(), pl.col("selectivity").fill_nan(None).mean()).sort("layer").collect())
+    sel = run.selectivity.to_table(columns=["layer", "selectivity"])
+    assert by_polars["len"].to_list() == [64, 128]
+    for layer, mean in zip(by_polars["layer"], by_polars["selectivity"], strict=True):
+        values = np.array([s for lay, s in zip(sel["layer"].to_pylist(), sel["selectivity"].to_pylist(), strict=True)
+                           if lay == layer and s is not None and s == s], dtype=float)
+        assert mean == pytest.approx(values.mean())
+
+
+def test_the_lock_refuses_a_second_sweep(s3):
+    uri = f"s3://{BUCKET}/locked"
+    writer = RunWriter(uri)
+    other = {"host": "another-host", "pid": 4242, "user": "someone", "since": "2026-01-01T00:00:00+00:00"}
+    assert writer.put_if_absent(LOCK, json.dumps(other).encode())
+    assert not writer.put_if_absent(LOCK, b"{}")  # create-only, really
+    with pytest.raises(RunError, match="locked by another sweep.*another-host.*--force-unlock"):
+        run_sweep(config_for(uri), progress=False)
+    assert keys(s3, "locked/") == ["locked/_lock.json"]  # refused before writing anything
+    run_sweep(config_for(uri), progress=False, force_unlock=True)
+    assert unit_rows(uri) == EXPECTED and writer.get_bytes(LOCK) is None
+
+
+def test_resume_after_a_killed_sweep(s3, tmp_path, capsys):
+    uri = f"s3://{BUCKET}/resumed"
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(
+        f"model: shallow_cnn\nseed: 1\nout: {uri}\nlayers: [conv3]\nunits: 0-35\n"
+        "optimization: {steps: 20, image_size: 24, batch_size: 3}\nsharding: {units_per_shard: 3}\n"
+        "workers: {count: 1, cpus: 1}\n")
+    driver = subprocess.Popen([sys.executable, "-m", "repsub.cli", "sweep", "--config", str(config_path), "--address",
+                               "local", "--no-progress"], start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    from repsub.sweep import load_config
+
+    config = load_config(config_path)
+    ledger = ShardLedger(RunWriter(uri), config.fingerprint())
+    deadline = time.monotonic() + 120
+    while len(ledger.done()) < 3 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    done_before = len(ledger.done())
+    assert 3 <= done_before < 24
+    run_sweep(config, progress=False)  # the dead driver's lock is recognized as stale (same host, no process)
+    out = capsys.readouterr().out
+    # The killed driver's worker may still commit its in-flight shard before it notices; never more.
+    already = int(re.search(r"(\d+) already done", out).group(1))
+    assert done_before <= already <= done_before + 1 and "stale lock" in out
+    assert unit_rows(uri) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(36))
+
+
+def test_a_server_outage_fails_clearly_and_a_rerun_completes(s3):
+    uri = f"s3://{BUCKET}/outage"
+    config = config_for(uri, layers=["conv3"], units="0-17", optimization={"steps": 15, "image_size": 24,
+                                                                           "batch_size": 3})
+    ledger = ShardLedger(RunWriter(uri), config.fingerprint())
+
+    def stop_the_server_once_work_is_under_way():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(ledger.done()) < 2:
+            time.sleep(0.05)
+        s3.stop()
+
+    stopper = threading.Thread(target=stop_the_server_once_work_is_under_way)
+    stopper.start()
+    try:
+        with pytest.raises((SweepError, RunError)) as err:
+            run_sweep(config, progress=False)
+    finally:
+        stopper.join()
+        s3.start()
+    message = str(err.value)
+    assert s3.endpoint in message and "cannot be reached" in message
+    assert SECRET_KEY not in message and ACCESS_KEY not in message
+    run_sweep(config, progress=False)
+    assert unit_rows(uri) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(18))
+
+
+def test_bad_locations_are_refused_before_anything_is_written(s3, monkeypatch):
+    with pytest.raises(RunError, match="the bucket does not exist"):
+        run_sweep(config_for("s3://no-such-bucket/run"), progress=False)
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(RunError, match="access denied") as err:
+        run_sweep(config_for(f"s3://{BUCKET}/denied"), progress=False)
+    assert "wrong-secret" not in str(err.value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    assert keys(s3, "denied/") == []
+
+    s3.client().put_object(Bucket=BUCKET, Key="old/manifest.json", Body=json.dumps({"schema_version": 0}))
+    with pytest.raises(RunError, match="schema version 0"):
+        run_sweep(config_for(f"s3://{BUCKET}/old"), progress=False)
+    with pytest.raises(RunError, match="schema version 0"):
+        repsub.open_run(f"s3://{BUCKET}/old")
+    assert keys(s3, "old/") == ["old/manifest.json"]
+
+    with pytest.raises(RunError, match="must not embed credentials") as err:
+        RunWriter(f"s3://{ACCESS_KEY}:{SECRET_KEY}@{BUCKET}/x")
+    assert SECRET_KEY not in str(err.value)
