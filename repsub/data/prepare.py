@@ -48,7 +48,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import DataError, UsageError
-from .beton import IMAGE_FIELD, LABEL_FIELD, SIDECAR_FORMAT, keep_torch_threads, sidecar_path
+from .beton import IMAGE_FIELD, LABEL_FIELD, SIDECAR_FORMAT, import_ffcv, keep_torch_threads, sidecar_path
 
 WRITE_MODES = ("raw", "jpg", "proportion")
 MAX_SIDE = 65535  # FFCV stores width and height as uint16
@@ -73,7 +73,8 @@ class PrepareReport:
     skipped: list[tuple[str, str]]  # (path, reason)
     unlabelled: list[str] = field(default_factory=list)  # flat layout: files with no label line (not read)
     empty_classes: list[str] = field(default_factory=list)
-    bytes: int = 0
+    bytes: int = 0  # the file's size
+    image_bytes: int = 0  # what the images themselves take in it (the rest: header, index, page ends)
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -89,10 +90,10 @@ class PrepareReport:
             text.append(f"skipped {len(self.skipped)} unreadable file(s):")
             text.extend(f"  {path}: {reason}" for path, reason in self.skipped)
         if self.written:
-            per_image = self.bytes / self.written / 1024
+            per_image = self.image_bytes / self.written / 1024
             text.append(
-                f"wrote {self.out} ({self.bytes / 2**20:.1f} MiB, {per_image:.1f} KiB per image) and its "
-                f"sidecar {sidecar_path(self.out).name} in {self.seconds:.1f} s"
+                f"wrote {self.out} ({self.bytes / 2**20:.1f} MiB; images {per_image:.1f} KiB each on average) "
+                f"and its sidecar {sidecar_path(self.out).name} in {self.seconds:.1f} s"
             )
         text.append(f"total: {self.written} written + {len(self.skipped)} skipped = {self.found} found")
         return text
@@ -463,8 +464,15 @@ def prepare_beton(
         unlabelled=unlabelled,
         empty_classes=[class_names[i] for i in np.flatnonzero(counts == 0)],
         bytes=out.stat().st_size,
+        image_bytes=_image_bytes(out),
         seconds=time.monotonic() - started,
     )
+
+
+def _image_bytes(out: Path) -> int:
+    """Bytes the images take in the file, from FFCV's allocation table (a small file is mostly page)."""
+    _, _, reader_module, _ = import_ffcv()
+    return int(reader_module.Reader(str(out)).alloc_table["size"].sum())
 
 
 def _check_all(items, max_resolution, workers, progress) -> list[tuple[str | None, int]]:
