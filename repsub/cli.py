@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import api, report
+from .data.prepare import add_prepare_parser, cmd_prepare
 from .errors import RepsubError
 from .models import MODELS, catalog
 from .optimize import METHODS, PARAMETERIZATIONS, OptimSettings
@@ -48,9 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, choices=sorted(MODELS))
     p.add_argument("--json", action="store_true", help='print [{"name": ..., "units": ...}, ...]')
 
-    p = sub.add_parser("selectivity", help="class selectivity of every unit over an ImageFolder")
+    add_prepare_parser(sub)
+
+    p = sub.add_parser(
+        "selectivity", help="class selectivity of every unit over an ImageFolder or a .beton file"
+    )
     _add_model_args(p)
-    p.add_argument("--data", required=True, help="ImageFolder directory (one folder per class)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="ImageFolder directory (one folder per class) or FFCV .beton file (local or s3://)",
+    )
     p.add_argument(
         "--image-size", type=int, default=None, help="input size S (default: the model's, 224 for vgg16)"
     )
@@ -62,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="how a conv channel's map becomes one activation (default mean)",
     )
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    p.add_argument(
+        "--save-activations",
+        default=None,
+        help="comma-separated layers (among --layers) whose per-image activations go to RUN/activations/",
+    )
 
     p = sub.add_parser("visualize", help="AM or IAM images, layer activations and RS for units")
     _add_model_args(p)
@@ -168,6 +182,7 @@ def cmd_selectivity(args) -> None:
         seed=args.seed,
         device=args.device,
         workers=args.workers,
+        save_activations=_layers_arg(args.save_activations),
         progress=not args.no_progress,
     )
     print(f"wrote selectivity of {table.num_rows} units to {args.out}")
@@ -237,6 +252,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "summary": cmd_summary,
     "report": report.cmd_report,
+    "prepare": cmd_prepare,
     "demo": cmd_demo,
 }
 

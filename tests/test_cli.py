@@ -158,3 +158,13 @@ def test_data_that_is_neither_folder_nor_beton(capsys, tmp_path):
         "--no-progress",
     )
     assert code == 2 and f"--data {odd}: not an ImageFolder directory or a .beton file" in text
+
+
+def test_hidden_folders_are_not_classes(tmp_path, image_folder_dir):
+    from repsub.data.imagefolder import image_folder
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder_dir, data)
+    shutil.copytree(data / "class_00", data / ".ipynb_checkpoints")
+    dataset = image_folder(data, 16, (0, 0, 0), (1, 1, 1))
+    assert dataset.classes == ["class_00", "class_01", "class_02"] and len(dataset) == 21

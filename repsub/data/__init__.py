@@ -1,4 +1,5 @@
-"""Datasets for the selectivity pass: ImageFolder trees (and, later, FFCV .beton files), and generated demo data."""
+"""Datasets for the selectivity pass: ImageFolder trees and FFCV .beton files (`sources.open_source` chooses by
+the path), `prepare` (ImageFolder -> .beton), S3 staging of .beton files, and generated demo data."""
 
 from .imagefolder import eval_transform, image_folder, resize_size
 

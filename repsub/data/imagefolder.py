@@ -6,6 +6,7 @@ shorter side to round(S * 256 / 224), centre-crop S, normalize with the model's 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -42,6 +43,17 @@ def load_rgb(path: str) -> Image.Image:
         raise UnreadableImageError(f"unreadable image {path}: {err}") from None
 
 
+class VisibleImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder without hidden folders (`.ipynb_checkpoints`...), which it would count
+    as classes, shifting every class index after them; `repsub prepare` skips them the same way."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
 def image_folder(root: str | Path, image_size: int, mean, std) -> datasets.ImageFolder:
     """An ImageFolder with the evaluation transform; refuses a missing, empty or one-class tree."""
     root = Path(root)
@@ -54,7 +66,7 @@ def image_folder(root: str | Path, image_size: int, mean, std) -> datasets.Image
             "or more (an ImageFolder has one sub-folder of images per class)"
         )
     try:
-        dataset = datasets.ImageFolder(
+        dataset = VisibleImageFolder(
             str(root), transform=eval_transform(image_size, mean, std), loader=load_rgb, allow_empty=False
         )
     except FileNotFoundError as err:
