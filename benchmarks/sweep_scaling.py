@@ -54,8 +54,10 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 
     rates = {n: sweep_rate(n, args.units, args.steps, args.units_per_shard) for n in (1, 2)}
-    print(f"sweep of {args.units} conv4 units, {args.steps} steps, {args.units_per_shard} units/shard "
-          "(warm workers)")
+    print(
+        f"sweep of {args.units} conv4 units, {args.steps} steps, {args.units_per_shard} units/shard "
+        "(warm workers)"
+    )
     print(f"  1 worker : {rates[1]:7.2f} units/s")
     print(f"  2 workers: {rates[2]:7.2f} units/s   ratio {rates[2] / rates[1]:.2f}x")
 
@@ -72,8 +74,10 @@ def main() -> None:
         local.run(shard)
     direct = time.perf_counter() - started
     per_shard_ms = (through_ray - direct) / len(shards) * 1000
-    print(f"empty shards: {len(shards)} through 2 actors in {through_ray:.2f} s, directly in {direct * 1000:.1f} ms: "
-          f"{per_shard_ms:.2f} ms of Ray overhead per shard")
+    print(
+        f"empty shards: {len(shards)} through 2 actors in {through_ray:.2f} s, directly in {direct * 1000:.1f} ms: "
+        f"{per_shard_ms:.2f} ms of Ray overhead per shard"
+    )
     ray.shutdown()
 
 

@@ -95,23 +95,34 @@ def test_autoscaling_from_zero_workers_and_back(tmp_path):
     autoscaling = yaml.safe_load((REPO / "cluster/local-autoscaling.yaml").read_text())
     autoscaling["provider"]["gcs_address"] = f"127.0.0.1:{port}"
     config_file.write_text(yaml.safe_dump(autoscaling))
-    head = RayHead(num_cpus=1, port=port, extra_args=("--num-gpus=0", f"--autoscaling-config={config_file}"),
-                   env={"RAY_FAKE_CLUSTER": "1", "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID})
+    head = RayHead(
+        num_cpus=1,
+        port=port,
+        extra_args=("--num-gpus=0", f"--autoscaling-config={config_file}"),
+        env={"RAY_FAKE_CLUSTER": "1", "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID},
+    )
     try:
         sweep = {
             "model": "shallow_cnn", "out": str(tmp_path / "run"), "layers": ["conv2", "fc5"], "units": "0-11",
             "optimization": {"steps": 10, "image_size": 16, "batch_size": 4},
             "sharding": {"units_per_shard": 4}, "workers": {"count": 3, "gpus": 1, "cpus": 1},
         }  # fmt: skip
-        result = subprocess.run([sys.executable, "-c", AUTOSCALING_DRIVER, head.address, json.dumps(sweep)],
-                                env=head.env, capture_output=True, text=True, timeout=400, cwd=REPO)
+        result = subprocess.run(
+            [sys.executable, "-c", AUTOSCALING_DRIVER, head.address, json.dumps(sweep)],
+            env=head.env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            cwd=REPO,
+        )
         assert result.returncode == 0, result.stderr[-4000:]
         line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
         observed = json.loads(line.removeprefix("RESULT "))
         assert observed["max_alive"] > 2, observed  # the head and more than one added GPU node
         assert observed["final_alive"] == 1, observed  # idle GPU nodes were removed
         assert unit_rows(tmp_path / "run") == sorted(
-            (m, layer, u) for m in ("am", "iam") for layer in ("conv2", "fc5") for u in range(12))
+            (m, layer, u) for m in ("am", "iam") for layer in ("conv2", "fc5") for u in range(12)
+        )
     finally:
         head.stop()
 
@@ -133,7 +144,10 @@ def test_launcher_config_is_consistent():
     workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
     assert workers and all(t["min_workers"] == 0 and t["resources"]["GPU"] >= 1 for t in workers.values())
     assert sum(t["max_workers"] for t in workers.values()) >= config["max_workers"]
-    assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in workers.values())
+    assert any(
+        t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+        for t in workers.values()
+    )
     assert all("IamInstanceProfile" in t["node_config"] for t in types.values())
     text = (REPO / "cluster/aws.yaml").read_text()
     assert "aws_secret_access_key" not in text.lower() and "AKIA" not in text
@@ -154,10 +168,13 @@ def test_kuberay_manifests_are_consistent(name):
         container = group["template"]["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == group["rayStartParams"]["num-gpus"]
     containers = [head["template"]["spec"]["containers"][0]] + [
-        g["template"]["spec"]["containers"][0] for g in spec["workerGroupSpecs"]]
+        g["template"]["spec"]["containers"][0] for g in spec["workerGroupSpecs"]
+    ]
     for container in containers:
         env = {e["name"]: e for e in container["env"]}
-        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+        assert (
+            env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+        )
     if doc["kind"] == "RayJob":
         assert doc["spec"]["entrypoint"].startswith("python -m jobs.sweep --config jobs/configs/")
         assert (REPO / doc["spec"]["entrypoint"].split("--config ")[1]).is_file()

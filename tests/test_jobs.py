@@ -21,10 +21,27 @@ def head():
 def test_submit_the_demo_config_as_a_ray_job(head, tmp_path):
     out, data = tmp_path / "run", tmp_path / "data"
     config = tmp_path / "demo.yaml"  # the shipped demo config with this test's data and output locations
-    config.write_text((REPO / "jobs/configs/demo.yaml").read_text()
-                      .replace("runs/demo-data/val", str(data)).replace("runs/demo-sweep", str(out)))
-    result = head.run("job", "submit", "--address", head.dashboard, "--working-dir", str(REPO), "--",
-                      sys.executable, "-m", "jobs.sweep", "--config", str(config), "--prepare-demo-data")
+    config.write_text(
+        (REPO / "jobs/configs/demo.yaml")
+        .read_text()
+        .replace("runs/demo-data/val", str(data))
+        .replace("runs/demo-sweep", str(out))
+    )
+    result = head.run(
+        "job",
+        "submit",
+        "--address",
+        head.dashboard,
+        "--working-dir",
+        str(REPO),
+        "--",
+        sys.executable,
+        "-m",
+        "jobs.sweep",
+        "--config",
+        str(config),
+        "--prepare-demo-data",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout and "sweep written to" in result.stdout
     run = repsub.open_run(out)

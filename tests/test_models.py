@@ -75,3 +75,19 @@ def test_unit_selections():
     with pytest.raises(UsageError, match="expected ranges"):
         parse_units("a-b", 10, "l")
     assert units_within("8-99999999999", 10) == [8, 9] and units_within(None, 2) == [0, 1]
+
+
+def test_imagenet_weights_load_through_torchvisions_weights_api(tmp_path, monkeypatch, vgg16_random):
+    """The real `--weights imagenet` path (torchvision's VGG16_Weights.IMAGENET1K_V1), fed from torch's hub
+    cache: the weights file is where torchvision would have downloaded it (with stand-in values)."""
+    from pathlib import Path
+
+    from torchvision.models import VGG16_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / Path(VGG16_Weights.IMAGENET1K_V1.url).name
+    cached.parent.mkdir(parents=True)
+    torch.save(vgg16_random.module.state_dict(), cached)
+    loaded = load_model("vgg16", "imagenet")
+    assert loaded.weights == "imagenet" and loaded.num_classes == 1000
+    assert loaded.weights_sha256 == vgg16_random.weights_sha256

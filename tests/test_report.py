@@ -357,8 +357,10 @@ window.addEventListener("load", () => {
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (scripts/setup.sh installs it)")
+    # No skip: the set-up (scripts/setup.sh) installs Chromium, so its absence is a failure to report.
+    assert CHROMIUM is not None, (
+        "chromium is not installed: run scripts/setup.sh (it installs Debian's chromium)"
+    )
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

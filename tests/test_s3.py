@@ -34,8 +34,13 @@ def s3(tmp_path_factory):
     env = {**server.env(), "REPSUB_CACHE": str(tmp_path_factory.mktemp("cache"))}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # before Ray starts, so its workers inherit the same environment
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
     yield server
     ray.shutdown()
     for key, value in saved.items():
@@ -47,12 +52,24 @@ def s3(tmp_path_factory):
 
 
 def config_for(uri, data=None, **overrides):
-    raw = {"model": "shallow_cnn", "seed": 1, "out": uri, "layers": ["conv2", "fc5"], "units": "0-5",
-           "optimization": {"steps": 3, "image_size": 16, "batch_size": 3}, "sharding": {"units_per_shard": 3},
-           "workers": {"count": 2, "cpus": 1}}
+    raw = {
+        "model": "shallow_cnn",
+        "seed": 1,
+        "out": uri,
+        "layers": ["conv2", "fc5"],
+        "units": "0-5",
+        "optimization": {"steps": 3, "image_size": 16, "batch_size": 3},
+        "sharding": {"units_per_shard": 3},
+        "workers": {"count": 2, "cpus": 1},
+    }
     if data:
-        raw["selectivity"] = {"data": str(data), "image_size": 16, "batch_size": 8, "workers": 0,
-                              "images_per_shard": 10}
+        raw["selectivity"] = {
+            "data": str(data),
+            "image_size": 16,
+            "batch_size": 8,
+            "workers": 0,
+            "images_per_shard": 10,
+        }
     raw.update(overrides)
     return parse_config(raw)
 
@@ -75,34 +92,59 @@ def test_a_sweep_to_s3_read_back_by_pyarrow_duckdb_and_polars(s3, image_folder_d
     run_sweep(config_for(uri, image_folder_dir), progress=False)
     run = repsub.open_run(uri)
     assert unit_rows(uri) == EXPECTED
-    units = run.units.to_table(columns=["layer", "method", "unit", "rs"]).sort_by([("layer", "ascending"),
-                                                                                ("method", "ascending"),
-                                                                                ("unit", "ascending")])
+    units = run.units.to_table(columns=["layer", "method", "unit", "rs"]).sort_by(
+        [("layer", "ascending"), ("method", "ascending"), ("unit", "ascending")]
+    )
     assert run.selectivity.count_rows() == 64 + 128
     assert not [k for k in keys(s3, "readers/") if "/.tmp-" in k]  # nothing staged was left behind
 
     import duckdb_extension_httpfs
 
-    extension = (Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
-                 / "httpfs.duckdb_extension")
+    extension = (
+        Path(duckdb_extension_httpfs.__file__).parent
+        / "extensions"
+        / f"v{duckdb.__version__}"
+        / "httpfs.duckdb_extension"
+    )
     con = duckdb.connect()
     con.execute(f"LOAD '{extension}'")
-    con.execute(f"CREATE SECRET (TYPE s3, KEY_ID '{ACCESS_KEY}', SECRET '{SECRET_KEY}', "
-                f"ENDPOINT '{s3.endpoint.removeprefix('http://')}', URL_STYLE 'path', USE_SSL false, "
-                "REGION 'us-east-1')")
-    by_duckdb = con.sql(f"SELECT layer, method, unit, rs FROM read_parquet('{uri}/units/*/*.parquet', "
-                        "hive_partitioning=true) ORDER BY layer, method, unit").fetchall()
-    assert by_duckdb == list(zip(*(units[c].to_pylist() for c in ("layer", "method", "unit", "rs")), strict=True))
+    con.execute(
+        f"CREATE SECRET (TYPE s3, KEY_ID '{ACCESS_KEY}', SECRET '{SECRET_KEY}', "
+        f"ENDPOINT '{s3.endpoint.removeprefix('http://')}', URL_STYLE 'path', USE_SSL false, "
+        "REGION 'us-east-1')"
+    )
+    by_duckdb = con.sql(
+        f"SELECT layer, method, unit, rs FROM read_parquet('{uri}/units/*/*.parquet', "
+        "hive_partitioning=true) ORDER BY layer, method, unit"
+    ).fetchall()
+    assert by_duckdb == list(
+        zip(*(units[c].to_pylist() for c in ("layer", "method", "unit", "rs")), strict=True)
+    )
 
-    options = {"aws_endpoint_url": s3.endpoint, "aws_access_key_id": ACCESS_KEY,
-               "aws_secret_access_key": SECRET_KEY, "aws_region": "us-east-1"}
-    by_polars = (pl.scan_parquet(f"{uri}/selectivity/**/*.parquet", hive_partitioning=True, storage_options=options)
-                 .group_by("layer").agg(pl.len(), pl.col("selectivity").fill_nan(None).mean()).sort("layer").collect())
+    options = {
+        "aws_endpoint_url": s3.endpoint,
+        "aws_access_key_id": ACCESS_KEY,
+        "aws_secret_access_key": SECRET_KEY,
+        "aws_region": "us-east-1",
+    }
+    by_polars = (
+        pl.scan_parquet(f"{uri}/selectivity/**/*.parquet", hive_partitioning=True, storage_options=options)
+        .group_by("layer")
+        .agg(pl.len(), pl.col("selectivity").fill_nan(None).mean())
+        .sort("layer")
+        .collect()
+    )
     sel = run.selectivity.to_table(columns=["layer", "selectivity"])
     assert by_polars["len"].to_list() == [64, 128]
     for layer, mean in zip(by_polars["layer"], by_polars["selectivity"], strict=True):
-        values = np.array([s for lay, s in zip(sel["layer"].to_pylist(), sel["selectivity"].to_pylist(), strict=True)
-                           if lay == layer and s is not None and s == s], dtype=float)
+        values = np.array(
+            [
+                s
+                for lay, s in zip(sel["layer"].to_pylist(), sel["selectivity"].to_pylist(), strict=True)
+                if lay == layer and s is not None and s == s
+            ],
+            dtype=float,
+        )
         assert mean == pytest.approx(values.mean())
 
 
@@ -125,10 +167,24 @@ def test_resume_after_a_killed_sweep(s3, tmp_path, capsys):
     config_path.write_text(
         f"model: shallow_cnn\nseed: 1\nout: {uri}\nlayers: [conv3]\nunits: 0-35\n"
         "optimization: {steps: 20, image_size: 24, batch_size: 3}\nsharding: {units_per_shard: 3}\n"
-        "workers: {count: 1, cpus: 1}\n")
-    driver = subprocess.Popen([sys.executable, "-m", "repsub.cli", "sweep", "--config", str(config_path), "--address",
-                               "local", "--no-progress"], start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+        "workers: {count: 1, cpus: 1}\n"
+    )
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "repsub.cli",
+            "sweep",
+            "--config",
+            str(config_path),
+            "--address",
+            "local",
+            "--no-progress",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     from repsub.sweep import load_config
 
     config = load_config(config_path)
@@ -150,8 +206,9 @@ def test_resume_after_a_killed_sweep(s3, tmp_path, capsys):
 
 def test_a_server_outage_fails_clearly_and_a_rerun_completes(s3):
     uri = f"s3://{BUCKET}/outage"
-    config = config_for(uri, layers=["conv3"], units="0-17", optimization={"steps": 15, "image_size": 24,
-                                                                           "batch_size": 3})
+    config = config_for(
+        uri, layers=["conv3"], units="0-17", optimization={"steps": 15, "image_size": 24, "batch_size": 3}
+    )
     ledger = ShardLedger(RunWriter(uri), config.fingerprint())
 
     def stop_the_server_once_work_is_under_way():
@@ -217,9 +274,24 @@ def test_selectivity_from_a_beton_on_s3(s3, tmp_path):
     assert staged.describe()["staged_from"]["uri"] == f"s3://{BUCKET}/data/images.beton"
     copies = [p for p in staging_dir().iterdir() if p.suffix == ".beton"]
     assert len(copies) == 1  # fetched once, keyed by ETag, reused by every worker and the check above
-    direct = repsub.selectivity(model=repsub.load_model("shallow_cnn", "random", seed=1), data=local, image_size=16,
-                                layers=["conv1"], batch_size=8, workers=0, progress=False)
+    direct = repsub.selectivity(
+        model=repsub.load_model("shallow_cnn", "random", seed=1),
+        data=local,
+        image_size=16,
+        layers=["conv1"],
+        batch_size=8,
+        workers=0,
+        progress=False,
+    )
     swept = repsub.open_run(uri).selectivity.to_table().sort_by("unit")
-    np.testing.assert_allclose(np.array(swept["class_means"].to_pylist()),
-                               np.array(direct.sort_by("unit")["class_means"].to_pylist()), rtol=1e-5, atol=1e-8)
-    assert repsub.open_run(uri).manifest["commands"]["sweep"]["config"]["selectivity"]["data"].startswith("s3://")
+    np.testing.assert_allclose(
+        np.array(swept["class_means"].to_pylist()),
+        np.array(direct.sort_by("unit")["class_means"].to_pylist()),
+        rtol=1e-5,
+        atol=1e-8,
+    )
+    assert (
+        repsub.open_run(uri)
+        .manifest["commands"]["sweep"]["config"]["selectivity"]["data"]
+        .startswith("s3://")
+    )

@@ -88,7 +88,10 @@ def test_sweep_equals_the_single_process_commands(local_ray, tmp_path, image_fol
         a = single.filter(pc.equal(single["layer"], layer)).sort_by("unit")
         b = swept.filter(pc.equal(swept["layer"], layer)).sort_by("unit")
         np.testing.assert_allclose(
-            np.array(b["class_means"].to_pylist()), np.array(a["class_means"].to_pylist()), rtol=1e-5, atol=1e-8
+            np.array(b["class_means"].to_pylist()),
+            np.array(a["class_means"].to_pylist()),
+            rtol=1e-5,
+            atol=1e-8,
         )
         # Not bit-equal: the float32 forward runs in processes with other thread counts and batches, and the
         # convolution kernels round differently. The merge itself is exact (test_selectivity.py, bitwise).

@@ -96,7 +96,9 @@ def run_shards(
             cause = err.cause if getattr(err, "cause", None) is not None else err
             failures.append(ShardFailure(shard.id, f"{type(cause).__name__}: {cause}"))
             if isinstance(cause, RunError) and queue:  # storage is failing: the rest would fail alike
-                failures.append(ShardFailure(f"{len(queue)} more shard(s)", "not started after the storage error"))
+                failures.append(
+                    ShardFailure(f"{len(queue)} more shard(s)", "not started after the storage error")
+                )
                 queue.clear()
         except (RayActorError, WorkerCrashedError) as err:  # the worker was lost beyond Ray's own retries
             attempts[shard.id] = attempts.get(shard.id, 0) + 1
