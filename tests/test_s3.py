@@ -2,10 +2,6 @@
 
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,9 +16,10 @@ import repsub
 from infra.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from repsub.data.synthetic import make_image_folder
 from repsub.errors import RunError
-from repsub.store import RunWriter
+from repsub.store import RunWriter, units_file_name
 from repsub.sweep import SweepError, parse_config, run_sweep
 from repsub.sweep.commit import LOCK, ShardLedger
+from tests.sweep_helpers import kill_a_driver_midway, shards_already_done
 
 BUCKET = "runs"
 
@@ -169,37 +166,12 @@ def test_resume_after_a_killed_sweep(s3, tmp_path, capsys):
         "optimization: {steps: 20, image_size: 24, batch_size: 3}\nsharding: {units_per_shard: 3}\n"
         "workers: {count: 1, cpus: 1}\n"
     )
-    driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "repsub.cli",
-            "sweep",
-            "--config",
-            str(config_path),
-            "--address",
-            "local",
-            "--no-progress",
-        ],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    from repsub.sweep import load_config
-
-    config = load_config(config_path)
-    ledger = ShardLedger(RunWriter(uri), config.fingerprint())
-    deadline = time.monotonic() + 120
-    while len(ledger.done()) < 3 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.1)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    done_before = len(ledger.done())
+    config, done_before = kill_a_driver_midway(config_path)
     assert 3 <= done_before < 24
     run_sweep(config, progress=False)  # the dead driver's lock is recognized as stale (same host, no process)
     out = capsys.readouterr().out
     # The killed driver's worker may still commit its in-flight shard before it notices; never more.
-    already = int(re.search(r"(\d+) already done", out).group(1))
+    already = shards_already_done(out)
     assert done_before <= already <= done_before + 1 and "stale lock" in out
     assert unit_rows(uri) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(36))
 
@@ -295,3 +267,20 @@ def test_selectivity_from_a_beton_on_s3(s3, tmp_path):
         .manifest["commands"]["sweep"]["config"]["selectivity"]["data"]
         .startswith("s3://")
     )
+
+
+def test_an_incomplete_upload_is_never_a_result(s3):
+    uri = f"s3://{BUCKET}/partial"
+    config = config_for(uri, layers=["fc5"], units="0-2", methods=["am"])
+    shard_key = "partial/units/layer=fc5/" + units_file_name("am", [0, 1, 2])
+    marker_key = f"partial/_sweep/{config.fingerprint()}/done/am-fc5-00000-00002.json"
+    client = s3.client()
+    for key in (shard_key, marker_key):  # as a writer killed mid-upload leaves them: parts, no object
+        upload = client.create_multipart_upload(Bucket=BUCKET, Key=key)
+        client.upload_part(
+            Bucket=BUCKET, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024
+        )
+    assert keys(s3, "partial/") == []
+    assert ShardLedger(RunWriter(uri), config.fingerprint()).done() == set()
+    run_sweep(config, progress=False)
+    assert unit_rows(uri) == [("am", "fc5", 0), ("am", "fc5", 1), ("am", "fc5", 2)]

@@ -1,10 +1,7 @@
 """Sweeps on a real local Ray: equal to the single-process results, resumable, and robust to lost workers."""
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -20,6 +17,7 @@ from repsub.models import load_model
 from repsub.store import RunWriter
 from repsub.sweep import SweepError, parse_config, run_sweep
 from repsub.sweep.commit import ShardLedger
+from tests.sweep_helpers import kill_a_driver_midway, shards_already_done
 
 
 @pytest.fixture(scope="module")
@@ -188,34 +186,9 @@ def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, capsys):
         "optimization: {steps: 20, image_size: 24, batch_size: 4}\nsharding: {units_per_shard: 4}\n"
         "workers: {count: 1, cpus: 1}\n"
     )
-    driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "repsub.cli",
-            "sweep",
-            "--config",
-            str(config_path),
-            "--address",
-            "local",
-            "--no-progress",
-        ],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    from repsub.sweep import load_config
-
-    config = load_config(config_path)
-    ledger = ShardLedger(RunWriter(out), config.fingerprint())
-    deadline = time.monotonic() + 120
-    while len(ledger.done()) < 3 and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.05)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
-    driver.wait()
-    done_before = len(ledger.done())
+    config, done_before = kill_a_driver_midway(config_path)
     assert 3 <= done_before < 24
     run_sweep(config, progress=False)
-    already = int(re.search(r"(\d+) already done", capsys.readouterr().out).group(1))
+    already = shards_already_done(capsys.readouterr().out)
     assert done_before <= already <= done_before + 1  # its in-flight shard may still have landed
     assert units_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))
