@@ -201,6 +201,16 @@ class RunWriter:
             if self._exists(path):
                 self.fs.delete_file(path)
 
+    def remove_leftovers(self) -> int:
+        """Delete hidden temporary files that an interrupted writer left behind; returns how many.
+        Only safe while no other writer is at work on this run (the sweep holds the run lock)."""
+        selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        with self._storage_errors(f"{self.uri}: listing"):
+            leftovers = [i.path for i in self.fs.get_file_info(selector) if i.base_name.startswith(".tmp-")]
+            for path in leftovers:
+                self.fs.delete_file(path)
+        return len(leftovers)
+
     def preflight(self) -> None:
         """Fail early, before any work, if the location cannot be written (missing bucket, no access...)."""
         if not is_s3(self.uri):

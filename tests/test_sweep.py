@@ -188,7 +188,9 @@ def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, capsys):
     )
     config, done_before = kill_a_driver_midway(config_path)
     assert 3 <= done_before < 24
+    (out / "units" / ".tmp-0123-left-by-a-killed-writer.parquet").write_bytes(b"PAR1 half")
     run_sweep(config, progress=False)
     already = shards_already_done(capsys.readouterr().out)
     assert done_before <= already <= done_before + 1  # its in-flight shard may still have landed
     assert units_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))
+    assert not list(out.rglob(".tmp-*"))

@@ -51,6 +51,8 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
     from . import ray_runner
 
     ledger = ShardLedger(writer, config.fingerprint())
+    if removed := writer.remove_leftovers():
+        print(f"removed {removed} temporary file(s) left by an interrupted writer")
     layer_names = list(config.layers or [layer.name for layer in model.layers])
 
     data_shards: list[DataShard] = []

@@ -2,8 +2,8 @@
 
 Ray's GPU tasks default to one call per worker process, which would reload the model for every
 shard; an actor loads it once. A worker process that dies is restarted by Ray and its in-flight
-shard retried (shards commit idempotently); an actor that cannot be restarted has its shard
-handed to another. An exception raised by a shard itself (say NaN in the optimization) is
+shard retried (shards commit idempotently); a shard whose actor was lost beyond Ray's own retries
+is queued again, up to INFRA_ATTEMPTS times. An exception raised by a shard itself (say NaN in the optimization) is
 deterministic: it is not retried but reported, after the other shards finished and committed. A
 storage error (the bucket unreachable after retries) stops the dispatch of further shards.
 """
