@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", default=None, help="overrides the config's `out`")
     parser.add_argument("--address", default="auto", help="Ray address (default auto: the job's cluster)")
-    parser.add_argument("--force-unlock", action="store_true", help="remove a stale run lock (see repsub sweep)")
+    parser.add_argument(
+        "--force-unlock", action="store_true", help="remove a stale run lock (see repsub sweep)"
+    )
     parser.add_argument(
         "--prepare-demo-data",
         action="store_true",
