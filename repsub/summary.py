@@ -20,9 +20,11 @@ def layer_summary(run: Run, layer_order: list[str] | None = None) -> list[dict]:
         if table is not None:
             layers += [n for n in dict.fromkeys(table.column("layer").to_pylist()) if n not in layers]
     methods = sorted(set(units.column("method").to_pylist())) if units is not None else []
+    logits = _logit_layers(run)
     rows = []
     for layer in layers:
-        row: dict = {"layer": layer}
+        # "logits": no ReLU, so selectivity of signed values, unbounded: read that row with care
+        row: dict = {"layer": layer, "read": "logits" if layer in logits else "relu"}
         sel_by_unit: dict[int, float] = {}
         if sel is not None:
             part = sel.filter(pc.equal(sel.column("layer"), layer))
@@ -48,6 +50,15 @@ def layer_summary(run: Run, layer_order: list[str] | None = None) -> list[dict]:
             row[f"spearman_{method}"] = _spearman(pairs)
         rows.append(row)
     return rows
+
+
+def _logit_layers(run: Run) -> set[str]:
+    from .models import MODELS, catalog
+
+    name = run.manifest.get("model", {}).get("model")
+    if name not in MODELS:
+        return set()
+    return {layer.name for layer in catalog(name) if not layer.after_relu}
 
 
 def _spearman(pairs: list[tuple[float, float]]) -> float:

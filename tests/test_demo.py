@@ -8,6 +8,7 @@ def test_demo_end_to_end(tmp_path):
     )
     assert [row["layer"] for row in rows] == ["conv1", "conv2", "conv3", "conv4", "fc5", "fc6"]
     assert [row["units"] for row in rows] == [64, 64, 128, 128, 128, 10]
+    assert [row["read"] for row in rows] == ["relu"] * 5 + ["logits"]
     for row in rows:
         assert {
             "dead",
