@@ -38,3 +38,38 @@ def kill_a_driver_midway(
 def shards_already_done(driver_output: str) -> int:
     """The count a rerun reports as already done ("... N already done")."""
     return int(re.search(r"(\d+) already done", driver_output).group(1))
+
+
+def small_sweep_config(
+    out,
+    data=None,
+    *,
+    seed: int = 3,
+    units: str = "0-7",
+    batch_size: int = 8,
+    selectivity_batch: int = 4,
+    images_per_shard: int = 5,
+    **overrides,
+) -> SweepConfig:
+    """A sweep of the shallow CNN (random weights) small enough for a test: conv2 and fc5, a few units,
+    16 px, 3 units a shard, 2 CPU workers; with `data`, a selectivity pass in shards of `images_per_shard`."""
+    from repsub.sweep import parse_config
+
+    raw = {
+        "model": "shallow_cnn", "weights": "random", "seed": seed, "out": str(out), "layers": ["conv2", "fc5"],
+        "units": units, "optimization": {"steps": 4, "image_size": 16, "batch_size": batch_size},
+        "sharding": {"units_per_shard": 3}, "workers": {"count": 2, "cpus": 1},
+    }  # fmt: skip
+    if data:
+        raw["selectivity"] = {"data": str(data), "image_size": 16, "batch_size": selectivity_batch, "workers": 0,
+                              "images_per_shard": images_per_shard}  # fmt: skip
+    raw.update(overrides)
+    return parse_config(raw)
+
+
+def unit_rows(uri) -> list[tuple[str, str, int]]:
+    """(method, layer, unit) of every row of a run's units table, sorted: duplicates would show twice."""
+    import repsub
+
+    table = repsub.open_run(uri).units.to_table(columns=["method", "layer", "unit"])
+    return sorted(zip(*(table[c].to_pylist() for c in ("method", "layer", "unit")), strict=True))

@@ -13,19 +13,14 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
-import repsub
 from repsub.store import RunWriter
 from repsub.sweep import parse_config, run_sweep
 from repsub.sweep.commit import ShardLedger
 from tests.ray_cluster import RayHead, free_port
+from tests.sweep_helpers import unit_rows
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"
-
-
-def unit_rows(out):
-    table = repsub.open_run(out).units.to_table(columns=["method", "layer", "unit"])
-    return sorted(zip(*(table[c].to_pylist() for c in ("method", "layer", "unit")), strict=True))
 
 
 def test_a_node_removed_mid_sweep(tmp_path):

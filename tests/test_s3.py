@@ -17,9 +17,9 @@ from infra.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from repsub.data.synthetic import make_image_folder
 from repsub.errors import RunError
 from repsub.store import RunWriter, units_file_name
-from repsub.sweep import SweepError, parse_config, run_sweep
+from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import LOCK, ShardLedger
-from tests.sweep_helpers import kill_a_driver_midway, shards_already_done
+from tests.sweep_helpers import kill_a_driver_midway, shards_already_done, small_sweep_config, unit_rows
 
 BUCKET = "runs"
 
@@ -49,36 +49,13 @@ def s3(tmp_path_factory):
 
 
 def config_for(uri, data=None, **overrides):
-    raw = {
-        "model": "shallow_cnn",
-        "seed": 1,
-        "out": uri,
-        "layers": ["conv2", "fc5"],
-        "units": "0-5",
-        "optimization": {"steps": 3, "image_size": 16, "batch_size": 3},
-        "sharding": {"units_per_shard": 3},
-        "workers": {"count": 2, "cpus": 1},
-    }
-    if data:
-        raw["selectivity"] = {
-            "data": str(data),
-            "image_size": 16,
-            "batch_size": 8,
-            "workers": 0,
-            "images_per_shard": 10,
-        }
-    raw.update(overrides)
-    return parse_config(raw)
+    settings = {"seed": 1, "units": "0-5", "batch_size": 3, "selectivity_batch": 8, "images_per_shard": 10}
+    return small_sweep_config(uri, data, **{**settings, **overrides})
 
 
 def keys(server, prefix):
     listing = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return sorted(o["Key"] for o in listing.get("Contents", []))
-
-
-def unit_rows(uri):
-    table = repsub.open_run(uri).units.to_table(columns=["method", "layer", "unit"])
-    return sorted(zip(*(table[c].to_pylist() for c in ("method", "layer", "unit")), strict=True))
 
 
 EXPECTED = sorted((m, layer, u) for m in ("am", "iam") for layer in ("conv2", "fc5") for u in range(6))

@@ -15,9 +15,9 @@ import torch
 import repsub
 from repsub.models import load_model
 from repsub.store import RunWriter
-from repsub.sweep import SweepError, parse_config, run_sweep
+from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import ShardLedger
-from tests.sweep_helpers import kill_a_driver_midway, shards_already_done
+from tests.sweep_helpers import kill_a_driver_midway, shards_already_done, small_sweep_config, unit_rows
 
 
 @pytest.fixture(scope="module")
@@ -34,32 +34,7 @@ def local_ray(tmp_path_factory):
 
 
 def make_config(out, data=None, **overrides):
-    raw = {
-        "model": "shallow_cnn",
-        "weights": "random",
-        "seed": 3,
-        "out": str(out),
-        "layers": ["conv2", "fc5"],
-        "units": "0-7",
-        "optimization": {"steps": 4, "image_size": 16, "batch_size": 8},
-        "sharding": {"units_per_shard": 3},
-        "workers": {"count": 2, "cpus": 1},
-    }
-    if data:
-        raw["selectivity"] = {
-            "data": str(data),
-            "image_size": 16,
-            "batch_size": 4,
-            "workers": 0,
-            "images_per_shard": 5,
-        }
-    raw.update(overrides)
-    return parse_config(raw)
-
-
-def units_rows(out):
-    table = repsub.open_run(out).units.to_table(columns=["method", "layer", "unit"])
-    return sorted(zip(*(table.column(c).to_pylist() for c in ("method", "layer", "unit")), strict=True))
+    return small_sweep_config(out, data, **overrides)
 
 
 EXPECTED_UNITS = sorted((m, layer, u) for m in ("am", "iam") for layer in ("conv2", "fc5") for u in range(8))
@@ -69,7 +44,7 @@ def test_sweep_equals_the_single_process_commands(local_ray, tmp_path, image_fol
     config = make_config(tmp_path / "sweep", image_folder_dir)
     rows = run_sweep(config, progress=False)
     assert [r["layer"] for r in rows] == ["conv2", "fc5"]
-    assert units_rows(config.out) == EXPECTED_UNITS  # every unit exactly once
+    assert unit_rows(config.out) == EXPECTED_UNITS  # every unit exactly once
 
     model = load_model("shallow_cnn", "random", seed=3, num_classes=10)
     single = repsub.selectivity(
@@ -130,7 +105,7 @@ def test_rerun_computes_nothing_already_done(local_ray, tmp_path, capsys):
     run_sweep(config, progress=False)
     assert "12 already done" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep" / "units").rglob("*.parquet")} == files
-    assert units_rows(config.out) == EXPECTED_UNITS
+    assert unit_rows(config.out) == EXPECTED_UNITS
 
 
 def test_a_deterministic_failure_names_the_shard_after_the_others_commit(local_ray, tmp_path):
@@ -175,7 +150,7 @@ def test_a_killed_worker_is_retried_and_every_unit_lands_once(local_ray, tmp_pat
     killer.join()
     assert killed, "no worker process was found to kill"
     assert killed[0] < 16  # the kill landed before the end
-    assert units_rows(config.out) == sorted((m, "conv4", u) for m in ("am", "iam") for u in range(24))
+    assert unit_rows(config.out) == sorted((m, "conv4", u) for m in ("am", "iam") for u in range(24))
 
 
 def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, capsys):
@@ -192,5 +167,5 @@ def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, capsys):
     run_sweep(config, progress=False)
     already = shards_already_done(capsys.readouterr().out)
     assert done_before <= already <= done_before + 1  # its in-flight shard may still have landed
-    assert units_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))
+    assert unit_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))
     assert not list(out.rglob(".tmp-*"))
