@@ -267,7 +267,9 @@ class RunWriter:
             self.fs.delete_file(staged)
 
     def check_run(self, model_identity: dict) -> None:
-        """Refuse a location that holds a run of another schema version or another model/weights."""
+        """Refuse a location that cannot be written, or holds a run of another schema version or of another
+        model/weights: before any work, so nothing is written there."""
+        self.preflight()
         manifest = self.read_manifest()
         if manifest is None:
             return

@@ -34,7 +34,6 @@ def run_sweep(
     configure_s3(config.storage.endpoint_url, config.storage.region)
     model = load_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity and catalog
     writer = RunWriter(config.out)
-    writer.preflight()
     writer.check_run(model.identity())
     lock = RunLock(writer)
     lock.acquire(force=force_unlock)
