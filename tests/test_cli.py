@@ -9,11 +9,20 @@ from repsub.cli import main
 
 def run_cli(capsys, *argv):
     try:
-        code = main(list(argv))
+        code = main([str(a) for a in argv])
     except SystemExit as exit_:  # argparse's own errors
         code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+def selectivity_cli(capsys, data, out, *extra):
+    return run_cli(capsys, "selectivity", "--model", "shallow_cnn", "--data", data, "--out", out, "--no-progress",
+                   *extra)  # fmt: skip
+
+
+def visualize_cli(capsys, out, *extra):
+    return run_cli(capsys, "visualize", "--model", "shallow_cnn", "--out", out, "--no-progress", *extra)
 
 
 def test_unknown_model(capsys, tmp_path):
@@ -22,48 +31,18 @@ def test_unknown_model(capsys, tmp_path):
 
 
 def test_unknown_layer(capsys, tmp_path):
-    code, text = run_cli(
-        capsys,
-        "visualize",
-        "--model",
-        "shallow_cnn",
-        "--method",
-        "am",
-        "--layers",
-        "conv7",
-        "--out",
-        str(tmp_path / "r"),
-        "--steps",
-        "1",
-        "--no-progress",
-    )
+    code, text = visualize_cli(capsys, tmp_path / "r", "--method", "am", "--layers", "conv7", "--steps", "1")
     assert code == 2 and "unknown layer(s) conv7" in text and "conv1, conv2, conv3, conv4, fc5, fc6" in text
     assert not (tmp_path / "r").exists()
 
 
 def test_unknown_method(capsys, tmp_path):
-    code, text = run_cli(
-        capsys, "visualize", "--model", "shallow_cnn", "--method", "xam", "--out", str(tmp_path)
-    )
+    code, text = visualize_cli(capsys, tmp_path, "--method", "xam")
     assert code == 2 and "'xam'" in text and "am" in text and "iam" in text
 
 
 def test_out_of_range_units(capsys, tmp_path):
-    code, text = run_cli(
-        capsys,
-        "visualize",
-        "--model",
-        "shallow_cnn",
-        "--method",
-        "am",
-        "--layers",
-        "fc6",
-        "--units",
-        "5-12",
-        "--out",
-        str(tmp_path / "r"),
-        "--no-progress",
-    )
+    code, text = visualize_cli(capsys, tmp_path / "r", "--method", "am", "--layers", "fc6", "--units", "5-12")
     assert code == 2 and "fc6 has units 0-9" in text and "[10, 11, 12]" in text
 
 
@@ -72,21 +51,7 @@ def test_unreadable_image_is_named(capsys, tmp_path, image_folder_dir):
     shutil.copytree(image_folder_dir, data)
     bad = data / "class_01" / "broken.png"
     bad.write_bytes((data / "class_01" / "img_0000.png").read_bytes()[:60])  # truncated PNG
-    code, text = run_cli(
-        capsys,
-        "selectivity",
-        "--model",
-        "shallow_cnn",
-        "--data",
-        str(data),
-        "--image-size",
-        "16",
-        "--out",
-        str(tmp_path / "r"),
-        "--workers",
-        "0",
-        "--no-progress",
-    )
+    code, text = selectivity_cli(capsys, data, tmp_path / "r", "--image-size", "16", "--workers", "0")
     assert code == 2 and f"unreadable image {bad}" in text
 
 
@@ -96,17 +61,7 @@ def test_empty_or_one_class_dataset_is_refused(capsys, tmp_path, image_folder_di
     data.mkdir()
     if classes:
         shutil.copytree(image_folder_dir / "class_00", data / "class_00")
-    code, text = run_cli(
-        capsys,
-        "selectivity",
-        "--model",
-        "shallow_cnn",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "r"),
-        "--no-progress",
-    )
+    code, text = selectivity_cli(capsys, data, tmp_path / "r")
     assert code == 2 and f"found {classes} class folder(s); selectivity needs two classes or more" in text
 
 
@@ -114,49 +69,19 @@ def test_class_folder_without_images_is_refused(capsys, tmp_path, image_folder_d
     data = tmp_path / "data"
     shutil.copytree(image_folder_dir, data)
     (data / "class_99").mkdir()
-    code, text = run_cli(
-        capsys,
-        "selectivity",
-        "--model",
-        "shallow_cnn",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "r"),
-        "--no-progress",
-    )
+    code, text = selectivity_cli(capsys, data, tmp_path / "r")
     assert code == 2 and "class_99" in text
 
 
 def test_missing_data_directory(capsys, tmp_path):
-    code, text = run_cli(
-        capsys,
-        "selectivity",
-        "--model",
-        "shallow_cnn",
-        "--data",
-        str(tmp_path / "nope"),
-        "--out",
-        str(tmp_path / "r"),
-        "--no-progress",
-    )
+    code, text = selectivity_cli(capsys, tmp_path / "nope", tmp_path / "r")
     assert code == 2 and "no such file or directory" in text
 
 
 def test_data_that_is_neither_folder_nor_beton(capsys, tmp_path):
     odd = tmp_path / "images.zip"
     odd.write_bytes(b"PK")
-    code, text = run_cli(
-        capsys,
-        "selectivity",
-        "--model",
-        "shallow_cnn",
-        "--data",
-        str(odd),
-        "--out",
-        str(tmp_path / "r"),
-        "--no-progress",
-    )
+    code, text = selectivity_cli(capsys, odd, tmp_path / "r")
     assert code == 2 and f"--data {odd}: not an ImageFolder directory or a .beton file" in text
 
 
