@@ -21,7 +21,7 @@ import torch
 from .activations import ActivationWriter
 from .data.sources import open_source
 from .errors import DataError, UsageError
-from .models import LoadedModel, load_model, select_layers
+from .models import LoadedModel, get_spec, load_model, select_layers
 from .optimize import OptimSettings, optimize_units
 from .optimize.objectives import METHODS
 from .selectivity import selectivity_index
@@ -229,8 +229,6 @@ def units_table(method: str, result, steps: int) -> pa.Table:
 
 
 def _default_size(loaded: LoadedModel) -> int:
-    from .models import get_spec
-
     return get_spec(loaded.name).default_image_size
 
 

@@ -339,18 +339,21 @@ class RunWriter:
         """Record in the manifest (written last, atomically) that command `key` completed with `config`."""
         manifest = self.read_manifest() or {
             "schema_version": SCHEMA_VERSION,
-            "created_at": _now(),
+            "created_at": now_utc(),
             "commands": {},
         }
         manifest.update(
-            model=model_identity, libraries=library_versions(), code_version=code_version(), updated_at=_now()
+            model=model_identity,
+            libraries=library_versions(),
+            code_version=code_version(),
+            updated_at=now_utc(),
         )
-        manifest["commands"][key] = {"config": config, "completed_at": _now()}
+        manifest["commands"][key] = {"config": config, "completed_at": now_utc()}
         self.put_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
         return manifest
 
 
-def _now() -> str:
+def now_utc() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 

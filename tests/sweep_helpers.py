@@ -73,3 +73,12 @@ def unit_rows(uri) -> list[tuple[str, str, int]]:
 
     table = repsub.open_run(uri).units.to_table(columns=["method", "layer", "unit"])
     return sorted(zip(*(table[c].to_pylist() for c in ("method", "layer", "unit")), strict=True))
+
+
+def start_local_ray(temp_dir: Path) -> None:
+    """A private single-machine Ray for this test module (its own temp dir; 2 CPUs like the CI machine)."""
+    import ray
+
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", _temp_dir=str(temp_dir)
+    )

@@ -1,7 +1,6 @@
 """Runs on S3, against a real SeaweedFS server on loopback (tests/s3_server.py)."""
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,13 @@ from repsub.errors import RunError
 from repsub.store import RunWriter, units_file_name
 from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import LOCK, ShardLedger
-from tests.sweep_helpers import kill_a_driver_midway, shards_already_done, small_sweep_config, unit_rows
+from tests.sweep_helpers import (
+    kill_a_driver_midway,
+    shards_already_done,
+    small_sweep_config,
+    start_local_ray,
+    unit_rows,
+)
 
 BUCKET = "runs"
 
@@ -29,22 +34,12 @@ def s3(tmp_path_factory):
     server = SeaweedS3()
     server.client().create_bucket(Bucket=BUCKET)
     env = {**server.env(), "REPSUB_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # before Ray starts, so its workers inherit the same environment
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="WARNING",
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-    )
-    yield server
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():  # before Ray starts, so its workers inherit the same environment
+            patch.setenv(key, value)
+        start_local_ray(tmp_path_factory.mktemp("ray"))
+        yield server
+        ray.shutdown()
     server.close()
 
 

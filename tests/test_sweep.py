@@ -17,18 +17,18 @@ from repsub.models import load_model
 from repsub.store import RunWriter
 from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import ShardLedger
-from tests.sweep_helpers import kill_a_driver_midway, shards_already_done, small_sweep_config, unit_rows
+from tests.sweep_helpers import (
+    kill_a_driver_midway,
+    shards_already_done,
+    small_sweep_config,
+    start_local_ray,
+    unit_rows,
+)
 
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="WARNING",
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-    )
+    start_local_ray(tmp_path_factory.mktemp("ray"))
     yield
     ray.shutdown()
 

@@ -20,19 +20,14 @@ import io
 import json
 import os
 import socket
-from datetime import UTC, datetime
 
 import torch
 
 from ..errors import RunError
 from ..selectivity import ClassMeanAccumulator
-from ..store import RunWriter
+from ..store import RunWriter, now_utc
 
 LOCK = "_lock.json"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class RunLock:
@@ -40,7 +35,7 @@ class RunLock:
 
     def __init__(self, writer: RunWriter):
         self.writer = writer
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "user": _user(), "since": _now()}
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "user": _user(), "since": now_utc()}
 
     def acquire(self, force: bool = False) -> None:
         if force:
@@ -108,12 +103,8 @@ class ShardLedger:
     def mark_done(self, shard_id: str, info: dict) -> None:
         """Create the shard's marker. Create-only: if a retried attempt finds one, the first attempt's
         identical result is already committed, and that marker stays."""
-        record = {"shard": shard_id, "completed_at": _now(), **info}
+        record = {"shard": shard_id, "completed_at": now_utc(), **info}
         self.writer.put_if_absent(f"{self.base}/done/{shard_id}.json", json.dumps(record).encode())
-
-    def marker(self, shard_id: str) -> dict | None:
-        data = self.writer.get_bytes(f"{self.base}/done/{shard_id}.json")
-        return None if data is None else json.loads(data)
 
     def save_partial_sums(self, shard_id: str, accumulator: ClassMeanAccumulator) -> None:
         buffer = io.BytesIO()

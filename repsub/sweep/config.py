@@ -78,6 +78,10 @@ class SweepConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
+    def layer_names(self, all_layers) -> list[str]:
+        """The layers this sweep covers, given the model's catalog (`layers: all` means every one)."""
+        return list(self.layers or [layer.name for layer in all_layers])
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 

@@ -52,7 +52,7 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
     ledger = ShardLedger(writer, config.fingerprint())
     if removed := writer.remove_leftovers():
         print(f"removed {removed} temporary file(s) left by an interrupted writer")
-    layer_names = list(config.layers or [layer.name for layer in model.layers])
+    layer_names = config.layer_names(model.layers)
 
     data_shards: list[DataShard] = []
     classes: list[str] = []

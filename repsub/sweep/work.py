@@ -79,7 +79,7 @@ class ShardRunner:
         started = time.monotonic()
         cfg = self.config.selectivity
         source = self.source()
-        layers = [self.model.layer(name) for name in self.layer_names()]
+        layers = [self.model.layer(name) for name in self.config.layer_names(self.model.layers)]
         batches = source.batches(
             cfg.batch_size, indices=range(shard.start, shard.stop), workers=cfg.workers, device=self.device
         )
@@ -98,6 +98,3 @@ class ShardRunner:
         info = {"images": acc.n_images, "seconds": time.monotonic() - started}
         self.ledger.mark_done(shard.id, info)
         return {"shard": shard.id, **info}
-
-    def layer_names(self) -> list[str]:
-        return list(self.config.layers or [layer.name for layer in self.model.layers])
