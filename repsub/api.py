@@ -19,19 +19,35 @@ import pyarrow as pa
 import torch
 
 from .activations import ActivationWriter
+from .capture import REDUCTIONS
 from .data.sources import open_source
 from .errors import DataError, UsageError
 from .models import LoadedModel, get_spec, load_model, select_layers
-from .optimize import OptimSettings, optimize_units
+from .optimize import OptimSettings, UnitProgress, optimize_units
 from .optimize.objectives import METHODS
+from .precision import default_device, resolve_precision
 from .selectivity import selectivity_index
 from .selectivity_pass import accumulate_class_sums
 from .store import RunWriter, png_bytes
 from .units import parse_units
 
+DEFAULT_REDUCE = "mean"
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def run_reduce(writer: RunWriter | None, reduce: str | None) -> str:
+    """The spatial reduction of conv units for this command: the one asked for, else the run's, else mean.
+
+    Selectivity, the AM/IAM objectives and RS of one run must share it (check_run refuses a mismatch)."""
+    if reduce is None:
+        reduce = (writer.run_invariant("reduce") if writer else None) or DEFAULT_REDUCE
+    if reduce not in REDUCTIONS:
+        raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
+    return reduce
+
+
+def _say_precision(precision, what: str) -> None:
+    if precision.requested == "auto":
+        print(f"{what}: precision {precision.used} ({precision.reason})", file=sys.stderr)
 
 
 def _as_model(model: str | LoadedModel, weights: str, seed: int, device: str) -> LoadedModel:
@@ -48,12 +64,13 @@ def selectivity(
     image_size: int | None = None,
     layers: list[str] | None = None,
     batch_size: int = 64,
-    reduce: str = "mean",
+    reduce: str | None = None,
     seed: int = 0,
     device: str | None = None,
     workers: int = 2,
     progress: bool = True,
     save_activations: list[str] | str | None = None,
+    precision: str = "auto",
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
     or an FFCV .beton file from `repsub prepare`).
@@ -61,9 +78,12 @@ def selectivity(
     Streams the dataset once, accumulating float64 per-class sums of every layer together. Returns
     the selectivity table (with its `layer` column) and, if `out` is given, writes it into that run.
     `save_activations` (layers among `layers`) also streams every image's activations of those layers
-    into `out`/activations/ (repsub.activations), one row per image per layer.
+    into `out`/activations/ (repsub.activations), one row per image per layer. `reduce` (how a conv
+    channel's map becomes one value: mean, max, center) defaults to the run's, else mean. `precision`
+    (auto, fp32, bf16) is that of the forward; class sums are float64 in every case.
     """
     device = device or default_device()
+    used_precision = resolve_precision(precision, device)
     loaded = _as_model(model, weights, seed, device)
     chosen = select_layers(loaded.layers, layers, loaded.name)
     saved = _activation_layers(save_activations, chosen, loaded, out)
@@ -80,8 +100,10 @@ def selectivity(
             file=sys.stderr,
         )
     writer = RunWriter(out) if out is not None else None
+    reduce = run_reduce(writer, reduce)
     if writer:
-        writer.check_run(loaded.identity())
+        writer.check_run(loaded.identity(), {"reduce": reduce})
+    _say_precision(used_precision, "selectivity")
     with contextlib.ExitStack() as stack:
         sink = None
         if saved:
@@ -96,6 +118,7 @@ def selectivity(
             total=len(source),
             progress=progress,
             on_batch=sink.add if sink else None,
+            precision=used_precision,
         )
         if acc.n_images != len(source):
             raise DataError(f"the pass saw {acc.n_images} images, {data} holds {len(source)}")
@@ -114,12 +137,13 @@ def selectivity(
             "reduce": reduce,
             "seed": seed,
             "device": str(device),
+            "precision": used_precision.to_dict(),
             "n_images": acc.n_images,
         }
         if saved:
             config["save_activations"] = [layer.name for layer in saved]
             config["activations_row_group_rows"] = activation_rows
-        writer.record("selectivity", loaded.identity(), config)
+        writer.record("selectivity", loaded.identity(), config, loaded.catalog_records(), {"reduce": reduce})
     return _with_layer(tables)
 
 
@@ -167,13 +191,16 @@ def visualize(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
+    reduce: str | None = None,
     **setting_overrides,
 ) -> pa.Table:
     """AM or IAM images for the units of `layers` (default: all), with their layer activations and RS.
 
     `units` ('0-15', a list, or None for all) applies to every layer. Settings default to
-    OptimSettings(); keyword overrides (steps=..., image_size=..., lr=...) replace single fields.
-    Returns the units table (with its `layer` column); writes it into the run `out` if given.
+    OptimSettings(); keyword overrides (steps=..., image_size=..., lr=..., precision=...) replace
+    single fields. `reduce` (conv units' spatial reduction) defaults to the run's, else mean: the
+    objective and RS use the reduction of the run's selectivity. Returns the units table (with its
+    `layer` column, one row per unit with its status); writes it into the run `out` if given.
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -184,23 +211,23 @@ def visualize(
     settings.validate()
     unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
     writer = RunWriter(out) if out is not None else None
+    reduce = run_reduce(writer, reduce)
     if writer:
-        writer.check_run(loaded.identity())
+        writer.check_run(loaded.identity(), {"reduce": reduce})
+    precision = resolve_precision(settings.precision, device)
+    _say_precision(precision, method)
     tables = {}
-    for layer in chosen:
-        result = optimize_units(
-            loaded,
-            layer,
-            unit_lists[layer.name],
-            method,
-            settings,
-            run_seed=seed,
-            device=device,
-            progress=progress,
-        )
-        tables[layer.name] = units_table(method, result, settings.steps)
-        if writer:  # each layer lands as soon as it is done
-            writer.write_units(method, layer.name, tables[layer.name])
+    total = sum(len(u) for u in unit_lists.values())
+    with UnitProgress(total, settings.steps, enabled=progress) as bar:
+        for layer in chosen:
+            result = optimize_units(
+                loaded, layer, unit_lists[layer.name], method, settings,
+                run_seed=seed, device=device, progress=bar, reduce=reduce,
+            )  # fmt: skip
+            tables[layer.name] = units_table(method, result, settings.steps)
+            if writer:  # each layer lands as soon as it is done
+                writer.write_units(method, layer.name, tables[layer.name])
+    _warn_failures(method, tables)
     if writer:
         config = {
             "method": method,
@@ -208,10 +235,26 @@ def visualize(
             "units": units if isinstance(units, str | None) else list(units),
             "seed": seed,
             "device": str(device),
+            "reduce": reduce,
+            "precision": precision.to_dict(),
             "settings": settings.to_dict(),
         }
-        writer.record(f"visualize/{method}", loaded.identity(), config)
+        writer.record(
+            f"visualize/{method}", loaded.identity(), config, loaded.catalog_records(), {"reduce": reduce}
+        )
     return _with_layer(tables)
+
+
+def _warn_failures(method: str, tables: dict[str, pa.Table]) -> None:
+    """Say which layers have units whose optimization did not work (their rows say so too)."""
+    for name, table in tables.items():
+        statuses = table.column("status").to_pylist()
+        bad = {s: statuses.count(s) for s in sorted(set(statuses)) if s != "ok"}
+        if bad:
+            counts = ", ".join(f"{count} {status}" for status, count in bad.items())
+            print(
+                f"note: {method} {name}: {counts} of {len(statuses)} units (status column)", file=sys.stderr
+            )
 
 
 def units_table(method: str, result, steps: int) -> pa.Table:
@@ -222,6 +265,10 @@ def units_table(method: str, result, steps: int) -> pa.Table:
         "activation": pa.array(result.activation, pa.float32()),
         "layer_activations": pa.array(list(result.layer_activations), pa.list_(pa.float32())),
         "rs": pa.array(result.rs, pa.float64()),
+        "rs_ties": pa.array(result.rs_ties, pa.float64()),
+        "status": pa.array(result.status.tolist(), pa.string()),
+        "objective_start": pa.array(result.objective_start, pa.float32()),
+        "objective_final": pa.array(result.objective_final, pa.float32()),
         "image": pa.array([png_bytes(img) for img in result.images], pa.binary()),
         "seed": pa.array(result.seeds, pa.int64()),
         "steps": pa.array(np.full(n, steps), pa.int32()),

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 from . import api, report
+from .capture import REDUCTIONS
 from .data.prepare import add_prepare_parser, cmd_prepare
 from .errors import RepsubError
 from .models import MODELS, catalog
-from .optimize import METHODS, PARAMETERIZATIONS, OptimSettings
+from .optimize import METHODS, OWN_TERMS, PARAMETERIZATIONS, OptimSettings
+from .precision import PRECISIONS
 from .store import open_run
 from .summary import format_table, layer_summary
 
@@ -41,6 +43,26 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_reduce_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reduce",
+        default=None,
+        choices=REDUCTIONS,
+        help="how a conv channel's map becomes one activation, for selectivity, the objectives and RS "
+        "alike (default: the run's, else mean)",
+    )
+
+
+def _add_precision_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help=f"{what} precision: bf16 where the hardware runs it fast (auto), or fp32/bf16; what is recorded "
+        "is computed in fp32 (default auto)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repsub", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,12 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size", type=int, default=None, help="input size S (default: the model's, 224 for vgg16)"
     )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--reduce",
-        default="mean",
-        choices=["mean", "max", "center"],
-        help="how a conv channel's map becomes one activation (default mean)",
-    )
+    _add_reduce_arg(p)
+    _add_precision_arg(p, "the forward's")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument(
         "--save-activations",
@@ -102,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.batch_size,
         help=f"units optimized together (default {DEFAULTS.batch_size})",
     )
+    p.add_argument(
+        "--own-term",
+        default=DEFAULTS.own_term,
+        choices=OWN_TERMS,
+        help="how the unit's own term is climbed: hybrid (post-ReLU while > 0, else pre-ReLU, so units "
+        "that start at 0 move), post, pre; recorded values are post-ReLU in every case "
+        f"(default {DEFAULTS.own_term})",
+    )
+    _add_reduce_arg(p)
+    _add_precision_arg(p, "the optimization steps'")
 
     p = sub.add_parser(
         "train", help="train the shallow CNN or the MLP on an ImageFolder (for small experiments)"
@@ -184,6 +212,7 @@ def cmd_selectivity(args) -> None:
         workers=args.workers,
         save_activations=_layers_arg(args.save_activations),
         progress=not args.no_progress,
+        precision=args.precision,
     )
     print(f"wrote selectivity of {table.num_rows} units to {args.out}")
 
@@ -203,6 +232,9 @@ def cmd_visualize(args) -> None:
         lr=args.lr,
         param=args.param,
         batch_size=args.batch_size,
+        own_term=args.own_term,
+        precision=args.precision,
+        reduce=args.reduce,
         **({"image_size": args.image_size} if args.image_size else {}),
     )
     print(f"wrote {args.method} results of {table.num_rows} units to {args.out}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+READS = {
+    "relu": "after ReLU",
+    "block": "block output (after its final ReLU)",
+    "logits": "logits",
+    "module": "raw module output",
+}
+
+
 @dataclass(frozen=True)
 class UnitLayer:
     """One layer of units: its stable name, unit count and the module whose output is read."""
@@ -31,7 +39,19 @@ class UnitLayer:
     units: int
     module: str  # dotted path of the module whose output holds the layer's units
     kind: str  # "conv" (units are channels) or "linear" (units are neurons)
-    after_relu: bool  # False for the logits
+    read: str  # how the layer is read: a key of READS
+    # The ReLU module whose input, on its last call within `module`'s forward, is the layer's
+    # pre-activation; None when the value read is not a ReLU output (logits, raw module output).
+    relu: str | None = None
+
+    @property
+    def after_relu(self) -> bool:
+        return self.relu is not None
+
+    def record(self, depth: int) -> dict:
+        """What a run's manifest keeps about the layer, so reports read the truth, never a guess."""
+        return {"name": self.name, "units": self.units, "module": self.module, "kind": self.kind,
+                "read": self.read, "depth": depth}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -171,14 +191,12 @@ def unit_layers(model: nn.Module, spec: ModelSpec) -> list[UnitLayer]:
         units = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
         found.append(UnitLayer(
             name="", units=units, module=follower[0] if relu else path,
-            kind="conv" if isinstance(module, nn.Conv2d) else "linear", after_relu=relu,
+            kind="conv" if isinstance(module, nn.Conv2d) else "linear",
+            read="relu" if relu else "logits", relu=follower[0] if relu else None,
         ))  # fmt: skip
     if len(found) != len(spec.layer_names):
         raise RuntimeError(f"{spec.name}: found {len(found)} unit layers, expected {len(spec.layer_names)}")
-    return [
-        UnitLayer(n, u.units, u.module, u.kind, u.after_relu)
-        for n, u in zip(spec.layer_names, found, strict=True)
-    ]
+    return [replace(u, name=n) for n, u in zip(spec.layer_names, found, strict=True)]
 
 
 def catalog(model_name: str, num_classes: int | None = None) -> list[UnitLayer]:
@@ -226,6 +244,9 @@ class LoadedModel:
 
     def layer(self, name: str) -> UnitLayer:
         return select_layers(self.layers, [name], self.name)[0]
+
+    def catalog_records(self) -> list[dict]:
+        return [layer.record(depth) for depth, layer in enumerate(self.layers)]
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:

@@ -18,3 +18,14 @@ def representative_substitution(layer_activations: torch.Tensor, units: torch.Te
     own = layer_activations.gather(1, units)
     higher = (layer_activations > own).sum(dim=1)
     return higher.to(torch.float64) / layer_activations.shape[1]
+
+
+def rs_ties(layer_activations: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """The fraction of the *other* units (N - 1 of them) whose activation equals the unit's, [B] float64.
+
+    RS counts strictly greater activations only, so tied units (typically a whole layer at 0 on an image
+    that drives nothing) leave RS low without meaning anything: readers need to see the ties."""
+    units = units.to(layer_activations.device, torch.int64).reshape(-1, 1)
+    own = layer_activations.gather(1, units)
+    equal = (layer_activations == own).sum(dim=1) - 1  # the unit itself is always equal
+    return equal.to(torch.float64) / max(layer_activations.shape[1] - 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
@@ -9,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .capture import LayerReader
 from .models import LoadedModel, UnitLayer
+from .precision import Precision, as_input, prepare_for_speed
 from .selectivity import ClassMeanAccumulator
 
 
@@ -23,19 +25,23 @@ def accumulate_class_sums(
     total: int | None = None,
     progress: bool = True,
     on_batch: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
+    precision: Precision | None = None,
 ) -> ClassMeanAccumulator:
     """One pass over `batches` of (images, labels); returns the per-class sums of all `layers` at once.
 
-    The forward stops after the deepest requested layer. `total` (image count) sizes the progress bar.
-    `on_batch(activations, labels)` sees each batch's unit activations {layer: [B, N]} (e.g. to store
-    them per image: repsub.activations.ActivationWriter.add).
+    The forward stops after the deepest requested layer and runs in `precision` (default fp32); unit
+    activations are reduced in float32 and summed in float64 whatever the precision. `total` (image
+    count) sizes the progress bar. `on_batch(activations, labels)` sees each batch's unit activations
+    {layer: [B, N]} (e.g. to store them per image: repsub.activations.ActivationWriter.add).
     """
     reader = LayerReader(model.module, layers, reduce=reduce)
+    channels_last = prepare_for_speed(model.module, device)
     accumulator = ClassMeanAccumulator({layer.name: layer.units for layer in layers}, num_classes, device)
     with tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress) as bar:
         for images, labels in batches:
-            images = images.to(device, non_blocking=True)
-            activations = reader(images)
+            images = as_input(images.to(device, non_blocking=True), channels_last)
+            with precision.autocast(device) if precision is not None else contextlib.nullcontext():
+                activations = reader(images)
             accumulator.add(activations, labels)
             if on_batch is not None:
                 on_batch(activations, labels)

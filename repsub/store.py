@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -36,7 +37,10 @@ from . import __version__
 from .errors import RunError
 from .storage import explain_s3_error, filesystem_for, is_s3, put_if_absent
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 runs (no per-unit status, rs_ties or objectives) are still read; their status is derived
+# (units_status) but nothing is written into them.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 UNITS_ROW_GROUP = 256  # rows per row group: a few MB with images, readable a group at a time
 
@@ -54,13 +58,23 @@ SELECTIVITY_SCHEMA = pa.schema([
 UNITS_SCHEMA = pa.schema([
     ("method", pa.string()),
     ("unit", pa.int32()),
-    ("activation", pa.float32()),
+    ("activation", pa.float32()),  # the unit's own activation on its stored image
     ("layer_activations", pa.list_(pa.float32())),
     ("rs", pa.float64()),
+    ("rs_ties", pa.float64()),  # fraction of the other units whose activation equals the unit's
+    ("status", pa.string()),  # a key of UNIT_STATUSES
+    ("objective_start", pa.float32()),  # the method's objective on the start image (no transforms)
+    ("objective_final", pa.float32()),  # ... and on the stored 8-bit image
     ("image", pa.binary()),
     ("seed", pa.int64()),
     ("steps", pa.int32()),
 ])  # fmt: skip
+
+UNIT_STATUSES = {
+    "ok": "the unit responds to its image (own activation > 0)",
+    "no_response": "own activation <= 0 on its final image: the optimization never drove the unit",
+    "nonfinite": "non-finite activations on its image",
+}
 
 # One row per image per layer, streamed during the selectivity pass (repsub.activations).
 ACTIVATIONS_SCHEMA = pa.schema([
@@ -70,6 +84,23 @@ ACTIVATIONS_SCHEMA = pa.schema([
 ])  # fmt: skip
 
 TABLES = {"selectivity": SELECTIVITY_SCHEMA, "units": UNITS_SCHEMA, "activations": ACTIVATIONS_SCHEMA}
+
+
+def units_status(table: pa.Table) -> pa.Array:
+    """Each row's status: the stored one, or for rows of version 1 runs (null status) the same rule applied
+    to the stored values: nonfinite if the activation or RS is not finite, no_response if the activation
+    is <= 0, else ok."""
+    activation = np.asarray(table.column("activation").to_numpy(zero_copy_only=False), dtype=np.float64)
+    rs = np.asarray(table.column("rs").to_numpy(zero_copy_only=False), dtype=np.float64)
+    derived = np.where(
+        ~(np.isfinite(activation) & np.isfinite(rs)),
+        "nonfinite",
+        np.where(activation <= 0, "no_response", "ok"),
+    )
+    if "status" not in table.column_names:
+        return pa.array(derived, pa.string())
+    stored = table.column("status").combine_chunks()
+    return pc.if_else(pc.is_null(stored), pa.array(derived, pa.string()), stored)
 
 
 def full_schema(table: str) -> pa.Schema:
@@ -266,23 +297,42 @@ class RunWriter:
         if self._exists(staged):
             self.fs.delete_file(staged)
 
-    def check_run(self, model_identity: dict) -> None:
-        """Refuse a location that cannot be written, or holds a run of another schema version or of another
-        model/weights: before any work, so nothing is written there."""
+    def check_run(self, model_identity: dict, invariants: dict | None = None) -> None:
+        """Refuse a location that cannot be written, or holds a run of another schema version, of another
+        model/weights, or made with other run-wide settings (`invariants`, e.g. the spatial reduction):
+        before any work, so nothing is written there."""
         self.preflight()
         manifest = self.read_manifest()
         if manifest is None:
             return
-        if manifest.get("schema_version") != SCHEMA_VERSION:
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            readable = (
+                " (this repsub still reads it: summary, report, open_run)"
+                if version in READABLE_SCHEMA_VERSIONS
+                else ""
+            )
             raise RunError(
-                f"{self.uri} holds a run of schema version {manifest.get('schema_version')}; this "
-                f"repsub writes version {SCHEMA_VERSION}: use another output location"
+                f"{self.uri} holds a run of schema version {version}{readable}; this repsub writes version "
+                f"{SCHEMA_VERSION} only: write new results to another output location"
             )
         if manifest.get("model") != model_identity:
             raise RunError(
                 f"{self.uri} holds results of another model or weights ({manifest.get('model')}); "
                 f"not mixing them with {model_identity}: use another output location"
             )
+        recorded = manifest.get("invariants") or {}
+        for key, value in (invariants or {}).items():
+            if key in recorded and recorded[key] != value:
+                raise RunError(
+                    f"{self.uri} was made with {key} {recorded[key]!r}; this command asks for {value!r}. "
+                    f"Results made with another {key} cannot be compared within one run: use {key} "
+                    f"{recorded[key]!r} or another output location"
+                )
+
+    def run_invariant(self, key: str) -> object | None:
+        """A run-wide setting recorded in the manifest (None for a new run or one without it)."""
+        return ((self.read_manifest() or {}).get("invariants") or {}).get(key)
 
     def write_selectivity(self, layer: str, table: pa.Table) -> None:
         """Replace the layer's selectivity rows."""
@@ -335,8 +385,17 @@ class RunWriter:
         except json.JSONDecodeError as err:
             raise RunError(f"{self.uri}: {MANIFEST} is not valid JSON ({err})") from None
 
-    def record(self, key: str, model_identity: dict, config: dict) -> dict:
-        """Record in the manifest (written last, atomically) that command `key` completed with `config`."""
+    def record(
+        self,
+        key: str,
+        model_identity: dict,
+        config: dict,
+        catalog: list[dict] | None = None,
+        invariants: dict | None = None,
+    ) -> dict:
+        """Record in the manifest (written last, atomically) that command `key` completed with `config`.
+        `catalog` (the model's layers: name, units, module, kind, read, depth) and `invariants` (run-wide
+        settings that every command must share, see check_run) are kept for the whole run."""
         manifest = self.read_manifest() or {
             "schema_version": SCHEMA_VERSION,
             "created_at": now_utc(),
@@ -348,6 +407,10 @@ class RunWriter:
             code_version=code_version(),
             updated_at=now_utc(),
         )
+        if catalog is not None:
+            manifest["catalog"] = catalog
+        if invariants:
+            manifest["invariants"] = {**(manifest.get("invariants") or {}), **invariants}
         manifest["commands"][key] = {"config": config, "completed_at": now_utc()}
         self.put_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
         return manifest
@@ -382,10 +445,10 @@ def open_run(uri: str | os.PathLike) -> Run:
     manifest = writer.read_manifest()
     if manifest is None:
         raise RunError(f"{writer.uri} holds no run (no {MANIFEST})")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise RunError(
             f"{writer.uri} holds a run of schema version {manifest.get('schema_version')}; this repsub "
-            f"reads version {SCHEMA_VERSION}"
+            f"reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
         )
     datasets = {}
     for name in TABLES:

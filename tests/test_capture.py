@@ -55,7 +55,7 @@ def test_capture_equals_manual_forward(vgg16_random):
 def test_capture_is_unharmed_by_a_later_inplace_relu():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1))
-    pre_relu = UnitLayer("pre", 4, "0", "conv", after_relu=False)
+    pre_relu = UnitLayer("pre", 4, "0", "conv", read="module")
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model[0](x)
@@ -88,10 +88,60 @@ def test_cut_forward_equals_full_forward_and_stops(vgg16_random):
 def test_other_reductions(reduce):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-    layer = UnitLayer("c", 4, "1", "conv", after_relu=True)
+    layer = UnitLayer("c", 4, "1", "conv", read="relu", relu="1")
     x = torch.randn(2, 3, 5, 6)
     with torch.no_grad():
         got = LayerReader(model, [layer], reduce=reduce)(x)["c"]
         maps = model(x)
     expected = maps.amax(dim=(2, 3)) if reduce == "max" else maps[:, :, 2, 3]
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max", "center"])
+def test_pre_activation_is_the_relu_input_despite_inplace_relus(reduce):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 25, 6),
+        nn.ReLU(inplace=True), nn.Linear(6, 2),
+    )  # fmt: skip
+    conv = UnitLayer("c", 4, "1", "conv", read="relu", relu="1")
+    fc = UnitLayer("f", 6, "4", "linear", read="relu", relu="4")
+    logits = UnitLayer("l", 2, "5", "linear", read="logits")
+    x = torch.randn(3, 3, 5, 5)
+    with torch.no_grad():
+        conv_pre = model[0](x)
+        fc_pre = model[3](torch.relu(conv_pre).flatten(1))
+        post, pre = LayerReader(model, [conv, fc, logits], reduce=reduce).read(x)
+    reduced = {
+        "mean": conv_pre.mean(dim=(2, 3)),
+        "max": conv_pre.amax(dim=(2, 3)),
+        "center": conv_pre[:, :, 2, 2],
+    }
+    assert (conv_pre < 0).any() and (fc_pre < 0).any()  # the inplace ReLUs would have zeroed these
+    torch.testing.assert_close(pre["c"], reduced[reduce])
+    torch.testing.assert_close(pre["f"], fc_pre)
+    torch.testing.assert_close(post["f"], torch.relu(fc_pre))
+    assert set(pre) == {"c", "f"}  # logits have no pre-activation
+
+
+def test_pre_activation_of_a_relu_called_twice_is_its_last_call():
+    """A residual block calls one ReLU module twice: the block output's pre-activation is the last call's input."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1), nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.relu(self.b(self.relu(self.a(x))) + x)
+
+    torch.manual_seed(1)
+    model = nn.Sequential(Block())
+    layer = UnitLayer("block", 2, "0", "conv", read="block", relu="0.relu")
+    x = torch.randn(2, 2, 4, 4)
+    with torch.no_grad():
+        block = model[0]
+        last_input = block.b(torch.relu(block.a(x))) + x
+        post, pre = LayerReader(model, [layer]).read(x)
+    torch.testing.assert_close(pre["block"], last_input.mean(dim=(2, 3)))
+    torch.testing.assert_close(post["block"], torch.relu(last_input).mean(dim=(2, 3)))

@@ -40,6 +40,8 @@ def vgg_run(tmp_path_factory, image_folder_dir):
                 "8",
                 "--workers",
                 "0",
+                "--precision",
+                "fp32",  # compared below with a direct fp32 computation
             ]
         )
         == 0
@@ -101,10 +103,22 @@ def test_units_table_read_back_with_pyarrow(vgg_run):
         acts = np.asarray(row["layer_activations"])
         assert row["activation"] == pytest.approx(acts[row["unit"]])
         assert row["rs"] == (acts > acts[row["unit"]]).sum() / len(acts)
+        assert row["rs_ties"] == ((acts == acts[row["unit"]]).sum() - 1) / (len(acts) - 1)
+        assert row["status"] == ("ok" if row["activation"] > 0 else "no_response")
         assert decode_png(row["image"]).shape == (SIZE, SIZE, 3)
         assert row["steps"] == 3
     manifest = run.manifest
-    assert manifest["schema_version"] == 1 and manifest["model"]["model"] == "vgg16"
+    assert manifest["schema_version"] == 2 and manifest["model"]["model"] == "vgg16"
+    assert manifest["invariants"] == {"reduce": "mean"}
+    assert [layer["name"] for layer in manifest["catalog"]][:2] == ["conv1_1", "conv1_2"]
+    assert manifest["catalog"][-1] == {
+        "name": "fc8",
+        "units": 1000,
+        "module": "classifier.6",
+        "kind": "linear",
+        "read": "logits",
+        "depth": 15,
+    }
     assert len(manifest["model"]["weights_sha256"]) == 64
     assert set(manifest["commands"]) == {"selectivity", "visualize/am", "visualize/iam"}
     assert manifest["libraries"]["torch"].startswith("2.14.1")

@@ -1,12 +1,17 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from repsub.capture import LayerReader
-from repsub.optimize import OptimSettings, optimize_units, unit_seed
+from repsub.models import load_model
+from repsub.optimize import OptimSettings, UnitProgress, optimize_units, unit_seed
 from repsub.optimize.objectives import activation, inter_unit
 from repsub.optimize.param import FourierImage, PixelImage
-from repsub.rs import representative_substitution
+from repsub.optimize.render import unit_status
+from repsub.rs import representative_substitution, rs_ties
 from repsub.store import decode_png, png_bytes
 
 SMALL = OptimSettings(steps=6, image_size=24, batch_size=8, lr=0.05)
@@ -122,14 +127,94 @@ def test_recorded_activations_are_those_of_the_stored_image(shallow_random):
     np.testing.assert_array_equal(result.rs, rs.numpy())
 
 
-def test_non_finite_optimization_names_the_units(shallow_random):
-    from repsub.optimize.render import OptimizationError
-
+def test_non_finite_units_are_recorded_as_such(shallow_random):
     module = shallow_random.module
     saved = module.features[0].bias.clone()
     module.features[0].bias.fill_(float("nan"))
     try:
-        with pytest.raises(OptimizationError, match=r"conv1.*\[0, 1\]"):
-            optimize_units(shallow_random, shallow_random.layer("conv1"), [0, 1], "am", SMALL, progress=False)
+        result = optimize_units(
+            shallow_random, shallow_random.layer("conv1"), [0, 1], "am", SMALL, progress=False
+        )
     finally:
         module.features[0].bias.copy_(saved)
+    assert result.status.tolist() == ["nonfinite", "nonfinite"]
+    assert np.isnan(result.rs).all()
+
+
+def test_status_and_ties_hand_computed():
+    layer = torch.tensor([[0.0, 0.0, 0.0, 2.0], [1.0, 3.0, 1.0, 1.0], [float("nan"), 1.0, 0.5, 0.0]])
+    units = torch.tensor([1, 0, 2])
+    own = layer.gather(1, units.view(-1, 1)).squeeze(1)
+    assert unit_status(layer, own) == ["no_response", "ok", "nonfinite"]
+    # unit 1 of row 0 ties with units 0 and 2 (2 of 3 others); unit 0 of row 1 with units 2 and 3.
+    np.testing.assert_array_equal(rs_ties(layer, units).numpy(), [2 / 3, 2 / 3, 0.0])
+    np.testing.assert_array_equal(representative_substitution(layer, units).numpy(), [0.25, 0.25, 0.25])
+
+
+def _dormant_channel_model():
+    """A shallow CNN whose conv2 channel 5 has a large negative bias: its pre-activation is negative
+    everywhere on its start image (by a margin of 1, with weights made 5x stronger so that images can
+    still drive it), so its post-ReLU value is 0 with zero gradient."""
+    model = load_model("shallow_cnn", "random", seed=0, num_classes=3)
+    conv = model.module.features[2]
+    conv.weight.data[5] *= 5
+    start = FourierImage([torch.Generator().manual_seed(unit_seed(0, "conv2", 5))], 24, torch.device("cpu"))
+    mean, std = torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        highest = model.module.features[:3]((start() - mean) / std)[:, 5].max()
+    conv.bias.data[5] -= highest + 1.0
+    return model
+
+
+def test_a_unit_that_starts_at_zero_is_driven_by_the_default_and_not_without_the_fix():
+    model = _dormant_channel_model()
+    layer = model.layer("conv2")
+    settings = OptimSettings(steps=48, image_size=24, batch_size=4, precision="fp32")
+    fixed = optimize_units(model, layer, [5, 6], "am", settings, progress=False)
+    plain = optimize_units(model, layer, [5, 6], "am", replace(settings, own_term="post"), progress=False)
+    assert settings.own_term == "hybrid"  # the default
+    assert fixed.objective_start[0] == 0 and plain.objective_start[0] == 0  # the same dead start
+    assert fixed.activation[0] > 0 and fixed.status[0] == "ok"
+    assert plain.activation[0] == 0 and plain.status[0] == "no_response"
+    assert plain.rs_ties[0] > 0  # it ties with the other units at 0
+    # A unit that responds from the start climbs the same objective either way.
+    np.testing.assert_allclose(fixed.activation[1], plain.activation[1], rtol=1e-5)
+    # IAM is fixed the same way.
+    iam = optimize_units(model, layer, [5], "iam", settings, progress=False)
+    assert iam.status[0] == "ok"
+
+
+def test_recorded_objectives_are_the_methods_own(shallow_random):
+    layer = shallow_random.layer("conv3")
+    result = optimize_units(shallow_random, layer, [0, 3, 7], "iam", SMALL, progress=False)
+    acts = torch.from_numpy(result.layer_activations)
+    expected = inter_unit(acts, torch.tensor([0, 3, 7])).numpy()
+    np.testing.assert_allclose(result.objective_final, expected, rtol=1e-6)
+    assert (result.objective_final > result.objective_start).all()
+
+
+def test_bf16_steps_agree_with_fp32(vgg16_random):
+    """bf16 autocast for the steps only: the recorded forward stays fp32, and per-unit results agree."""
+    layer = vgg16_random.layer("conv3_1")
+    units = list(range(24))
+    settings = OptimSettings(steps=12, image_size=32, batch_size=24)
+    fp32 = optimize_units(
+        vgg16_random, layer, units, "am", replace(settings, precision="fp32"), progress=False
+    )
+    bf16 = optimize_units(
+        vgg16_random, layer, units, "am", replace(settings, precision="bf16"), progress=False
+    )
+    assert stats.spearmanr(fp32.rs, bf16.rs).statistic >= 0.95
+    assert abs(fp32.rs.mean() - bf16.rs.mean()) <= 0.01
+    assert (bf16.status != "ok").sum() <= (fp32.status != "ok").sum()
+    np.testing.assert_allclose(bf16.objective_final.mean(), fp32.objective_final.mean(), rtol=0.05)
+
+
+def test_progress_shows_whole_units(shallow_random, capsys):
+    with UnitProgress(total_units=10, steps=3) as bar:
+        bar.describe("am conv1")
+        for _ in range(3):
+            bar.step(4)
+        bar.units_done(4)
+    shown = capsys.readouterr().err
+    assert "4/10 units" in shown and "4.0" not in shown

@@ -2,23 +2,61 @@
 
 Each returns one value per image; maximizing their sum maximizes each image's own objective,
 since image b's objective depends on image b alone.
+
+What is *recorded* is the paper's objective on post-ReLU activations (`activation`, `inter_unit`).
+What the optimizer *climbs* (`climbed`) may replace the unit's own term: a unit whose pre-activation
+is negative everywhere has a post-ReLU value of exactly 0 and no gradient, so its image would never
+move (repsub measured this for up to 90% of a layer's units: docs/science.md). OWN_TERMS:
+
+- ``hybrid`` (default): the post-ReLU value while it is > 0, else the pre-ReLU value, which has a
+  gradient and pulls the unit out of zero; once it responds, the post-ReLU value takes over.
+- ``post``: the post-ReLU value always (the plain definition; stalls at 0).
+- ``pre``: the pre-ReLU value always.
+
+The other units of IAM's subtracted term stay post-ReLU in every case (pre-ReLU values there raise RS).
 """
 
 from __future__ import annotations
 
 import torch
 
+OWN_TERMS = ("hybrid", "post", "pre")
+
+
+def _own(layer: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    return layer.gather(1, units.reshape(-1, 1)).squeeze(1)
+
 
 def activation(layer: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """AM: the unit's own activation x_i. layer [B, N], units [B] -> [B]."""
-    return layer.gather(1, units.reshape(-1, 1)).squeeze(1)
+    return _own(layer, units)
 
 
 def inter_unit(layer: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """IAM: x_i - mean_{j != i} x_j over the units of the same layer. layer [B, N], units [B] -> [B]."""
-    own = activation(layer, units)
+    own = _own(layer, units)
     others = (layer.sum(dim=1) - own) / (layer.shape[1] - 1)
     return own - others
 
 
 METHODS = {"am": activation, "iam": inter_unit}
+
+
+def own_term(post: torch.Tensor, pre: torch.Tensor | None, units: torch.Tensor, kind: str) -> torch.Tensor:
+    """The unit's own term as the optimizer sees it (see OWN_TERMS); the post-ReLU value where the layer
+    has no pre-activation (logits, raw module outputs)."""
+    own_post = _own(post, units)
+    if pre is None or kind == "post":
+        return own_post
+    own_pre = _own(pre, units)
+    if kind == "pre":
+        return own_pre
+    return torch.where(own_post > 0, own_post, own_pre)
+
+
+def climbed(
+    method: str, post: torch.Tensor, pre: torch.Tensor | None, units: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """The objective the optimizer maximizes: the method's recorded objective with its own term replaced
+    by `own_term(...)` (both methods are `own + a term of the other units`)."""
+    return METHODS[method](post, units) - _own(post, units) + own_term(post, pre, units, kind)

@@ -1,9 +1,13 @@
 """The optimization loop: a batch of images, one per unit of one layer, optimized together.
 
 One Adam optimizer over the batch's parameters (Adam is elementwise, so each image follows its
-own trajectory), one vectorized objective, and a forward that stops at the target layer. After
-the last step each image is quantized to 8 bits, exactly as stored, and goes forward once more
-without transforms: that forward gives the recorded layer activations and RS.
+own trajectory), one vectorized objective, and a forward that stops at the target layer. The steps
+may run in bf16 (`precision`); the image parameters, the transforms and the optimizer stay fp32.
+
+After the last step each image is quantized to 8 bits, exactly as stored, and goes forward once
+more, in fp32 and without transforms: that forward gives the recorded layer activations, RS, ties,
+the objective and the unit's status. The start image is evaluated the same way before the first
+step, so every row says how far its optimization got.
 """
 
 from __future__ import annotations
@@ -13,20 +17,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..capture import LayerReader
-from ..errors import RepsubError, UsageError
+from ..capture import REDUCTIONS, LayerReader
+from ..errors import UsageError
 from ..models import LoadedModel, UnitLayer
-from ..rs import representative_substitution
-from .objectives import METHODS
+from ..precision import PRECISIONS, Precision, as_input, prepare_for_speed, resolve_precision
+from ..rs import representative_substitution, rs_ties
+from .objectives import METHODS, OWN_TERMS, climbed
 from .param import PARAMETERIZATIONS
+from .progress import UnitProgress
 from .transforms import RandomAffine
 
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """How images are optimized. Defaults follow common feature-visualization practice (Lucid)."""
+    """How images are optimized. Defaults follow common feature-visualization practice (Lucid), except
+    `own_term`, chosen by measurement (docs/science.md)."""
 
     steps: int = 256
     lr: float = 0.05  # Adam learning rate
@@ -36,24 +42,24 @@ class OptimSettings:
     scale: float = 0.05  # zoom factor drawn in [1 - scale, 1 + scale]
     rotate: float = 5.0  # max rotation, degrees
     batch_size: int = 64  # units optimized together
+    own_term: str = "hybrid"  # how the unit's own term is climbed: repsub.optimize.objectives.OWN_TERMS
+    precision: str = "auto"  # of the steps: auto | fp32 | bf16 (repsub.precision)
 
     def validate(self) -> None:
-        if self.param not in PARAMETERIZATIONS:
-            raise UsageError(
-                f"unknown parameterization {self.param!r}; valid: {', '.join(PARAMETERIZATIONS)}"
-            )
+        choices = {"param": PARAMETERIZATIONS, "own_term": OWN_TERMS, "precision": PRECISIONS}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise UsageError(
+                    f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; valid: {', '.join(valid)}"
+                )
         for name in ("steps", "image_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not self.lr > 0 or self.lr == float("inf"):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class OptimizationError(RepsubError):
-    """The optimization produced non-finite values for some units."""
 
 
 @dataclass
@@ -65,13 +71,26 @@ class OptimResult:
     images: np.ndarray  # uint8 [B, H, W, 3]
     layer_activations: np.ndarray  # float32 [B, N]
     activation: np.ndarray  # float32 [B], the unit's own activation on its image
-    rs: np.ndarray  # float64 [B]
+    rs: np.ndarray  # float64 [B] (NaN where the activations are not finite)
+    rs_ties: np.ndarray  # float64 [B]
+    status: np.ndarray  # str [B]: ok | no_response | nonfinite (repsub.store.UNIT_STATUSES)
+    objective_start: np.ndarray  # float32 [B], the method's objective on the start image
+    objective_final: np.ndarray  # float32 [B], ... on the stored 8-bit image
 
 
 def unit_seed(run_seed: int, layer: str, unit: int) -> int:
     """A unit's seed, derived from (run seed, layer, unit) alone: independent of batch and shard."""
     digest = hashlib.sha256(f"repsub/{run_seed}/{layer}/{unit}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def unit_status(layer_activations: torch.Tensor, own: torch.Tensor) -> list[str]:
+    """ok, no_response (own activation <= 0) or nonfinite (any activation of the layer not finite)."""
+    finite = torch.isfinite(layer_activations).all(dim=1).tolist()
+    return [
+        "nonfinite" if not f else ("ok" if a > 0 else "no_response")
+        for f, a in zip(finite, own.tolist(), strict=True)
+    ]
 
 
 def _normalizer(model: LoadedModel, device: torch.device):
@@ -87,35 +106,50 @@ def _optimize_batch(
     seeds: list[int],
     method: str,
     settings: OptimSettings,
+    precision: Precision,
+    reduce: str,
     device: torch.device,
-    bar: tqdm | None,
+    progress: UnitProgress,
 ) -> OptimResult:
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     image = PARAMETERIZATIONS[settings.param](generators, settings.image_size, device)
     warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
-    reader = LayerReader(model.module, [layer], reduce="mean")
+    reader = LayerReader(model.module, [layer], reduce=reduce)
+    channels_last = prepare_for_speed(model.module, device)
     normalize = _normalizer(model, device)
-    objective = METHODS[method]
     unit_index = torch.tensor(units, device=device)
+    recorded = METHODS[method]
+
+    def evaluate(images: torch.Tensor) -> torch.Tensor:
+        """The recorded layer activations of images, fp32, no transforms."""
+        with torch.no_grad():
+            return reader(as_input(normalize(images), channels_last))[layer.name].to(torch.float32)
+
+    with torch.no_grad():
+        objective_start = recorded(evaluate(image()), unit_index)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     for step in range(settings.steps):
         optimizer.zero_grad(set_to_none=True)
-        acts = reader(normalize(warp(image(), step)))[layer.name]
-        (-objective(acts, unit_index).sum()).backward()
+        warped = as_input(normalize(warp(image(), step)), channels_last)
+        with precision.autocast(device):
+            post, pre = reader.read(warped)
+        objective = climbed(method, post[layer.name], pre.get(layer.name), unit_index, settings.own_term)
+        (-objective.sum()).backward()
         optimizer.step()
-        if bar is not None:
-            bar.update(len(units))
+        progress.step(len(units))
     with torch.no_grad():
-        quantized = (image() * 255).round().to(torch.uint8)
-        final = reader(normalize(quantized.to(torch.float32) / 255))[layer.name].to(torch.float32)
-    bad = [u for u, ok in zip(units, torch.isfinite(final).all(dim=1).tolist(), strict=True) if not ok]
-    if bad:
-        raise OptimizationError(f"{method} on layer {layer.name}: non-finite activations for unit(s) {bad}")
+        quantized = (image().nan_to_num(0.5) * 255).round().to(torch.uint8)
+        final = evaluate(quantized.to(torch.float32) / 255)
     own = final.gather(1, unit_index.view(-1, 1)).squeeze(1)
+    status = unit_status(final, own)
+    rs = representative_substitution(final, unit_index)
+    rs[torch.tensor([s == "nonfinite" for s in status])] = float("nan")
     return OptimResult(
         units=np.asarray(units, dtype=np.int64), seeds=np.asarray(seeds, dtype=np.int64),
         images=quantized.permute(0, 2, 3, 1).cpu().numpy(), layer_activations=final.cpu().numpy(),
-        activation=own.cpu().numpy(), rs=representative_substitution(final, unit_index).cpu().numpy(),
+        activation=own.cpu().numpy(), rs=rs.cpu().numpy(), rs_ties=rs_ties(final, unit_index).cpu().numpy(),
+        status=np.asarray(status), objective_start=objective_start.cpu().numpy().astype(np.float32),
+        objective_final=recorded(final, unit_index).cpu().numpy().astype(np.float32),
     )  # fmt: skip
 
 
@@ -127,44 +161,43 @@ def optimize_units(
     settings: OptimSettings,
     run_seed: int = 0,
     device: str | torch.device = "cpu",
-    progress: bool = True,
+    progress: bool | UnitProgress = True,
+    reduce: str = "mean",
 ) -> OptimResult:
     """Optimize one image per unit of `layer` for `method` ("am" or "iam"), in batches of settings.batch_size.
 
-    Returns images (uint8 RGB), the layer's activation vector on each final image, and RS.
+    Returns images (uint8 RGB), the layer's activation vector on each final image, RS, ties, the
+    objective before and after and each unit's status (a unit the optimization could not drive is
+    `no_response`, never silently an ordinary row). `reduce` is the spatial reduction of conv units,
+    which must be the one of the run's selectivity. `progress`: a bar of the caller's (a UnitProgress
+    spanning several layers) or whether to show one for this call.
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if reduce not in REDUCTIONS:
+        raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
     settings.validate()
     bad_units = [u for u in units if not 0 <= u < layer.units]
     if bad_units:
         raise UsageError(f"layer {layer.name} has units 0-{layer.units - 1}; out of range: {bad_units[:10]}")
     device = torch.device(device)
     model.module.to(device)
+    precision = resolve_precision(settings.precision, device)
     seeds = [unit_seed(run_seed, layer.name, u) for u in units]
+    own_bar = not isinstance(progress, UnitProgress)
+    bar = UnitProgress(len(units), settings.steps, enabled=bool(progress)) if own_bar else progress
     parts = []
-    # Counted in unit-steps, shown in units (unit_scale), so the bar moves at every step.
-    with tqdm(
-        total=len(units) * settings.steps,
-        unit_scale=1 / settings.steps,
-        desc=f"{method} {layer.name}",
-        unit="unit",
-        disable=not progress,
-    ) as bar:
+    try:
+        bar.describe(f"{method} {layer.name}")
         for start in range(0, len(units), settings.batch_size):
             batch = slice(start, start + settings.batch_size)
-            parts.append(
-                _optimize_batch(
-                    model,
-                    layer,
-                    units[batch],
-                    seeds[batch],
-                    method,
-                    settings,
-                    device,
-                    bar if progress else None,
-                )
-            )
+            parts.append(_optimize_batch(
+                model, layer, units[batch], seeds[batch], method, settings, precision, reduce, device, bar,
+            ))  # fmt: skip
+            bar.units_done(len(units[batch]))
+    finally:
+        if own_bar:
+            bar.close()
     return OptimResult(
         *(np.concatenate([getattr(p, f) for p in parts]) for f in OptimResult.__dataclass_fields__)
     )

@@ -10,8 +10,10 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     methods: [am, iam]
     units: null                  # e.g. "0-63": these units of every layer, where it has them (default: all)
     device: auto                 # auto | cpu | cuda
-    optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64}
-    selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, reduce: mean,
+    reduce: mean                 # a conv unit's spatial reduction (selectivity, objectives, RS): mean | max | center
+    optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64,
+                   own_term: hybrid, precision: auto}
+    selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, precision: auto,
                    workers: 8, images_per_shard: 5000}
     sharding:     {units_per_shard: 64}
     workers:      {count: 8, gpus: 1, cpus: 4}
@@ -27,11 +29,11 @@ from pathlib import Path
 
 import yaml
 
+from ..capture import REDUCTIONS
 from ..errors import UsageError
 from ..optimize import METHODS, PARAMETERIZATIONS
 from ..optimize.render import OptimSettings
-
-REDUCTIONS = ("mean", "max", "center")
+from ..precision import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class SelectivityConfig:
     data: str | None = None  # None: no selectivity pass
     image_size: int | None = None  # None: the optimization's image size
     batch_size: int = 64
-    reduce: str = "mean"
+    precision: str = "auto"  # of the forward: auto | fp32 | bf16 (class sums are float64 always)
     workers: int = 2  # data-loading processes per actor
     images_per_shard: int = 5000
 
@@ -72,6 +74,7 @@ class SweepConfig:
     methods: tuple[str, ...] = ("am", "iam")
     units: str | None = None
     device: str = "auto"
+    reduce: str = "mean"
     optimization: OptimSettings = field(default_factory=OptimSettings)
     selectivity: SelectivityConfig = field(default_factory=SelectivityConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
@@ -167,10 +170,18 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         raise UsageError(f"{source}: device {device!r}; valid: auto, cpu, cuda")
     optimization = _section("optimization", OptimSettings, raw.get("optimization"))
     optimization.validate()
-    selectivity = _section("selectivity", SelectivityConfig, raw.get("selectivity"))
-    if selectivity.reduce not in REDUCTIONS:
+    if isinstance(raw.get("selectivity"), dict) and "reduce" in raw["selectivity"]:
         raise UsageError(
-            f"{source}: selectivity.reduce {selectivity.reduce!r}; valid: {', '.join(REDUCTIONS)}"
+            f"{source}: selectivity.reduce moved to the top-level key `reduce`: the objectives and RS of "
+            "a run use the reduction of its selectivity"
+        )
+    reduce = raw.get("reduce", "mean")
+    if reduce not in REDUCTIONS:
+        raise UsageError(f"{source}: reduce {reduce!r}; valid: {', '.join(REDUCTIONS)}")
+    selectivity = _section("selectivity", SelectivityConfig, raw.get("selectivity"))
+    if selectivity.precision not in PRECISIONS:
+        raise UsageError(
+            f"{source}: selectivity.precision {selectivity.precision!r}; valid: {', '.join(PRECISIONS)}"
         )
     sharding = _section("sharding", ShardingConfig, raw.get("sharding"))
     workers = _section("workers", WorkersConfig, raw.get("workers"))
@@ -201,6 +212,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         methods=tuple(methods),
         units=raw.get("units"),
         device=device,
+        reduce=reduce,
         optimization=optimization,
         selectivity=selectivity,
         sharding=sharding,

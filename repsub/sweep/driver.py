@@ -34,7 +34,7 @@ def run_sweep(
     configure_s3(config.storage.endpoint_url, config.storage.region)
     model = load_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity and catalog
     writer = RunWriter(config.out)
-    writer.check_run(model.identity())
+    writer.check_run(model.identity(), {"reduce": config.reduce})
     lock = RunLock(writer)
     lock.acquire(force=force_unlock)
     try:
@@ -107,6 +107,8 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
             "classes": classes,
             "shards": len(data_shards) + len(unit_shards),
         },
+        model.catalog_records(),
+        {"reduce": config.reduce},
     )
     return layer_summary(open_run(config.out), layer_names)
 

@@ -7,25 +7,17 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from ..api import units_table
 from ..data.sources import open_source
 from ..models import LoadedModel, load_model
 from ..optimize import optimize_units
+from ..precision import resolve_device, resolve_precision
 from ..selectivity_pass import accumulate_class_sums
 from ..storage import configure_s3
 from ..store import RunWriter
 from .commit import ShardLedger
 from .config import SweepConfig
 from .plan import DataShard, UnitShard
-
-
-def resolve_device(requested: str) -> str:
-    """auto: CUDA when this process sees a GPU, else CPU (simulated GPU nodes have no CUDA)."""
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 class ShardRunner:
@@ -64,6 +56,7 @@ class ShardRunner:
             run_seed=self.config.seed,
             device=self.device,
             progress=False,
+            reduce=self.config.reduce,
         )
         table = units_table(shard.method, result, self.config.optimization.steps)
         path = self.writer.write_units(shard.method, shard.layer, table, replace_existing=False)
@@ -71,6 +64,8 @@ class ShardRunner:
             "rows": table.num_rows,
             "file": path.rsplit("/", 1)[-1],
             "seconds": time.monotonic() - started,
+            "device": self.device,
+            "precision": resolve_precision(self.config.optimization.precision, self.device).used,
         }
         self.ledger.mark_done(shard.id, info)
         return {"shard": shard.id, **info}
@@ -88,13 +83,19 @@ class ShardRunner:
             layers,
             batches,
             len(source.classes),
-            reduce=cfg.reduce,
+            reduce=self.config.reduce,
             device=self.device,
             progress=False,
+            precision=resolve_precision(cfg.precision, self.device),
         )
         if acc.n_images != shard.size:
             raise RuntimeError(f"{shard.id}: saw {acc.n_images} images, expected {shard.size}")
         self.ledger.save_partial_sums(shard.id, acc)
-        info = {"images": acc.n_images, "seconds": time.monotonic() - started}
+        info = {
+            "images": acc.n_images,
+            "seconds": time.monotonic() - started,
+            "device": self.device,
+            "precision": resolve_precision(cfg.precision, self.device).used,
+        }
         self.ledger.mark_done(shard.id, info)
         return {"shard": shard.id, **info}
