@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray: equal to the single-process results, resumable, and robust to lost workers."""
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -10,7 +11,6 @@ import psutil
 import pyarrow.compute as pc
 import pytest
 import ray
-import torch
 
 import repsub
 from repsub.models import load_model
@@ -108,20 +108,23 @@ def test_rerun_computes_nothing_already_done(local_ray, tmp_path, capsys):
     assert unit_rows(config.out) == EXPECTED_UNITS
 
 
-def test_a_deterministic_failure_names_the_shard_after_the_others_commit(local_ray, tmp_path):
-    model = load_model("shallow_cnn", "random", seed=3)
-    model.module.classifier[0].bias.data.fill_(float("nan"))  # fc5 turns NaN; conv2 is unaffected
-    weights = tmp_path / "nan.pt"
-    torch.save(model.module.state_dict(), weights)
-    config = make_config(tmp_path / "sweep", weights=str(weights), methods=["am"])
+def test_a_deterministic_failure_names_the_shard_after_the_others_commit(
+    local_ray, tmp_path, image_folder_dir
+):
+    data = tmp_path / "data"
+    shutil.copytree(image_folder_dir, data)
+    broken = sorted((data / sorted(os.listdir(data))[2]).iterdir())[1]  # image 15 of 21: data shard 15-20
+    broken.write_bytes(b"not an image")
+    config = make_config(tmp_path / "sweep", data, methods=["am"], layers=["conv2"])
     with pytest.raises(SweepError) as err:
         run_sweep(config, progress=False)
     message = str(err.value)
-    assert "3 shard(s) failed" in message and "am-fc5-00000-00002: OptimizationError" in message
+    assert "1 shard(s) failed" in message and "data-00000015-00000020: UnreadableImageError" in message
+    assert broken.name in message
     done = ShardLedger(RunWriter(config.out), config.fingerprint()).done()
-    assert done == {"am-conv2-00000-00002", "am-conv2-00003-00005", "am-conv2-00006-00007"}
-    assert repsub.open_run  # the manifest is written only by a complete sweep
-    assert RunWriter(config.out).read_manifest() is None
+    assert {"am-conv2-00000-00002", "am-conv2-00003-00005", "am-conv2-00006-00007"} <= done
+    assert "data-00000015-00000020" not in done and "data-00000000-00000005" in done
+    assert RunWriter(config.out).read_manifest() is None  # the manifest is written only by a complete sweep
 
 
 def test_a_killed_worker_is_retried_and_every_unit_lands_once(local_ray, tmp_path):
