@@ -33,7 +33,7 @@ _PORTS = [
 ]
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +48,7 @@ class SeaweedS3:
         self.dir = data_dir or tempfile.mkdtemp(prefix="weed-")
         os.makedirs(self.dir, exist_ok=True)
         while True:  # its built-in worker dials the admin port + 10000 for gRPC, whatever the flag says
-            self.ports = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
+            self.ports = dict(zip(_PORTS, free_ports(len(_PORTS)), strict=True))
             try:
                 with socket.socket() as probe:
                     probe.bind(("127.0.0.1", self.ports["admin"] + 10000))

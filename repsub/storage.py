@@ -4,11 +4,15 @@ S3 settings come from the environment as AWS tools read it: credentials from the
 (environment, profile, instance role: repsub never stores them), the endpoint from
 `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (for S3-compatible stores), overridable per sweep by the
 config's `storage.endpoint_url`. Every S3 request retries transient errors with backoff. Errors name
-the endpoint and bucket, never a credential.
+the endpoint and bucket, never a credential: a location or endpoint that carries one (user info
+`user:secret@`, a query string `?secret_key=...`, a fragment) is refused without being repeated, and text
+from a library is scrubbed of URL credentials and key ids before it reaches a message.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 import uuid
@@ -30,18 +34,30 @@ class S3Settings:
 
 
 _override = S3Settings()
+ENDPOINT_SOURCES = ("the sweep config's storage.endpoint_url", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 def configure_s3(endpoint_url: str | None = None, region: str | None = None) -> None:
     """Use this endpoint/region for s3:// locations in this process (the sweep config's `storage` key)."""
     global _override
+    if endpoint_url:
+        check_endpoint(endpoint_url, ENDPOINT_SOURCES[0])
     _override = S3Settings(endpoint_url, region)
 
 
-def s3_settings() -> S3Settings:
-    endpoint = (
-        _override.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+def _endpoint_and_source() -> tuple[str | None, str]:
+    values = (
+        _override.endpoint_url,
+        os.environ.get("AWS_ENDPOINT_URL_S3"),
+        os.environ.get("AWS_ENDPOINT_URL"),
     )
+    return next(((v, src) for v, src in zip(values, ENDPOINT_SOURCES, strict=True) if v), (None, ""))
+
+
+def s3_settings() -> S3Settings:
+    endpoint, source = _endpoint_and_source()
+    if endpoint:
+        check_endpoint(endpoint, source)
     region = (
         _override.region
         or os.environ.get("AWS_REGION")
@@ -56,18 +72,53 @@ def is_s3(uri: str | os.PathLike) -> bool:
 
 
 def describe_endpoint() -> str:
-    settings = s3_settings()
-    return f"S3 endpoint {settings.endpoint_url}" if settings.endpoint_url else f"AWS S3 ({settings.region})"
+    """The endpoint for messages: never its credentials, even if an unchecked one slipped through."""
+    endpoint, _ = _endpoint_and_source()
+    if endpoint:
+        return f"S3 endpoint {redact_url(endpoint)}"
+    return f"AWS S3 ({s3_settings().region})"
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port]/path of a URL: user info (up to the last '@': a secret key may hold '/'), query
+    string and fragment dropped."""
+    scheme, separator, rest = url.partition("://") if "://" in url else ("", "", url)
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    return f"{scheme}{separator}{rest}"
+
+
+def _carries_secrets(url: str) -> bool:
+    """User info, a query string or a fragment anywhere after the scheme."""
+    return any(mark in url.partition("://")[2] for mark in "@?#")
+
+
+def check_location(text: str | os.PathLike, what: str = "location") -> None:
+    """Refuse a URI location (`scheme://...`) that carries user info, a query string or a fragment: where
+    credentials hide. The message shows the location without them and never the refused text."""
+    text = os.fspath(text)
+    if "://" in text and _carries_secrets(text):
+        raise RunError(
+            f"{what} {redact_url(text)}: a location must not embed credentials or options (user info "
+            "'user:secret@', a '?...' query string or a '#...' fragment); the part left out is not shown. "
+            "Credentials come from the AWS environment, profile or role"
+        )
+
+
+def check_endpoint(url: str, source: str) -> None:
+    """Refuse an S3 endpoint URL that carries user info, a query string or a fragment, naming where it came
+    from (the sweep config or an AWS_ENDPOINT_URL variable) without repeating it."""
+    if _carries_secrets(url):
+        raise RunError(
+            f"the S3 endpoint from {source} ({redact_url(url)}) must not embed credentials or options (user "
+            "info 'user:secret@', a '?...' query string or a '#...' fragment); the part left out is not "
+            "shown. Give keys through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role"
+        )
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """s3://bucket/prefix -> ("bucket", "prefix"); refuses credentials embedded in the URI."""
+    """s3://bucket/prefix -> ("bucket", "prefix"); refuses credentials or options carried by the URI."""
+    check_location(uri)
     parsed = urlparse(uri)
-    if parsed.username or parsed.password or "@" in parsed.netloc:
-        # Say so without repeating the URI: it holds a secret.
-        raise RunError(
-            "an s3:// location must not embed credentials; use the AWS environment, profile or role"
-        )
     if not parsed.netloc:
         raise RunError(f"{uri}: no bucket (expected s3://bucket/prefix)")
     return parsed.netloc, parsed.path.strip("/")
@@ -92,13 +143,16 @@ def filesystem_for(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
             )
         return pafs.S3FileSystem(**options), f"{bucket}/{prefix}".rstrip("/")
     if "://" in text:
-        raise RunError(f"{text}: unsupported location (expected a local path or s3://bucket/prefix)")
+        scheme = text.split("://", 1)[0]
+        raise RunError(
+            f"{scheme}:// locations are not supported (expected a local path or s3://bucket/prefix)"
+        )
     return pafs.LocalFileSystem(), str(Path(text).absolute())
 
 
 def s3_client():
-    """A boto3 S3 client for the operations pyarrow lacks (create-only writes, ETags)."""
-    import boto3
+    """A boto3 S3 client for the operations pyarrow lacks (create-only writes, ETags), with the credentials
+    the environment names now (as pyarrow's filesystems, made per location, have them)."""
     from botocore.config import Config
 
     settings = s3_settings()
@@ -108,7 +162,30 @@ def s3_client():
         read_timeout=30,
         s3={"addressing_style": "path"} if settings.endpoint_url else {},
     )
-    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
+    session = _session(_credential_environment())
+    return session.client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
+    )
+
+
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                        "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")  # fmt: skip
+
+
+def _credential_environment() -> str:
+    """A digest of the credential variables (the cache key below holds no secret)."""
+    values = "\0".join(os.environ.get(name, "") for name in CREDENTIAL_VARIABLES)
+    return hashlib.sha256(values.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _session(credential_environment: str):
+    """One boto3 session per set of credential variables. botocore keeps a session's credentials once
+    resolved, so boto3's default session would go on signing with the first keys it saw (another user's,
+    after the environment changed)."""
+    import boto3
+
+    return boto3.session.Session()
 
 
 def explain_s3_error(err: Exception, location: str) -> RunError:
@@ -116,7 +193,7 @@ def explain_s3_error(err: Exception, location: str) -> RunError:
     text = str(err)
     kinds = [
         (r"NO_SUCH_BUCKET|NoSuchBucket", "the bucket does not exist"),
-        (r"ACCESS_DENIED|AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId|403",
+        (r"ACCESS_DENIED|AccessDenied|SignatureDoesNotMatch|InvalidAccessKeyId|\b403\b",
          "access denied: check the AWS credentials (environment, profile or role) and the bucket policy"),
         (r"NETWORK_CONNECTION|curlCode: (6|7|28|52)|Could not connect|EndpointConnectionError|timed? ?out",
          "the endpoint cannot be reached (after retries)"),
@@ -127,9 +204,17 @@ def explain_s3_error(err: Exception, location: str) -> RunError:
     return RunError(f"{location} on {describe_endpoint()}: {reason} ({_scrub(text)})")
 
 
+def scrub(text: str) -> str:
+    """Text from a library made fit for a message: URL user info, query strings and fragments (where
+    presigned signatures and `?secret_key=` live) and AWS key ids removed."""
+    text = re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s'\"]*@", r"\1", text)  # to the last '@': keys hold '/'
+    text = re.sub(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*", r"\1", text)
+    return re.sub(r"(AKIA|ASIA)[A-Z0-9]{12,}", "<key id>", text)
+
+
 def _scrub(text: str) -> str:
-    """Drop anything that looks like a key from a message that came from a library."""
-    text = re.sub(r"(AKIA|ASIA)[A-Z0-9]{12,}", "<key id>", text)
+    """The first line of a library's message, scrubbed (see `scrub`), at most 300 characters."""
+    text = scrub(text)
     return text.strip().splitlines()[0][:300] if text.strip() else text
 
 

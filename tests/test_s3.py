@@ -256,3 +256,20 @@ def test_an_incomplete_upload_is_never_a_result(s3):
     assert ShardLedger(RunWriter(uri), config.fingerprint()).done() == set()
     run_sweep(config, progress=False)
     assert unit_rows(uri) == [("am", "fc5", 0), ("am", "fc5", 1), ("am", "fc5", 2)]
+
+
+def test_credentials_in_a_location_or_endpoint_never_reach_the_server_or_the_output(s3, monkeypatch, capfd):
+    from repsub.cli import main
+
+    secret = "leaked-secret-value"
+    assert main(["summary", f"s3://{BUCKET}/leak?secret_key={secret}"]) == 2
+    assert main(["report", f"s3://{ACCESS_KEY}:{secret}@{BUCKET}/leak", "--out", "/nonexistent/report"]) == 2
+    # A real server reachable with the credentials in its URL: still refused, before any request.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint.replace("http://", f"http://{ACCESS_KEY}:{secret}@"))
+    with pytest.raises(RunError, match="AWS_ENDPOINT_URL") as err:
+        run_sweep(config_for(f"s3://{BUCKET}/leak"), progress=False)
+    assert secret not in str(err.value) and s3.endpoint in str(err.value)
+    out, error = capfd.readouterr()
+    assert secret not in out + error and error.count("must not embed credentials") == 2
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    assert keys(s3, "leak") == []

@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from ..errors import RunError
 from .config import SweepConfig
 from .plan import DataShard, UnitShard
+from .resources import ClusterResourceError, wait_for_fitting_node, workers_fit_now
 from .work import ShardRunner
 
 INFRA_ATTEMPTS = 3  # times a shard is handed out again after its actor was lost for good
@@ -63,9 +64,20 @@ def connect(address: str | None) -> None:
 
 
 def start_workers(config: SweepConfig, num_classes: int | None) -> list:
+    """The worker actors, once the cluster can host them: actors that no node (and no node the autoscaler can
+    add) fits would stay pending forever, so that fails with what was asked and what the cluster has."""
     w = config.workers
+    certain = workers_fit_now(w)  # raises at once when nothing can host an actor
     options = {"num_cpus": w.cpus, "num_gpus": w.gpus, "max_restarts": -1, "max_task_retries": 3}
-    return [ShardWorker.options(**options).remote(config, num_classes) for _ in range(w.count)]
+    workers = [ShardWorker.options(**options).remote(config, num_classes) for _ in range(w.count)]
+    if not certain:  # an autoscaler that hides its node types: the pending actors are its demand
+        try:
+            wait_for_fitting_node(w)
+        except ClusterResourceError:
+            for worker in workers:
+                ray.kill(worker)
+            raise
+    return workers
 
 
 def run_shards(
