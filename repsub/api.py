@@ -5,6 +5,13 @@
 >>> repsub.visualize(model="vgg16", weights="random", method="iam", layers=["conv3_1"], units="0-15",
 ...                  steps=64, image_size=64, out="runs/r1")
 >>> run = repsub.open_run("runs/r1")
+
+`model` is a registered name (`repsub layers --list-models`: the paper's models and every torchvision
+classification model), a LoadedModel, or any nn.Module with its `layers` (module names), `image_size`, `mean`
+and `std` (no registration):
+
+>>> repsub.visualize(model=my_net, layers=["block1", "head"], image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
+...                  method="am", steps=64, out="runs/mine")
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from .activations import ActivationWriter
 from .capture import REDUCTIONS
 from .data.sources import open_source
 from .errors import DataError, UsageError
-from .models import LoadedModel, get_spec, load_model, select_layers
+from .models import LoadedModel, resolve_model
 from .optimize import OptimSettings, UnitProgress, optimize_units
 from .optimize.objectives import METHODS
 from .precision import default_device, resolve_precision
@@ -50,14 +57,21 @@ def _say_precision(precision, what: str) -> None:
         print(f"{what}: precision {precision.used} ({precision.reason})", file=sys.stderr)
 
 
-def _as_model(model: str | LoadedModel, weights: str, seed: int, device: str) -> LoadedModel:
-    if isinstance(model, LoadedModel):
-        return model
-    return load_model(model, weights=weights, seed=seed, device=device)
+def _as_model(model, weights, seed, device, layers=None, image_size=None, mean=None, std=None) -> LoadedModel:
+    """A registered name, a LoadedModel, or an nn.Module with its layers, input size and normalization."""
+    return resolve_model(
+        model, weights, seed=seed, device=device, layers=layers, image_size=image_size, mean=mean, std=std
+    )
+
+
+def run_catalog(loaded: LoadedModel, writer: RunWriter) -> list[dict]:
+    """The model's catalog for the manifest, with the layers earlier commands of the run read by module name."""
+    earlier = (writer.read_manifest() or {}).get("catalog") or []
+    return loaded.catalog_records(also=[record["name"] for record in earlier])
 
 
 def selectivity(
-    model: str | LoadedModel = "vgg16",
+    model: str | LoadedModel | torch.nn.Module = "vgg16",
     weights: str = "random",
     data: str | os.PathLike = "",
     out: str | os.PathLike | None = None,
@@ -71,6 +85,8 @@ def selectivity(
     progress: bool = True,
     save_activations: list[str] | str | None = None,
     precision: str = "auto",
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
     or an FFCV .beton file from `repsub prepare`).
@@ -84,11 +100,12 @@ def selectivity(
     """
     device = device or default_device()
     used_precision = resolve_precision(precision, device)
-    loaded = _as_model(model, weights, seed, device)
-    chosen = select_layers(loaded.layers, layers, loaded.name)
+    loaded = _as_model(model, weights, seed, device, layers, image_size, mean, std)
+    chosen = loaded.select(layers)
     saved = _activation_layers(save_activations, chosen, loaded, out)
-    size = image_size or _default_size(loaded)
-    source = open_source(data, size, loaded.mean, loaded.std)
+    size = image_size or loaded.image_size
+    loaded.check_image_size(size)
+    source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) < 2:
         raise DataError(
             f"--data {data}: {len(source.classes)} class(es); selectivity needs two classes or more"
@@ -143,7 +160,9 @@ def selectivity(
         if saved:
             config["save_activations"] = [layer.name for layer in saved]
             config["activations_row_group_rows"] = activation_rows
-        writer.record("selectivity", loaded.identity(), config, loaded.catalog_records(), {"reduce": reduce})
+        writer.record(
+            "selectivity", loaded.identity(), config, run_catalog(loaded, writer), {"reduce": reduce}
+        )
     return _with_layer(tables)
 
 
@@ -153,7 +172,7 @@ def _activation_layers(names, chosen, loaded: LoadedModel, out) -> list:
         names = [name.strip() for name in names.split(",") if name.strip()]
     if not names:
         return []
-    wanted = select_layers(loaded.layers, list(names), loaded.name)  # unknown names: UsageError
+    wanted = loaded.select(list(names))  # unknown names: UsageError
     chosen_names = {layer.name for layer in chosen}
     outside = [layer.name for layer in wanted if layer.name not in chosen_names]
     if outside:
@@ -181,7 +200,7 @@ def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:
 
 
 def visualize(
-    model: str | LoadedModel = "vgg16",
+    model: str | LoadedModel | torch.nn.Module = "vgg16",
     weights: str = "random",
     method: str = "am",
     layers: list[str] | None = None,
@@ -192,6 +211,8 @@ def visualize(
     device: str | None = None,
     progress: bool = True,
     reduce: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
     **setting_overrides,
 ) -> pa.Table:
     """AM or IAM images for the units of `layers` (default: all), with their layer activations and RS.
@@ -205,10 +226,13 @@ def visualize(
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     device = device or default_device()
-    loaded = _as_model(model, weights, seed, device)
-    chosen = select_layers(loaded.layers, layers, loaded.name)
-    settings = replace(settings or OptimSettings(image_size=_default_size(loaded)), **setting_overrides)
+    given_size = setting_overrides.get("image_size") or (settings.image_size if settings else None)
+    loaded = _as_model(model, weights, seed, device, layers, given_size, mean, std)
+    chosen = loaded.select(layers)
+    # The model's own size only where none was given (a custom module has the one it was given).
+    settings = replace(settings or OptimSettings(image_size=loaded.image_size), **setting_overrides)
     settings.validate()
+    loaded.check_image_size(settings.image_size)
     unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
     writer = RunWriter(out) if out is not None else None
     reduce = run_reduce(writer, reduce)
@@ -239,9 +263,8 @@ def visualize(
             "precision": precision.to_dict(),
             "settings": settings.to_dict(),
         }
-        writer.record(
-            f"visualize/{method}", loaded.identity(), config, loaded.catalog_records(), {"reduce": reduce}
-        )
+        records = run_catalog(loaded, writer)
+        writer.record(f"visualize/{method}", loaded.identity(), config, records, {"reduce": reduce})
     return _with_layer(tables)
 
 
@@ -273,10 +296,6 @@ def units_table(method: str, result, steps: int) -> pa.Table:
         "seed": pa.array(result.seeds, pa.int64()),
         "steps": pa.array(np.full(n, steps), pa.int32()),
     })  # fmt: skip
-
-
-def _default_size(loaded: LoadedModel) -> int:
-    return get_spec(loaded.name).default_image_size
 
 
 def _with_layer(tables: dict[str, pa.Table]) -> pa.Table:

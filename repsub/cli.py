@@ -9,17 +9,22 @@ import sys
 import time
 from pathlib import Path
 
-from . import api, report
+from . import api
+from .analysis.commands import add_report_parser, add_summary_parser, cmd_report, cmd_summary
+from .analysis.report import write_report
+from .analysis.summary import format_summary
 from .capture import REDUCTIONS
 from .data.prepare import add_prepare_parser, cmd_prepare
-from .errors import RepsubError
-from .models import MODELS, catalog
+from .errors import RepsubError, UsageError
 from .optimize import METHODS, OWN_TERMS, PARAMETERIZATIONS, OptimSettings
 from .precision import PRECISIONS
-from .store import open_run
-from .summary import format_table, layer_summary
+from .storage import check_location
 
 DEFAULTS = OptimSettings()
+WEIGHTS_HELP = (
+    "random (seeded by --seed), imagenet (the model's ImageNet default), DEFAULT or a torchvision weights "
+    "name such as IMAGENET1K_V1 (read from torchvision's cache), or a state_dict path (default: random)"
+)
 
 
 def _layers_arg(text: str | None) -> list[str] | None:
@@ -27,13 +32,10 @@ def _layers_arg(text: str | None) -> list[str] | None:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="model name")
     parser.add_argument(
-        "--weights",
-        default="random",
-        help="imagenet (torchvision's pretrained, vgg16 only), random (seeded by --seed), or a "
-        "state_dict path (default: random)",
+        "--model", required=True, help="shallow_cnn, mlp or a torchvision model (repsub layers --list-models)"
     )
+    parser.add_argument("--weights", default="random", help=WEIGHTS_HELP)
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for random weights and per-unit seeds (default 0)"
     )
@@ -68,8 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("layers", help="list a model's unit layers and unit counts")
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--json", action="store_true", help='print [{"name": ..., "units": ...}, ...]')
+    p.add_argument("--model", default=None, help="model name (see --list-models)")
+    p.add_argument("--weights", default="random", help=WEIGHTS_HELP)
+    p.add_argument(
+        "--modules",
+        action="store_true",
+        help="list every module whose output holds units (what --layers also accepts), not only the catalog",
+    )
+    p.add_argument("--list-models", action="store_true", help="list the models --model accepts")
+    p.add_argument(
+        "--json", action="store_true", help='print [{"name", "units", "module", "kind", "read"}, ...] (JSON)'
+    )
 
     add_prepare_parser(sub)
 
@@ -132,14 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision_arg(p, "the optimization steps'")
 
     p = sub.add_parser(
-        "train", help="train the shallow CNN or the MLP on an ImageFolder (for small experiments)"
+        "train",
+        help="train the shallow CNN or the MLP on an ImageFolder (for small experiments)",
+        description="Train the paper's shallow CNN or MLP from scratch with Adam; writes its state_dict, "
+        "usable as --weights PATH by every command.",
     )
     p.add_argument("--model", required=True, choices=["shallow_cnn", "mlp"])
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True, help="state_dict file to write")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", required=True, help="ImageFolder directory of training images")
+    p.add_argument(
+        "--out", required=True, help="state_dict file to write (written only when training completes)"
+    )
+    p.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--epochs", type=int, default=5, help="passes over the data (default 5)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the initial weights and the shuffling (default 0)"
+    )
+    p.add_argument(
+        "--augment",
+        default="crop_flip",
+        help="crop_flip (random crops and horizontal flips), crop (crops only: for digits, text and other "
+        "orientation-bearing data), none (default crop_flip)",
+    )
+    p.add_argument("--val-data", default=None, help="ImageFolder of held-out images: report their accuracy")
 
     p = sub.add_parser("sweep", help="a whole sweep from a YAML config, sharded on a Ray cluster (resumable)")
     p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
@@ -157,10 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("summary", help="print the per-layer summary of a run")
-    p.add_argument("run")
-
-    report.add_report_parser(sub)
+    add_summary_parser(sub)
+    add_report_parser(sub)
 
     p = sub.add_parser("demo", help="the whole method on generated data, on CPU, in a few minutes")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
@@ -176,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for name, value in vars(args).items():  # a URI carrying credentials is refused before any use or echo
+            if isinstance(value, str):
+                check_location(value, name.replace("_", "-"))
         return COMMANDS[args.command](args) or 0
     except RepsubError as err:
         print(f"repsub {args.command}: error: {err}", file=sys.stderr)
@@ -186,15 +212,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_layers(args) -> None:
-    layers = catalog(args.model)
-    if args.json:
-        print(json.dumps([{"name": layer.name, "units": layer.units} for layer in layers]))
+    from .models import model_catalog
+
+    if args.list_models:
+        _list_models(args.json)
         return
-    width = max(len(layer.name) for layer in layers)
-    for layer in layers:
-        read = "after ReLU" if layer.after_relu else "logits"
-        print(f"{layer.name:<{width}}  {layer.units:>5}  {layer.kind:<6}  {read}")
-    print(f"{'total':<{width}}  {sum(layer.units for layer in layers):>5}")
+    if not args.model:
+        raise UsageError("give --model NAME (or --list-models)")
+    found = model_catalog(args.model, weights=args.weights)
+    layers = found.readable_modules() if args.modules else found.layers
+    if args.json:
+        keys = ("name", "units", "module", "kind", "read")
+        print(json.dumps([{key: getattr(layer, key) for key in keys} for layer in layers]))
+        return
+    rows = [("layer", "units", "kind", "read", "module")]
+    rows += [
+        (layer.name, str(layer.units), layer.kind, layer.describe_read(), layer.module) for layer in layers
+    ]
+    w = [max(len(row[i]) for row in rows) for i in range(4)]
+    for name, units, kind, read, module in rows:
+        print(f"{name:<{w[0]}}  {units:>{w[1]}}  {kind:<{w[2]}}  {read:<{w[3]}}  {module}")
+    print(f"{'total':<{w[0]}}  {sum(layer.units for layer in layers):>{w[1]}}")
+
+
+def _list_models(as_json: bool) -> None:
+    from .models import MODELS
+    from .models.weights import weights_names
+
+    models = [
+        {"name": spec.name, "family": spec.family, "image_size": spec.preprocessing.image_size,
+         "classes": spec.num_classes, "description": spec.description,
+         "weights": ["random", *(["imagenet", *weights_names(spec.weights_enum)] if spec.weights_enum else [])],
+         }
+        for spec in MODELS.values()
+    ]  # fmt: skip
+    if as_json:
+        print(json.dumps(models))
+        return
+    width = max(len(m["name"]) for m in models)
+    for m in models:
+        print(f"{m['name']:<{width}}  {m['family']:<9}  {m['image_size']:>4} px  {', '.join(m['weights'])}")
 
 
 def cmd_selectivity(args) -> None:
@@ -244,10 +301,19 @@ def cmd_train(args) -> None:
     from .train import train_classifier
 
     result = train_classifier(
-        args.model, args.data, args.out, image_size=args.image_size, epochs=args.epochs, seed=args.seed
+        args.model,
+        args.data,
+        args.out,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        augment=args.augment,
+        val_data=args.val_data,
     )
+    held_out = f", held-out accuracy {result['val_accuracy']:.3f}" if "val_accuracy" in result else ""
     print(
-        f"wrote {args.out}: train accuracy {result['train_accuracy']:.3f}, final loss {result['final_loss']:.3f}"
+        f"wrote {args.out}: train accuracy {result['train_accuracy']:.3f}{held_out}, "
+        f"final loss {result['final_loss']:.3f}"
     )
 
 
@@ -258,12 +324,8 @@ def cmd_sweep(args) -> None:
     rows = run_sweep(
         config, address=args.address, progress=not args.no_progress, force_unlock=args.force_unlock
     )
-    print(format_table(rows))
+    print(format_summary(rows))
     print(f"sweep written to {config.out}")
-
-
-def cmd_summary(args) -> None:
-    print(format_table(layer_summary(open_run(args.run))))
 
 
 def cmd_demo(args) -> None:
@@ -271,8 +333,8 @@ def cmd_demo(args) -> None:
 
     started = time.monotonic()
     rows = run_demo(out=args.out, cache=args.cache, steps=args.steps)
-    print(format_table(rows))
-    print(f"report: {report.write_report(args.out)}")
+    print(format_summary(rows))
+    print(f"report: {write_report(args.out)}")
     print(f"demo run written to {args.out} in {time.monotonic() - started:.0f} s")
 
 
@@ -283,7 +345,7 @@ COMMANDS = {
     "train": cmd_train,
     "sweep": cmd_sweep,
     "summary": cmd_summary,
-    "report": report.cmd_report,
+    "report": cmd_report,
     "prepare": cmd_prepare,
     "demo": cmd_demo,
 }

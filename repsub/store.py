@@ -21,14 +21,12 @@ import os
 import platform
 import subprocess
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
@@ -316,11 +314,9 @@ class RunWriter:
                 f"{self.uri} holds a run of schema version {version}{readable}; this repsub writes version "
                 f"{SCHEMA_VERSION} only: write new results to another output location"
             )
-        if manifest.get("model") != model_identity:
-            raise RunError(
-                f"{self.uri} holds results of another model or weights ({manifest.get('model')}); "
-                f"not mixing them with {model_identity}: use another output location"
-            )
+        mismatch = model_mismatch(manifest.get("model") or {}, model_identity)
+        if mismatch:
+            raise RunError(f"{self.uri} holds results of another model or weights: {mismatch}")
         recorded = manifest.get("invariants") or {}
         for key, value in (invariants or {}).items():
             if key in recorded and recorded[key] != value:
@@ -416,51 +412,41 @@ class RunWriter:
         return manifest
 
 
+IDENTITY_KEYS = {"model": "architecture", "weights_sha256": "weights", "num_classes": "classes"}
+
+
+def model_mismatch(recorded: dict, current: dict) -> str | None:
+    """In words, how this command's model differs from the run's, or None when it is the same model: the same
+    architecture, weights (by content hash, wherever the file lies) and class count."""
+    differs = [key for key in IDENTITY_KEYS if recorded.get(key) != current.get(key)]
+    if not differs:
+        return None
+
+    def described(identity: dict) -> str:
+        sha = str(identity.get("weights_sha256") or "?")[:12]
+        return (
+            f"{identity.get('model', '?')} with weights {identity.get('weights', '?')!r} (sha256 {sha}…), "
+            f"{identity.get('num_classes', '?')} classes"
+        )
+
+    hint = ""
+    if differs == ["weights_sha256"] and recorded.get("weights") != current.get("weights"):
+        hint = f" (the run was made with --weights {recorded.get('weights')})"
+    return (
+        f"the run's model is {described(recorded)}; this command's is {described(current)}. They differ in "
+        f"{' and '.join(IDENTITY_KEYS[key] for key in differs)}: not mixing them. Use the run's model and "
+        f"weights{hint}, or another output location"
+    )
+
+
 def now_utc() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@dataclass
-class Run:
-    """A run's tables as pyarrow datasets (None where the run has no such table) and its manifest."""
+def __getattr__(name: str):
+    """`Run` and `open_run` live in repsub.run (reading a run); importable from here as before."""
+    if name in ("Run", "open_run"):
+        from . import run
 
-    uri: str
-    manifest: dict
-    selectivity: ds.Dataset | None
-    units: ds.Dataset | None
-    activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
-
-    def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
-        dataset = getattr(self, name)
-        return None if dataset is None else dataset.to_table(**to_table_kwargs)
-
-
-def open_run(uri: str | os.PathLike) -> Run:
-    """Open a run (local directory or URI) and check its schema version.
-
-    >>> run = repsub.open_run("runs/demo")
-    >>> run.units.to_table(columns=["layer", "unit", "method", "rs"]).to_pandas()
-    """
-    writer = RunWriter(uri)
-    manifest = writer.read_manifest()
-    if manifest is None:
-        raise RunError(f"{writer.uri} holds no run (no {MANIFEST})")
-    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
-        raise RunError(
-            f"{writer.uri} holds a run of schema version {manifest.get('schema_version')}; this repsub "
-            f"reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
-        )
-    datasets = {}
-    for name in TABLES:
-        directory = writer._path(name)
-        if writer._exists(directory):
-            datasets[name] = ds.dataset(
-                directory,
-                filesystem=writer.fs,
-                format="parquet",
-                schema=full_schema(name),
-                partitioning=ds.partitioning(LAYER_PARTITION, flavor="hive"),
-            )
-        else:
-            datasets[name] = None
-    return Run(uri=writer.uri, manifest=manifest, **datasets)
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

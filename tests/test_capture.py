@@ -145,3 +145,62 @@ def test_pre_activation_of_a_relu_called_twice_is_its_last_call():
         post, pre = LayerReader(model, [layer]).read(x)
     torch.testing.assert_close(pre["block"], last_input.mean(dim=(2, 3)))
     torch.testing.assert_close(post["block"], torch.relu(last_input).mean(dim=(2, 3)))
+
+
+class TwiceConv(nn.Module):
+    """One conv module applied twice in a forward (weights shared across the two calls), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.relu = nn.Conv2d(3, 2, 1), nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        x = self.relu(self.conv(self.relu(self.conv(self.stem(x)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_a_module_called_twice_is_read_at_its_last_call():
+    from repsub.models import from_module
+
+    torch.manual_seed(2)
+    model = TwiceConv()
+    loaded = from_module(model, layers=["conv", "relu"], image_size=8)
+    conv, relu = loaded.layer("conv"), loaded.layer("relu")
+    assert (conv.calls, relu.calls) == (2, 2) and relu.read == "relu" and conv.read == "module"
+    assert "last of 2 calls" in conv.describe_read()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        first = model.conv(model.stem(x))
+        second = model.conv(torch.relu(first))  # computed by hand: the second call's output
+        post, pre = LayerReader(model, [conv, relu]).read(x)  # stops after the second call of relu
+    torch.testing.assert_close(post["conv"], second.mean(dim=(2, 3)))
+    torch.testing.assert_close(post["relu"], torch.relu(second).mean(dim=(2, 3)))
+    torch.testing.assert_close(pre["relu"], second.mean(dim=(2, 3)))  # the relu's input on its last call
+    assert not torch.allclose(post["conv"], first.mean(dim=(2, 3)))
+
+
+def test_a_forward_that_calls_a_module_another_number_of_times_is_an_error():
+    layer = UnitLayer("conv", 2, "conv", "conv", read="module", calls=3)
+    with pytest.raises(RuntimeError, match=r"conv \(module conv ran 2 time\(s\), its catalog expects 3\)"):
+        LayerReader(TwiceConv(), [layer], stop=False)(torch.randn(1, 3, 8, 8))
+
+
+def test_token_and_channels_last_reductions():
+    from repsub.capture import reduce_units
+    from repsub.errors import UsageError
+
+    tokens = torch.randn(2, 5, 3)  # [B, T, D]
+    torch.testing.assert_close(reduce_units(tokens, "tokens", "mean"), tokens.sum(dim=1) / 5)
+    torch.testing.assert_close(
+        reduce_units(tokens, "tokens", "max"), torch.stack([t.max(0).values for t in tokens])
+    )
+    with pytest.raises(UsageError, match="center is not defined for token layers"):
+        reduce_units(tokens, "tokens", "center")
+    nhwc = torch.randn(2, 4, 6, 3)  # [B, H, W, C]
+    torch.testing.assert_close(reduce_units(nhwc, "nhwc", "mean"), nhwc.mean(dim=(1, 2)))
+    torch.testing.assert_close(reduce_units(nhwc, "nhwc", "max"), nhwc.amax(dim=(1, 2)))
+    torch.testing.assert_close(reduce_units(nhwc, "nhwc", "center"), nhwc[:, 2, 3, :])
+    layer = UnitLayer("t", 3, "0", "tokens", read="module")
+    with pytest.raises(UsageError, match="center is not defined"):
+        LayerReader(nn.Sequential(nn.Identity()), [layer], reduce="center")

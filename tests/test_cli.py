@@ -27,7 +27,7 @@ def visualize_cli(capsys, out, *extra):
 
 def test_unknown_model(capsys, tmp_path):
     code, text = run_cli(capsys, "layers", "--model", "resnet9000")
-    assert code == 2 and "invalid choice: 'resnet9000'" in text and "vgg16" in text and "shallow_cnn" in text
+    assert code == 2 and "unknown model 'resnet9000'" in text and "vgg16" in text and "shallow_cnn" in text
 
 
 def test_unknown_layer(capsys, tmp_path):

@@ -199,4 +199,5 @@ def test_console_script_runs(tmp_path):
         text=True,
         check=True,
     ).stdout
-    assert json.loads(out)[-1] == {"name": "fc6", "units": 10}
+    last = json.loads(out)[-1]
+    assert (last["name"], last["units"], last["read"]) == ("fc6", 10, "logits")

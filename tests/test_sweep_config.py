@@ -17,7 +17,7 @@ BASE = {"model": "shallow_cnn", "out": "/tmp/x"}
         ),
         ({**BASE, "optimization": {"steps": "many"}}, "optimization.steps': expected int, got 'many'"),
         ({**BASE, "optimization": {"steps": 0}}, "--steps must be at least 1"),
-        ({**BASE, "model": "alexnet"}, "unknown model 'alexnet'; valid models: vgg16"),
+        ({**BASE, "model": "alexnet2"}, "unknown model 'alexnet2'; valid models: shallow_cnn, mlp, vgg16"),
         (
             {**BASE, "layers": ["conv1", "conv8"]},
             "unknown layer(s) conv8 for shallow_cnn; valid layers: conv1",

@@ -1,12 +1,16 @@
 """ImageFolder trees (one folder per class, classes indexed in sorted order, as torchvision does).
 
-Images get torchvision's VGG16 evaluation transform scaled to the image size S: resize the
-shorter side to round(S * 256 / 224), centre-crop S, normalize with the model's mean and std.
+Images get the evaluation transform of the model's weights scaled to the image size S: resize the
+shorter side to round(S * resize / crop), centre-crop S, normalize with the weights' mean and std.
+(resize, crop) is the weights' own (232/224 for ResNet-50's IMAGENET1K_V2); (256, 224), torchvision's
+classic VGG/ResNet transform, where the weights say nothing (the paper's models, a custom module).
+The resize is bilinear (antialiased) for every model: the .beton path (repsub.data.beton) mirrors it.
 """
 
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image
@@ -14,15 +18,21 @@ from torchvision import datasets, transforms
 
 from ..errors import DataError
 
-
-def resize_size(image_size: int) -> int:
-    return round(image_size * 256 / 224)
+CLASSIC_RESIZE = (256, 224)  # (resize, crop): torchvision's evaluation transform of VGG16 and ResNet V1
 
 
-def eval_transform(image_size: int, mean, std) -> transforms.Compose:
+def resize_size(image_size: int, resize_ratio: tuple[int, int] = CLASSIC_RESIZE) -> int:
+    """The shorter side before an S px centre crop: round(S * resize / crop), exactly (ties to even)."""
+    resize, crop = resize_ratio
+    return round(Fraction(image_size * resize, crop))
+
+
+def eval_transform(
+    image_size: int, mean, std, resize_ratio: tuple[int, int] = CLASSIC_RESIZE
+) -> transforms.Compose:
     return transforms.Compose([
-        transforms.Resize(resize_size(image_size), interpolation=transforms.InterpolationMode.BILINEAR,
-                          antialias=True),
+        transforms.Resize(resize_size(image_size, resize_ratio),
+                          interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
         transforms.CenterCrop(image_size),
         transforms.ToTensor(),
         transforms.Normalize(mean, std),
@@ -54,7 +64,9 @@ class VisibleImageFolder(datasets.ImageFolder):
         return classes, {name: index for index, name in enumerate(classes)}
 
 
-def image_folder(root: str | Path, image_size: int, mean, std) -> datasets.ImageFolder:
+def image_folder(
+    root: str | Path, image_size: int, mean, std, resize_ratio: tuple[int, int] = CLASSIC_RESIZE
+) -> datasets.ImageFolder:
     """An ImageFolder with the evaluation transform; refuses a missing, empty or one-class tree."""
     root = Path(root)
     if not root.is_dir():
@@ -67,7 +79,10 @@ def image_folder(root: str | Path, image_size: int, mean, std) -> datasets.Image
         )
     try:
         dataset = VisibleImageFolder(
-            str(root), transform=eval_transform(image_size, mean, std), loader=load_rgb, allow_empty=False
+            str(root),
+            transform=eval_transform(image_size, mean, std, resize_ratio),
+            loader=load_rgb,
+            allow_empty=False,
         )
     except FileNotFoundError as err:
         raise DataError(f"--data {root}: {err}") from None

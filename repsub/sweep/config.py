@@ -2,11 +2,11 @@
 
 Validated strictly: an unknown key is an error that lists the valid keys, a bad value names the key.
 
-    model: vgg16
-    weights: imagenet            # imagenet | random | a state_dict path
+    model: vgg16                 # shallow_cnn | mlp | a torchvision classification model (layers --list-models)
+    weights: imagenet            # random | imagenet | DEFAULT | a torchvision weights name | a state_dict path
     seed: 0
     out: s3://bucket/runs/vgg16  # or a local directory
-    layers: all                  # or a list of layer names
+    layers: all                  # or a list of layer names: catalog names or any module name of the model
     methods: [am, iam]
     units: null                  # e.g. "0-63": these units of every layer, where it has them (default: all)
     device: auto                 # auto | cpu | cuda
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -34,6 +35,9 @@ from ..errors import UsageError
 from ..optimize import METHODS, PARAMETERIZATIONS
 from ..optimize.render import OptimSettings
 from ..precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,9 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    model: str
+    # A registered name; from Python also a LoadedModel (repsub.models.from_module: any nn.Module with its
+    # layers, input size and normalization), shipped to the workers with the config.
+    model: str | LoadedModel
     out: str
     weights: str = "random"
     seed: int = 0
@@ -86,7 +92,9 @@ class SweepConfig:
         return list(self.layers or [layer.name for layer in all_layers])
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        # A model object is recorded (and fingerprinted) by its identity: architecture, weights hash, classes.
+        model = self.model if isinstance(self.model, str) else self.model.identity()
+        return json.loads(json.dumps(asdict(replace(self, model=model))))
 
     def fingerprint(self) -> str:
         """A hash of everything that changes results: the same config always plans the same shards.
@@ -140,26 +148,9 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     if unknown:
         raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
     for key in ("model", "out"):
-        if not raw.get(key):
+        if raw.get(key) is None or raw.get(key) == "":
             raise UsageError(f"{source}: {key!r} is required")
-    from ..models import MODELS, catalog
-
-    if raw["model"] not in MODELS:
-        raise UsageError(f"{source}: unknown model {raw['model']!r}; valid models: {', '.join(MODELS)}")
-    layers = raw.get("layers", "all")
-    if layers in (None, "all"):
-        layers = None
-    else:
-        if isinstance(layers, str):
-            layers = [name.strip() for name in layers.split(",")]
-        names = [layer.name for layer in catalog(raw["model"])]
-        bad = [name for name in layers if name not in names]
-        if bad:
-            raise UsageError(
-                f"{source}: unknown layer(s) {', '.join(map(str, bad))} for {raw['model']}; valid "
-                f"layers: {', '.join(names)}"
-            )
-        layers = tuple(layers)
+    model, layers = _model_and_layers(raw, source)
     methods = raw.get("methods", ["am", "iam"])
     methods = [methods] if isinstance(methods, str) else list(methods or [])
     bad = [m for m in methods if m not in METHODS]
@@ -186,6 +177,12 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     sharding = _section("sharding", ShardingConfig, raw.get("sharding"))
     workers = _section("workers", WorkersConfig, raw.get("workers"))
     storage = _section("storage", StorageConfig, raw.get("storage"))
+    from ..storage import check_endpoint, check_location  # no credentials in any location, before any work
+
+    for key, location in (("out", str(raw["out"])), ("selectivity.data", selectivity.data)):
+        check_location(location or "", f"{source}: {key}")
+    if storage.endpoint_url:
+        check_endpoint(storage.endpoint_url, f"{source}: storage.endpoint_url")
     for key, value in (
         ("selectivity.batch_size", selectivity.batch_size),
         ("selectivity.images_per_shard", selectivity.images_per_shard),
@@ -204,7 +201,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UsageError(f"{source}: seed must be an integer, got {seed!r}")
     return SweepConfig(
-        model=raw["model"],
+        model=model,
         out=str(raw["out"]),
         weights=str(raw.get("weights", "random")),
         seed=seed,
@@ -219,6 +216,28 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         workers=workers,
         storage=storage,
     )
+
+
+def _model_and_layers(raw: dict, source: str) -> tuple[str | LoadedModel, tuple[str, ...] | None]:
+    """The model (a registered name; from Python an nn.Module becomes a LoadedModel at the optimization's
+    image size) and its layers (None: all) as results store them: catalog names, else module paths."""
+    from torch import nn
+
+    from ..models import catalog_of, from_module
+
+    model, layers = raw["model"], raw.get("layers", "all")
+    if layers in (None, "all"):
+        layers = None
+    elif isinstance(layers, str):
+        layers = [name.strip() for name in layers.split(",")]
+    try:
+        if isinstance(model, nn.Module):
+            size = _section("optimization", OptimSettings, raw.get("optimization")).image_size
+            model = from_module(model, layers, image_size=size)
+        chosen = catalog_of(model, weights=raw.get("weights")).select(layers)
+    except UsageError as err:
+        raise UsageError(f"{source}: {err}") from None
+    return model, (tuple(layer.name for layer in chosen) if layers else None)
 
 
 def load_config(path: str | Path, out: str | None = None) -> SweepConfig:

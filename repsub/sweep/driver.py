@@ -7,14 +7,14 @@ import time
 
 from tqdm.auto import tqdm
 
-from ..api import selectivity_table
+from ..analysis.summary import run_summary
+from ..api import run_catalog, selectivity_table
 from ..data.sources import open_source
 from ..errors import RepsubError
-from ..models import load_model
+from ..models import resolve_model
 from ..selectivity import ClassMeanAccumulator
 from ..storage import configure_s3
 from ..store import RunWriter, open_run, units_file_name
-from ..summary import layer_summary
 from .commit import RunLock, ShardLedger
 from .config import SweepConfig
 from .plan import DataShard, UnitShard, plan_data_shards, plan_unit_shards
@@ -32,7 +32,9 @@ def run_sweep(
     Holds the run's lock throughout: a second sweep on the same location is refused. `force_unlock`
     removes a stale lock left by a sweep that died on another host."""
     configure_s3(config.storage.endpoint_url, config.storage.region)
-    model = load_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity and catalog
+    model = resolve_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity, catalog
+    model.check_image_size(config.optimization.image_size)
+    model.check_image_size(config.selectivity.image_size or config.optimization.image_size)
     writer = RunWriter(config.out)
     writer.check_run(model.identity(), {"reduce": config.reduce})
     lock = RunLock(writer)
@@ -53,6 +55,7 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
     if removed := writer.remove_leftovers():
         print(f"removed {removed} temporary file(s) left by an interrupted writer")
     layer_names = config.layer_names(model.layers)
+    model.select(layer_names)  # layers read by module name join the catalog the manifest records
 
     data_shards: list[DataShard] = []
     classes: list[str] = []
@@ -62,6 +65,7 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
             config.selectivity.image_size or config.optimization.image_size,
             model.mean,
             model.std,
+            model.resize_ratio,
         )
         classes = source.classes
         data_shards = plan_data_shards(len(source), config.selectivity.images_per_shard)
@@ -107,10 +111,10 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
             "classes": classes,
             "shards": len(data_shards) + len(unit_shards),
         },
-        model.catalog_records(),
+        run_catalog(model, writer),
         {"reduce": config.reduce},
     )
-    return layer_summary(open_run(config.out), layer_names)
+    return run_summary(open_run(config.out))
 
 
 def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models import catalog, select_layers
+from ..models import catalog_of
 from ..units import units_within
 from .config import SweepConfig
 
@@ -52,7 +52,7 @@ def plan_data_shards(n_images: int, images_per_shard: int) -> list[DataShard]:
 
 def plan_unit_shards(config: SweepConfig, num_classes: int | None = None) -> list[UnitShard]:
     """Every (method, layer, block of units) of the config, layer by layer in model order."""
-    layers = select_layers(catalog(config.model, num_classes), list(config.layers or []), config.model)
+    layers = catalog_of(config.model, num_classes, config.weights).select(config.layers)
     shards = []
     per_shard = config.sharding.units_per_shard
     for method in config.methods:

@@ -9,7 +9,7 @@ import time
 
 from ..api import units_table
 from ..data.sources import open_source
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, resolve_model
 from ..optimize import optimize_units
 from ..precision import resolve_device, resolve_precision
 from ..selectivity_pass import accumulate_class_sums
@@ -27,7 +27,7 @@ class ShardRunner:
         self.config = config
         configure_s3(config.storage.endpoint_url, config.storage.region)  # this is another process
         self.device = resolve_device(config.device)
-        self.model: LoadedModel = load_model(
+        self.model: LoadedModel = resolve_model(
             config.model, config.weights, seed=config.seed, device=self.device, num_classes=num_classes
         )
         self.writer = RunWriter(config.out)
@@ -40,7 +40,11 @@ class ShardRunner:
     def source(self):
         if self._source is None:
             self._source = open_source(
-                self.config.selectivity.data, self.selectivity_image_size(), self.model.mean, self.model.std
+                self.config.selectivity.data,
+                self.selectivity_image_size(),
+                self.model.mean,
+                self.model.std,
+                self.model.resize_ratio,
             )
         return self._source
 

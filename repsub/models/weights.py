@@ -1,0 +1,138 @@
+"""Weights: what `--weights` names, the preprocessing that belongs to them, and their content hash.
+
+`--weights` is one of
+- `random`: the architecture's default initialization, seeded by `--seed`;
+- `DEFAULT` or a member of the model's torchvision weights enum (`IMAGENET1K_V1`, `IMAGENET1K_SWAG_E2E_V1`),
+  built through torchvision's weights API, which reads torchvision's cache under $TORCH_HOME (and downloads
+  there only where the network allows);
+- `imagenet`: an alias of the model's ImageNet default (torchvision's DEFAULT; IMAGENET1K_V1 for vgg16);
+- anything else: the path of a state_dict file (loaded with weights_only=True).
+
+A model's identity is the content of its weights (`state_dict_sha256`), never the path they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for a model: resize the shorter side to `resize_size`, centre-crop
+    `image_size`, normalize. At another image size S the resize keeps the proportion (S * resize / crop)."""
+
+    image_size: int  # the model's input side (torchvision: the weights' crop_size)
+    resize_size: int  # shorter side before the crop, at image_size
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    source: str = "repsub default (torchvision's classic evaluation transform: resize 256, crop 224)"
+
+    @property
+    def resize_ratio(self) -> tuple[int, int]:
+        """(resize, crop): the shorter side is resized to round(S * resize / crop) before an S px crop."""
+        ratio = Fraction(self.resize_size, self.image_size)
+        return ratio.numerator, ratio.denominator
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def classic(cls, image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, source: str | None = None):
+        """Resize round(S * 256 / 224), crop S: torchvision's evaluation transform of VGG and ResNet V1."""
+        return cls(image_size, round(Fraction(image_size * 256, 224)), tuple(mean), tuple(std),
+                   source or cls.source)  # fmt: skip
+
+
+def weights_preprocessing(weights) -> Preprocessing:
+    """The preprocessing of a torchvision weights enum member, from its own `transforms` (ImageClassification:
+    crop_size, resize_size, mean, std). Interpolation is left out: repsub's ImageFolder and .beton paths both
+    resize bilinearly."""
+    preset = weights.transforms()
+
+    def first(value):
+        return value[0] if isinstance(value, list | tuple) else value
+
+    return Preprocessing(
+        image_size=int(first(preset.crop_size)),
+        resize_size=int(first(preset.resize_size)),
+        mean=tuple(float(m) for m in preset.mean),
+        std=tuple(float(s) for s in preset.std),
+        source=f"torchvision {type(weights).__name__}.{weights.name}",
+    )
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What `--weights` asked for: "random", a torchvision enum member, or a file."""
+
+    text: str  # as given
+    enum: object | None = None  # a torchvision WeightsEnum member
+    path: Path | None = None
+
+    @property
+    def random(self) -> bool:
+        return self.enum is None and self.path is None
+
+
+def weights_names(weights_enum) -> list[str]:
+    """The names `--weights` takes from a torchvision enum: DEFAULT first, then its members."""
+    if weights_enum is None:
+        return []
+    return ["DEFAULT", *(name for name in weights_enum.__members__ if name != "DEFAULT")]
+
+
+def parse_weights(model: str, text: str | None, weights_enum=None) -> WeightsChoice:
+    """Read `--weights` for `model` (`weights_enum`: its torchvision enum class; None for the paper's models)."""
+    text = "random" if text in (None, "") else str(text)
+    if text == "random":
+        return WeightsChoice(text)
+    names = weights_names(weights_enum)
+    if text == "imagenet" and weights_enum is not None:
+        return WeightsChoice(text, enum=weights_enum["DEFAULT"])
+    if text in names:
+        return WeightsChoice(text, enum=weights_enum[text])
+    path = Path(text)
+    if path.is_file():
+        return WeightsChoice(text, path=path)
+    valid = ", ".join(["random", *(["imagenet", *names] if names else []), "or a state_dict path"])
+    if text == "imagenet" or (text.isupper() and not any(c in text for c in "./\\")):
+        raise UsageError(f"{model} has no weights {text!r}; valid weights for {model}: {valid}")
+    raise UsageError(f"weights file not found: {text} (valid weights for {model}: {valid})")
+
+
+def state_dict_sha256(state: dict) -> str:
+    """A hash of the weights themselves (names, dtypes, shapes and bytes), independent of the file. Every
+    entry counts: 0-d tensors (BatchNorm's num_batches_tracked), buffers, and non-tensor extra state (by repr)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            digest.update(f"{key}|{type(value).__name__}|{value!r}|".encode())
+            continue
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a bad file
+        raise UsageError(f"cannot load weights from {path}: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
+    return state
