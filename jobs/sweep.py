@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from repsub.analysis.summary import format_summary
 from repsub.data.synthetic import make_image_folder
 from repsub.errors import RepsubError
-from repsub.summary import format_table
 from repsub.sweep import load_config, run_sweep
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except RepsubError as err:
         print(f"jobs.sweep: error: {err}", file=sys.stderr)
         return 2
-    print(format_table(rows))
+    print(format_summary(rows))
     print(f"sweep written to {config.out}")
     return 0
 

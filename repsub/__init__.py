@@ -8,6 +8,6 @@ __version__ = "0.1.0"
 
 from .api import selectivity, visualize  # noqa: E402
 from .models import catalog, load_model  # noqa: E402
-from .store import open_run  # noqa: E402
+from .run import Run, open_run  # noqa: E402
 
-__all__ = ["__version__", "catalog", "load_model", "open_run", "selectivity", "visualize"]
+__all__ = ["Run", "__version__", "catalog", "load_model", "open_run", "selectivity", "visualize"]

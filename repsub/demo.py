@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import api
+from .analysis.summary import run_summary
 from .data.synthetic import cached_demo_data
 from .models import load_model
 from .optimize import OptimSettings
-from .store import open_run
-from .summary import layer_summary
+from .run import open_run
 from .train import train_classifier
 
 DEMO_IMAGE_SIZE = 32
@@ -52,4 +52,4 @@ def run_demo(
         api.visualize(
             model=model, method=method, out=out_dir, settings=settings, device="cpu", progress=progress
         )
-    return layer_summary(open_run(out_dir), [layer.name for layer in model.layers])
+    return run_summary(open_run(out_dir))

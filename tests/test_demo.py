@@ -1,3 +1,5 @@
+import math
+
 from repsub.demo import run_demo
 from repsub.store import open_run
 
@@ -17,8 +19,12 @@ def test_demo_end_to_end(tmp_path):
             "mean_rs_iam",
             "spearman_am",
             "spearman_iam",
+            "n_am",
+            "left_out_am",
         } <= set(row)
-        assert 0 <= row["mean_rs_am"] <= 1 and 0 <= row["mean_rs_iam"] <= 1
+        for method in ("am", "iam"):  # mean RS over the included units; none included: NaN
+            mean = row[f"mean_rs_{method}"]
+            assert 0 <= mean <= 1 if row[f"n_{method}"] else math.isnan(mean)
     run = open_run(tmp_path / "run")
     assert run.units.count_rows() == 2 * 522
     assert (tmp_path / "cache" / "demo-data" / "complete.json").is_file()

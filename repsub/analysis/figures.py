@@ -1,9 +1,13 @@
 """The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
 
-1. RS against selectivity, one panel per method, per layer (the paper's Figures 1, 4, 5);
-2. Spearman rho against layer depth with bootstrap intervals (Figures 3b, 6b);
-3. a unit's IAM image and the images of the units that respond more to it (Figure 2);
-4. per-layer histograms of selectivity and RS.
+File names say what a figure shows:
+
+- ``rs_vs_selectivity_<layer>.png``: RS against selectivity, one panel per method (the paper's Figures 1, 4, 5);
+  units left out of the statistics (repsub.analysis.exclusion) drawn as grey crosses;
+- ``rho_by_depth.png``: Spearman rho against layer depth with bootstrap intervals (Figures 3b, 6b);
+- ``substitutes_<layer>_<unit>.png``: a unit's image and the images of the units that respond more to it
+  (Figure 2);
+- ``histograms_<layer>.png``: the layer's selectivity and RS histograms.
 
 Each function writes one PNG and returns its path, or None when the run has nothing to draw.
 """
@@ -21,15 +25,35 @@ import pyarrow.dataset as ds
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import RunError
-from .report_stats import RunData, StatsOptions
-from .store import decode_png
+from ..errors import RunError, UsageError
+from ..store import decode_png
+from .layers import SIGNED_NOTE
+from .load import RunData, read_rows
+from .stats import StatsOptions
 
 DPI = 100
 GRID_MAX_SUBSTITUTES = 11  # images shown next to the unit in the Figure-2 grid (most active first)
 GRID_COLUMNS = 6
 METHOD_COLOURS = {"am": "tab:blue", "iam": "tab:orange"}
-LOGITS_NOTE = "logits: selectivity unbounded"
+RHO_BY_DEPTH = "rho_by_depth.png"
+FIGURE_PATTERNS = ("rs_vs_selectivity_*.png", "rho_by_depth.png", "substitutes_*.png", "histograms_*.png")
+
+
+def safe_name(text: str) -> str:
+    """A layer name usable in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def scatter_name(layer: str) -> str:
+    return f"rs_vs_selectivity_{safe_name(layer)}.png"
+
+
+def histograms_name(layer: str) -> str:
+    return f"histograms_{safe_name(layer)}.png"
+
+
+def substitutes_name(layer: str, unit: int) -> str:
+    return f"substitutes_{safe_name(layer)}_{unit}.png"
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -38,46 +62,59 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def safe_name(text: str) -> str:
-    """A layer name usable in a file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
-
-
 def _layer_title(data: RunData, layer: str) -> str:
-    return f"{layer} ({LOGITS_NOTE})" if data.layer(layer).after_relu is False else layer
+    return f"{layer} ({SIGNED_NOTE})" if data.layer(layer).signed else layer
 
 
 def rs_vs_selectivity(data: RunData, layer: str, options: StatsOptions, path: Path) -> Path | None:
-    """Figure 1 style: a scatter of RS (y) against selectivity (x), one panel per method, for one layer."""
-    methods = [m for m in data.methods if (layer, m) in data.rs]
+    """A scatter of RS (y) against selectivity (x), one panel per method, for one layer."""
+    methods = [m for m in data.methods if (layer, m) in data.rows]
     if not methods or layer not in data.selectivity:
         return None
     shown = list(dict.fromkeys(["am", "iam", *methods]))
     fig = Figure(figsize=(4.2 * len(shown), 3.6), layout="constrained")
     axes = fig.subplots(1, len(shown), sharey=True, squeeze=False)[0]
     for ax, method in zip(axes, shown, strict=True):
-        units, x, y = data.pairs(layer, method)
-        if (layer, method) not in data.rs:
+        rows = data.rows.get((layer, method))
+        if rows is None:
             ax.text(
                 0.5, 0.5, f"no {method.upper()} results", ha="center", va="center", transform=ax.transAxes
             )
+            ax.set_title(f"{method.upper()}: n = 0", fontsize=10)
         else:
-            ax.scatter(x, y, s=10, alpha=0.6, color=METHOD_COLOURS.get(method, "tab:green"), linewidths=0)
+            keep = rows.included
+            out = ~keep & np.isfinite(rows.selectivity) & np.isfinite(rows.rs)
+            ax.scatter(
+                rows.selectivity[out], rows.rs[out], s=12, marker="x", color="0.6", linewidths=0.8,
+                label=f"left out ({int((~keep).sum())})",
+            )  # fmt: skip
+            ax.scatter(
+                rows.selectivity[keep], rows.rs[keep], s=10, alpha=0.6, linewidths=0,
+                color=METHOD_COLOURS.get(method, "tab:green"), label=f"included ({int(keep.sum())})",
+            )  # fmt: skip
             ax.axvline(options.high, color="grey", linestyle="--", linewidth=0.8)
             ax.axvline(options.low, color="grey", linestyle=":", linewidth=0.8)
-        ax.set_title(f"{method.upper()}: n = {len(units)}", fontsize=10)
+            ax.set_title(
+                f"{method.upper()}: n = {int(keep.sum())}, {int((~keep).sum())} left out", fontsize=10
+            )
+            if out.any():
+                ax.legend(fontsize=7, loc="upper right")
         ax.set_xlabel("class selectivity")
-        if data.layer(layer).after_relu is False:
-            ax.set_xscale("symlog", linthresh=1.0)  # logit selectivity: a few units far out
+        if data.layer(layer).signed:
+            ax.set_xscale("symlog", linthresh=1.0)  # signed selectivity: a few units far out
             ax.set_xlabel("class selectivity (symlog)")
         ax.set_ylim(-0.03, 1.03)
-    axes[0].set_ylabel("RS")
+    axes[0].set_ylabel("RS (fraction of the layer more active)")
     fig.suptitle(_layer_title(data, layer), fontsize=11)
     return _save(fig, path)
 
 
-def rho_vs_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
-    """Figure 3b style: Spearman rho of RS against selectivity per layer, with bootstrap intervals."""
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def rho_by_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
+    """Spearman rho of RS against selectivity per layer, with bootstrap intervals, in depth order."""
     rows = [r for r in stats.to_pylist() if r["method"] is not None]
     if not rows:
         return None
@@ -105,15 +142,13 @@ def rho_vs_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
         ax.errorbar(
             xs, rho, yerr=[rho - low, high - rho], fmt="-", color=colour, capsize=3, label=method.upper()
         )
-        logits = np.array([r["after_relu"] is False for r in mine])
-        ax.scatter(xs[~logits], rho[~logits], color=colour, zorder=3)
-        ax.scatter(xs[logits], rho[logits], facecolors="white", edgecolors=colour, zorder=3)
+        signed = np.array([data.layer(r["layer"]).signed for r in mine])
+        ax.scatter(xs[~signed], rho[~signed], color=colour, zorder=3)
+        ax.scatter(xs[signed], rho[signed], facecolors="white", edgecolors=colour, zorder=3)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xticks([position[n] for n in layers])
-    ax.set_xticklabels(
-        [f"{n}*" if data.layer(n).after_relu is False else n for n in layers], rotation=45, ha="right"
-    )
-    ax.set_xlabel("layer (depth order; * logits, hollow marker)")
+    ax.set_xticklabels([f"{n}*" if data.layer(n).signed else n for n in layers], rotation=45, ha="right")
+    ax.set_xlabel("layer (depth order; * signed values, hollow marker)")
     ax.set_ylabel("Spearman rho (RS vs selectivity)")
     ax.set_ylim(-1.05, 1.05)
     if ax.get_legend_handles_labels()[0]:
@@ -123,17 +158,13 @@ def rho_vs_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def histograms(data: RunData, layer: str, options: StatsOptions, path: Path) -> Path:
-    """Figure 4: the layer's selectivity histogram (dead units left out) and RS histograms per method."""
+    """The layer's selectivity histogram (dead units left out) and RS histograms per method (included units)."""
     fig = Figure(figsize=(8.4, 3.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     sel = data.selectivity.get(layer)
     if sel is not None:
-        values = sel.selectivity[~sel.dead & np.isfinite(sel.selectivity)]
+        values = sel.alive_values
         left.hist(values, bins=20, color="tab:grey")
         left.axvline(options.high, color="black", linestyle="--", linewidth=0.8)
         left.axvline(options.low, color="black", linestyle=":", linewidth=0.8)
@@ -142,31 +173,20 @@ def histograms(data: RunData, layer: str, options: StatsOptions, path: Path) -> 
         left.text(0.5, 0.5, "no selectivity", ha="center", va="center", transform=left.transAxes)
     left.set_xlabel("class selectivity")
     left.set_ylabel("units")
-    methods = [m for m in data.methods if (layer, m) in data.rs]
+    methods = [m for m in data.methods if (layer, m) in data.rows]
     for method in methods:
-        rs = data.rs[(layer, method)].rs
+        _, _, rs = data.included(layer, method)
         right.hist(
-            rs[np.isfinite(rs)],
-            bins=np.linspace(0, 1, 21),
-            histtype="step",
-            linewidth=1.5,
-            color=METHOD_COLOURS.get(method, "tab:green"),
-            label=f"{method.upper()} ({len(rs)})",
-        )
+            rs, bins=np.linspace(0, 1, 21), histtype="step", linewidth=1.5,
+            color=METHOD_COLOURS.get(method, "tab:green"), label=f"{method.upper()} ({len(rs)} included)",
+        )  # fmt: skip
     if methods:
         right.legend()
     else:
         right.text(0.5, 0.5, "no RS", ha="center", va="center", transform=right.transAxes)
-    right.set_xlabel("RS")
+    right.set_xlabel("RS (fraction of the layer more active)")
     fig.suptitle(_layer_title(data, layer), fontsize=11)
     return _save(fig, path)
-
-
-def _read_units(data: RunData, columns: list[str], where) -> pa.Table:
-    try:
-        return data.run.units.to_table(columns=columns, filter=where)
-    except (pa.ArrowException, OSError) as err:
-        raise RunError(f"{data.run.uri}: cannot read the units table: {err}") from err
 
 
 @dataclass
@@ -184,8 +204,6 @@ class GridChoice:
 
 def parse_unit(text: str) -> tuple[str, int]:
     """'conv3:17' -> ('conv3', 17)."""
-    from .errors import UsageError
-
     layer, sep, unit = text.rpartition(":")
     if not sep or not layer or not unit.strip().isdigit():
         raise UsageError(f"--unit {text!r}: expected LAYER:UNIT, e.g. conv3:17")
@@ -193,49 +211,50 @@ def parse_unit(text: str) -> tuple[str, int]:
 
 
 def choose_grid_unit(data: RunData, options: StatsOptions, unit: str | None) -> tuple[str, int, str] | None:
-    """The unit for Figure 2: `unit` ('LAYER:UNIT') if given, else the most selective IAM unit with RS > 0.
-
-    Prefers post-ReLU layers and units at or above the high threshold; None if the run has no IAM/AM.
-    """
+    """The unit for Figure 2: `unit` ('LAYER:UNIT') if given, else the most selective included IAM unit
+    with RS > 0, preferring post-ReLU layers and units at or above the high threshold; None if the run
+    has no IAM/AM."""
     method = "iam" if "iam" in data.methods else ("am" if "am" in data.methods else None)
     if unit is not None:
         layer, index = parse_unit(unit)
-        if method is None or (layer, method) not in data.rs or index not in data.rs[(layer, method)].units:
+        rows = data.rows.get((layer, method)) if method else None
+        if rows is None or index not in rows.units:
             raise RunError(f"{data.run.uri} has no IAM or AM image of unit {layer}:{index}")
         return layer, index, method
     if method is None:
         return None
     candidates = []
     for info in data.layers:
-        if (info.name, method) not in data.rs:
-            continue
-        units, x, y = data.pairs(info.name, method)
-        rs = data.rs[(info.name, method)]
-        active = rs.activation[np.searchsorted(rs.units, units)] > 0
-        for u, s, r, a in zip(units.tolist(), x.tolist(), y.tolist(), active.tolist(), strict=True):
-            # Preferred, in order: substitutes exist, the image drives the unit at all, a post-ReLU
-            # layer, high selectivity, then the most selective.
-            key = (r > 0, a, info.after_relu is not False, s >= options.high, s)
-            candidates.append((key, info.name, u))
+        units, x, y = data.included(info.name, method)
+        for u, s, r in zip(units.tolist(), x.tolist(), y.tolist(), strict=True):
+            # Preferred, in order: substitutes exist, a post-ReLU layer, high selectivity, the most selective.
+            candidates.append(((r > 0, not info.signed, s >= options.high, s), info.name, u))
     if not candidates:
-        rs = next((key for key in data.rs if key[1] == method), None)
-        return None if rs is None else (rs[0], int(data.rs[rs].units[0]), method)
+        first = next((key for key in data.rows if key[1] == method), None)
+        return None if first is None else (first[0], int(data.rows[first].units[0]), method)
     _, layer, index = max(candidates, key=lambda c: c[0])
     return layer, index, method
+
+
+def _unit_rows(data: RunData, layer: str, method: str, units: list[int], columns: list[str]) -> pa.Table:
+    where = (ds.field("layer") == layer) & (ds.field("method") == method) & ds.field("unit").isin(units)
+    table, _ = read_rows(
+        data.run, "units", ["layer", "method", "unit", *columns], ["layer", "method", "unit"], where
+    )
+    return table
 
 
 def substitution_grid(
     data: RunData, layer: str, unit: int, method: str, path: Path
 ) -> tuple[Path, GridChoice]:
     """Figure 2: the unit's image, then the images of the units more active on it, with their activations."""
-    where = (ds.field("layer") == layer) & (ds.field("method") == method)
-    own_row = _read_units(data, ["layer_activations", "rs"], where & (ds.field("unit") == unit))
+    own_row = _unit_rows(data, layer, method, [unit], ["layer_activations", "rs"])
     acts = np.asarray(own_row.column("layer_activations")[0].as_py(), dtype=np.float64)
     own = acts[unit]
     higher = [int(j) for j in np.argsort(-acts, kind="stable") if acts[j] > own]
     shown = higher[:GRID_MAX_SUBSTITUTES]
     # Only the images shown are read: a whole layer's images can be hundreds of MB (VGG16 fc6).
-    pictures = _read_units(data, ["unit", "image"], where & ds.field("unit").isin([unit, *shown]))
+    pictures = _unit_rows(data, layer, method, [unit, *shown], ["image"])
     images = dict(zip(pictures.column("unit").to_pylist(), pictures.column("image").to_pylist(), strict=True))
     sel = data.selectivity.get(layer)
     sel_of = dict(zip(sel.units.tolist(), sel.selectivity.tolist(), strict=True)) if sel else {}

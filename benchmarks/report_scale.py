@@ -1,0 +1,199 @@
+"""The report at full VGG16 scale: page size and the time Chromium takes to open it.
+
+    .venv/bin/python -m benchmarks.report_scale [--cache /tmp/repsub-bench] [--opens 3]
+
+1. Generates (once, kept under --cache) a run of VGG16's shape: the 16 layers of its catalog in the
+   manifest (13,416 units), selectivity rows with 1,000 class means, and AM and IAM units rows with their
+   layer activations, RS and 224 px PNG images. The images are synthetic but image-like: colour textures
+   with a 1/f spectrum (as Fourier-parameterized AM/IAM images), 1,024 distinct ones reused across units,
+   so PNG and thumbnail sizes are realistic. About 5% of the units fail (no_response), 2% are dead.
+2. Writes the report (timed by stage) and prints the size of report.html, of its thumbnails and of the rest.
+3. Opens the page in headless Chromium `--opens` times (a fresh browser each time) and prints the time
+   from navigation to a usable gallery (the explorer's first page of thumbnails decoded), then the time a
+   filter and a unit's detail take to appear.
+Goals (issue 12): report.html under 60 MB, open in under 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from repsub.store import RunWriter
+
+VGG16 = [("conv1_1", 64), ("conv1_2", 64), ("conv2_1", 128), ("conv2_2", 128), ("conv3_1", 256),
+         ("conv3_2", 256), ("conv3_3", 256), ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
+         ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512), ("fc6", 4096), ("fc7", 4096), ("fc8", 1000)]  # fmt: skip
+CATALOG = [
+    {"name": name, "units": units, "module": name, "kind": "conv" if name.startswith("conv") else "linear",
+     "read": "logits" if name == "fc8" else "relu", "depth": depth}
+    for depth, (name, units) in enumerate(VGG16)
+]  # fmt: skip
+IDENTITY = {"model": "vgg16", "weights": "synthetic", "weights_sha256": "0" * 64, "num_classes": 1000}
+IMAGE_SIDE = 224
+DISTINCT_IMAGES = 1024
+UNITS_PER_FILE = 256  # as a sweep's unit shards
+
+
+def image_like(rng: np.random.Generator, side: int = IMAGE_SIDE) -> np.ndarray:
+    """A colour texture with a 1/f amplitude spectrum and decorrelated colour, through a sigmoid: the
+    statistics of a Fourier-parameterized AM/IAM image (PNG of about 135 KiB at 224 px)."""
+    fy, fx = np.fft.fftfreq(side)[:, None], np.fft.rfftfreq(side)[None, :]
+    freq = np.sqrt(fx**2 + fy**2)
+    freq[0, 0] = 1 / side
+    spectrum = (
+        rng.normal(size=(3, side, side // 2 + 1)) + 1j * rng.normal(size=(3, side, side // 2 + 1))
+    ) / freq
+    x = np.fft.irfft2(spectrum, s=(side, side))
+    colour = np.array([[0.26, 0.09, 0.02], [0.27, 0.0, -0.05], [0.27, -0.09, 0.03]]) * 3
+    x = np.einsum("ij,jhw->hwi", colour, x / x.std())
+    return (255 / (1 + np.exp(-1.5 * x))).astype(np.uint8)
+
+
+def png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def generate_run(out: Path) -> Path:
+    if (out / "manifest.json").is_file():
+        return out
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    pictures = [png(image_like(rng)) for _ in range(DISTINCT_IMAGES)]
+    print(f"generated {DISTINCT_IMAGES} distinct images in {time.perf_counter() - started:.0f} s, "
+          f"{np.mean([len(p) for p in pictures]) / 1024:.0f} KiB each on average")  # fmt: skip
+    writer = RunWriter(out)
+    for depth, (layer, n) in enumerate(VGG16):
+        means = rng.gamma(0.5, 1.0, size=(n, 1000)) * rng.uniform(0.2, 2.0, size=(n, 1))
+        dead = rng.uniform(size=n) < 0.02
+        means[dead] = 0
+        top = means.argmax(axis=1)
+        mu_max = means.max(axis=1)
+        mu_rest = (means.sum(axis=1) - mu_max) / 999
+        with np.errstate(invalid="ignore"):
+            selectivity = np.where(dead, np.nan, (mu_max - mu_rest) / (mu_max + mu_rest))
+        writer.write_selectivity(layer, pa.table({
+            "unit": pa.array(np.arange(n), pa.int32()),
+            "selectivity": pa.array(selectivity, pa.float64()),
+            "top_class": pa.array(np.where(dead, -1, top), pa.int32()),
+            "class_means": pa.array(list(means), pa.list_(pa.float64())),
+            "n_images": pa.array(np.full(n, 50_000), pa.int64()),
+            "dead": pa.array(dead, pa.bool_()),
+        }))  # fmt: skip
+        for method in ("am", "iam"):
+            for start in range(0, n, UNITS_PER_FILE):
+                units = np.arange(start, min(start + UNITS_PER_FILE, n))
+                acts = rng.gamma(1.0, 1.0, size=(len(units), n)).astype(np.float32)
+                failed = rng.uniform(size=len(units)) < 0.05
+                acts[np.arange(len(units)), units] = np.where(
+                    failed, 0.0, acts[np.arange(len(units)), units] * 8
+                )
+                own = acts[np.arange(len(units)), units]
+                rs = (acts > own[:, None]).sum(axis=1) / n
+                ties = ((acts == own[:, None]).sum(axis=1) - 1) / (n - 1)
+                chosen = (units * 7 + depth * 131 + (method == "iam") * 509) % DISTINCT_IMAGES
+                writer.write_units(method, layer, pa.table({
+                    "method": [method] * len(units),
+                    "unit": pa.array(units, pa.int32()),
+                    "activation": pa.array(own, pa.float32()),
+                    "layer_activations": pa.array(list(acts), pa.list_(pa.float32())),
+                    "rs": pa.array(rs, pa.float64()),
+                    "rs_ties": pa.array(ties, pa.float64()),
+                    "status": pa.array(np.where(own > 0, "ok", "no_response")),
+                    "objective_start": pa.array(rng.normal(size=len(units)), pa.float32()),
+                    "objective_final": pa.array(own, pa.float32()),
+                    "image": pa.array([pictures[i] for i in chosen], pa.binary()),
+                    "seed": pa.array(units, pa.int64()),
+                    "steps": pa.array(np.full(len(units), 256), pa.int32()),
+                }), replace_existing=False)  # fmt: skip
+        print(f"  wrote {layer}: {n} units, AM and IAM ({time.perf_counter() - started:.0f} s)", flush=True)
+    config = {"data": {"classes": [f"n{i:08d}" for i in range(1000)]}}
+    writer.record("selectivity", IDENTITY, config, CATALOG, {"reduce": "mean"})
+    writer.record("visualize/am", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+    writer.record("visualize/iam", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+    return out
+
+
+def time_report(run: Path, out: Path) -> Path:
+    from repsub.analysis import compute_stats, load_run_data
+    from repsub.analysis.report import build_report
+    from repsub.analysis.thumbnails import image_side, thumbnail_side, thumbnails
+    from repsub.run import open_run
+
+    started = time.perf_counter()
+    data = load_run_data(open_run(run))
+    loaded = time.perf_counter()
+    compute_stats(data)
+    stats = time.perf_counter()
+    rows = sum(len(r.units) for r in data.rows.values())
+    side = thumbnail_side(rows, image_side(data))
+    thumbs = thumbnails(data, side)
+    thumbed = time.perf_counter()
+    print(f"stages: load {loaded - started:.1f} s, statistics {stats - loaded:.1f} s, "
+          f"{len(thumbs)} thumbnails of {side} px {thumbed - stats:.1f} s")  # fmt: skip
+    started = time.perf_counter()
+    page = build_report(run, out)[0]
+    print(f"repsub report (all of it): {time.perf_counter() - started:.1f} s")
+    text = page.read_text(encoding="utf-8")
+    thumbs_part = text.split('id="explorer-thumbs">', 1)[1].split("</script>", 1)[0]
+    data_part = text.split('id="explorer-data">', 1)[1].split("</script>", 1)[0]
+    mb = 1e6
+    print(f"report.html: {page.stat().st_size / mb:.1f} MB (thumbnails {len(thumbs_part) / mb:.1f} MB, "
+          f"{len(thumbs_part) / rows / 1024:.2f} KiB each as base64; explorer data {len(data_part) / mb:.1f} MB; "
+          f"rest {(len(text) - len(thumbs_part) - len(data_part)) / mb:.1f} MB)")  # fmt: skip
+    return page
+
+
+def time_open(page: Path, opens: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.chromium import Chromium
+
+    usable, loaded, filtering, detail = [], [], [], []
+    for _ in range(opens):
+        with Chromium(width=1280, height=900) as browser:
+            started = time.perf_counter()
+            loaded.append(browser.open(page.as_uri()))
+            browser.evaluate("window.repsubExplorer.ready")
+            usable.append(time.perf_counter() - started)
+            shown = browser.evaluate("document.querySelectorAll('#gallery .card img').length")
+            decoded = browser.evaluate(
+                "Array.from(document.querySelectorAll('#gallery .card img')).filter((i) => i.naturalWidth > 0).length"
+            )
+            assert shown == decoded > 0, (shown, decoded)
+            started = time.perf_counter()
+            browser.click_element("#f-rs-min")
+            browser.type_text("0.9")
+            browser.wait_for("document.getElementById('match-count').textContent.split(' ')[0] !== '26,832'")
+            filtering.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            browser.click_element("#gallery .card")
+            browser.wait_for("document.getElementById('unit-detail').open")
+            detail.append(time.perf_counter() - started)
+    med = statistics.median
+    print(f"Chromium, {opens} opens: load event {med(loaded):.2f} s (min {min(loaded):.2f}), usable gallery "
+          f"{med(usable):.2f} s (min {min(usable):.2f}, max {max(usable):.2f}); filter RS >= 0.9 "
+          f"{med(filtering) * 1000:.0f} ms; open a unit {med(detail) * 1000:.0f} ms (medians)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/repsub-bench"))
+    parser.add_argument("--opens", type=int, default=3)
+    args = parser.parse_args()
+    run = generate_run(args.cache / "report-scale-vgg16" / "run")
+    page = time_report(run, args.cache / "report-scale-vgg16" / "report")
+    time_open(page, args.opens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Which units enter the RS statistics, and why the others are left out.
+
+A unit's RS row enters the mean and median RS, Spearman rho and its bootstrap only if the unit is alive
+on the data, its optimization drove it (status `ok`), and both its selectivity and RS are finite numbers.
+A failed unit's RS is an artefact of its start image (a unit never driven gets the share of the layer
+active on the noise it started from, or 0, the best score, in a silent layer), and a dead unit has no
+selectivity: either would bend every statistic it entered.
+
+Each left-out row gets exactly one reason, the first that applies in the order of REASONS, so the
+counts add up: units_rs = n_included + sum of the excluded_<reason> counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import RunError
+from ..store import UNIT_STATUSES
+
+STATUS_REASONS = [s for s in UNIT_STATUSES if s != "ok"]  # a status other than ok is its own reason
+REASONS = {
+    "dead": "dead on the data: every class mean is zero, so selectivity is undefined",
+    **{status: UNIT_STATUSES[status] for status in STATUS_REASONS},  # no_response, nonfinite
+    "no_selectivity": "no selectivity row for the unit (not measured, so not known to be alive)",
+    "nan_selectivity": "selectivity NaN although the unit is not dead",
+}
+
+
+def exclusion_reasons(
+    has_selectivity: np.ndarray,
+    dead: np.ndarray,
+    selectivity: np.ndarray,
+    status: np.ndarray,
+    rs: np.ndarray,
+) -> np.ndarray:
+    """Per units row, the reason it is left out of the RS statistics (a key of REASONS), or None.
+
+    Arrays are aligned per row; `dead` and `selectivity` are ignored where `has_selectivity` is False.
+    """
+    status = np.asarray(status, dtype=object)
+    unknown = sorted(set(status.tolist()) - set(UNIT_STATUSES))
+    if unknown:
+        raise RunError(f"unknown unit status(es) {unknown}; known: {', '.join(UNIT_STATUSES)}")
+    has_selectivity = np.asarray(has_selectivity, dtype=bool)
+    reason = np.full(len(status), None, dtype=object)
+    rules = [
+        ("dead", has_selectivity & np.asarray(dead, dtype=bool)),
+        *((name, status == name) for name in STATUS_REASONS),
+        ("nonfinite", ~np.isfinite(np.asarray(rs, dtype=np.float64))),  # status ok, RS not a number
+        ("no_selectivity", ~has_selectivity),
+        ("nan_selectivity", ~np.isfinite(np.asarray(selectivity, dtype=np.float64))),
+    ]
+    for name, applies in rules:
+        reason[(reason == None) & applies] = name  # noqa: E711 (elementwise on an object array)
+    return reason

@@ -1,0 +1,143 @@
+"""The data behind the report page's unit explorer: every units row with its numbers and thumbnail.
+
+Two JSON documents, embedded in the page as `<script type="application/json">` (explorer.js reads them):
+
+- ``EXPLORER_DATA``: columnar arrays. ``units`` (one entry per (layer, unit): selectivity, dead, top class,
+  images in the pass, the largest class means) and ``rows`` (one per units row (layer, method, unit): an
+  index into ``units``, RS, rs_ties, activation, status, the exclusion reason, objectives), plus the
+  layers, methods, statuses, exclusion reasons, class names and the thumbnail format.
+- ``EXPLORER_THUMBS``: one base64 WebP per row ("" where the row has no image).
+
+Numbers are rounded to 4 significant digits (what the page shows) to keep the page small.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..store import UNIT_STATUSES
+from .exclusion import REASONS
+from .layers import class_names
+from .load import RunData, read_rows
+
+TOP_CLASSES = 10  # class means shown in a unit's detail (all of them when the data has this many or fewer)
+
+
+def _round(values, digits: int = 4) -> list:
+    """Floats rounded to `digits` significant digits; NaN and None become null."""
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            out.append(None)
+        else:
+            out.append(float(f"{float(v):.{digits}g}"))
+    return out
+
+
+def _codes(values: list, choices: list) -> list[int]:
+    """Each value's index in `choices` (-1 for None)."""
+    index = {c: i for i, c in enumerate(choices)}
+    return [index.get(v, -1) for v in values]
+
+
+def top_class_means(data: RunData) -> dict[tuple[str, int], tuple[list, float]]:
+    """{(layer, unit): ([class, mean, class, mean, ...] of the largest TOP_CLASSES, mean over all classes)}."""
+    table, _ = read_rows(data.run, "selectivity", ["layer", "unit", "class_means"], ["layer", "unit"])
+    if table is None:
+        return {}
+    found: dict[tuple[str, int], tuple[list, float]] = {}
+    for layer in dict.fromkeys(table.column("layer").to_pylist()):
+        part = table.filter(pc.equal(table.column("layer"), layer))
+        lists = part.column("class_means").combine_chunks()
+        lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False))
+        if not len(lengths) or (lengths != lengths[0]).any() or lengths[0] == 0:
+            continue  # ragged or empty class means: nothing sensible to show
+        means = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), np.float64).reshape(
+            len(lengths), -1
+        )
+        k = min(TOP_CLASSES, means.shape[1])
+        top = np.argsort(-means, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(means, top, axis=1)
+        average = means.mean(axis=1)
+        for unit, classes, vals, avg in zip(
+            part.column("unit").to_pylist(), top, values, average, strict=True
+        ):
+            pairs = [x for c, v in zip(classes.tolist(), _round(vals.tolist()), strict=True) for x in (c, v)]
+            found[(layer, unit)] = (pairs, _round([avg])[0])
+    return found
+
+
+def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int | None) -> tuple[str, str]:
+    """The two JSON documents (module doc): the explorer's data and its thumbnails."""
+    frame = data.frame
+    layers = [info.name for info in data.layers]
+    layer_col = frame.column("layer").to_pylist()
+    unit_col = frame.column("unit").to_pylist()
+    method_col = frame.column("method").to_pylist()
+    means = top_class_means(data)
+
+    first_row: dict[tuple[str, int], int] = {}  # the frame row that carries each unit's selectivity columns
+    for i, key in enumerate(zip(layer_col, unit_col, strict=True)):
+        first_row.setdefault(key, i)
+    unit_index = {key: position for position, key in enumerate(first_row)}
+    take = pa.array(list(first_row.values()), pa.int64())
+
+    def column(name: str) -> list:
+        return frame.column(name).take(take).to_pylist()
+
+    unit_keys = list(unit_index)
+    units = {
+        "layer": _codes([layer for layer, _ in unit_keys], layers),
+        "unit": [unit for _, unit in unit_keys],
+        "sel": _round(column("selectivity")),
+        "dead": [None if d is None else int(d) for d in column("dead")],
+        "top": column("top_class"),
+        "images": column("n_images"),
+        "means": [means.get(key, ([], None))[0] for key in unit_keys],
+        "mean_all": [means.get(key, ([], None))[1] for key in unit_keys],
+    }
+    with_method = [i for i, m in enumerate(method_col) if m is not None]
+    take = pa.array(with_method, pa.int64())
+
+    def row_column(name: str) -> list:
+        return frame.column(name).take(take).to_pylist()
+
+    statuses = list(UNIT_STATUSES)
+    reasons = list(REASONS)
+    row_keys = [(layer_col[i], method_col[i], unit_col[i]) for i in with_method]
+    rows = {
+        "unit": [unit_index[(layer, unit)] for layer, _, unit in row_keys],
+        "method": _codes([m for _, m, _ in row_keys], data.methods),
+        "rs": _round(row_column("rs")),
+        "ties": _round(row_column("rs_ties")),
+        "act": _round(row_column("activation")),
+        "status": _codes(row_column("status"), statuses),
+        "excluded": _codes(row_column("excluded"), reasons),
+        "obj0": _round(row_column("objective_start")),
+        "obj1": _round(row_column("objective_final")),
+    }
+    document = {
+        "layers": [
+            {"name": i.name, "depth": i.depth, "read": i.read, "signed": i.signed, "units": i.units}
+            for i in data.layers
+        ],
+        "methods": data.methods,
+        "statuses": UNIT_STATUSES,
+        "reasons": REASONS,
+        "classes": class_names(data.run.manifest),
+        "thumb": {"side": thumb_side, "format": "webp", "image_side": image_side},
+        "units": units,
+        "rows": rows,
+    }
+    thumb_list = [thumbs.get(key, "") for key in row_keys]
+    return _script_json(document), _script_json(thumb_list)
+
+
+def _script_json(value) -> str:
+    """JSON safe inside a <script> element: no '<', so neither '</script' nor '<!--' can occur."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")

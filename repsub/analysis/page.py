@@ -1,0 +1,300 @@
+"""The report page: one self-contained HTML file (figures, data, style and script inline; no network).
+
+Sections: the run's facts, what it lacks, the statistics table, the unit explorer (filters, a scatter of RS
+against selectivity whose points open their unit, a gallery of thumbnails a page at a time, a unit's detail
+in a dialog; explorer.js), then the paper's figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import pyarrow as pa
+
+from ..store import UNIT_STATUSES
+from .exclusion import REASONS
+from .figures import GridChoice
+from .layers import SIGNED_NOTE
+from .load import RunData
+from .stats import StatsOptions, left_out
+
+esc = html.escape
+
+# Columns of the statistics table: (stats column, header, tooltip).
+TABLE_COLUMNS = [
+    ("method", "method", ""),
+    ("units", "units", "selectivity rows of the layer"),
+    ("dead", "dead", "units whose class means are all zero"),
+    ("mean_selectivity", "mean sel.", "over alive units"),
+    ("median_selectivity", "median sel.", "over alive units"),
+    ("n_high", "high sel.", "alive units with selectivity >= the high threshold"),
+    ("n_low", "low sel.", "alive units with selectivity <= the low threshold"),
+    ("units_rs", "RS rows", "units of the method with an RS row"),
+    ("n_included", "included", "units in mean/median RS and Spearman rho"),
+    ("left_out", "left out", "RS rows left out of the statistics, by reason"),
+    ("mean_rs", "mean RS", "over the included units"),
+    ("median_rs", "median RS", "over the included units"),
+    ("spearman_rho", "Spearman rho", "rank correlation of RS with selectivity, included units"),
+    ("spearman_p", "p", "scipy's p-value of rho"),
+    ("rho_ci", "95% CI", "percentile bootstrap interval of rho"),
+]
+CATEGORY_COLOURS = {  # as explorer.js: the category of a units row, included or the reason it is left out
+    "included": "#1f77b4",
+    "dead": "#7f7f7f",
+    "no_response": "#e6550d",
+    "nonfinite": "#d62728",
+    "no_selectivity": "#9467bd",
+    "nan_selectivity": "#8c564b",
+}
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def _img(path: Path, alt: str) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img class="figure" src="data:image/png;base64,{encoded}" alt="{esc(alt)}">'
+
+
+def _fmt(value, column: str) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.2g}" if column == "spearman_p" else f"{value:.3f}"
+    return esc(str(value))
+
+
+def _left_out_cell(row: dict) -> str:
+    if row.get("units_rs") is None:
+        return "<td>&ndash;</td>"
+    reasons = left_out(row)
+    total = sum(reasons.values())
+    parts = ", ".join(f"{reason.replace('_', ' ')} {count}" for reason, count in reasons.items())
+    title = "; ".join(f"{reason}: {count} ({REASONS[reason]})" for reason, count in reasons.items())
+    text = f"{total}" + (f": {esc(parts)}" if parts else "")
+    return f'<td class="left-out" title="{esc(title)}">{text}</td>'
+
+
+def stats_table(stats: pa.Table, data: RunData) -> str:
+    head = "".join(
+        f'<th title="{esc(tip)}" scope="col">{esc(h)}</th>'
+        for _, h, tip in [("layer", "layer", ""), *TABLE_COLUMNS]
+    )
+    body = []
+    for row in stats.to_pylist():
+        row = dict(row)
+        row["rho_ci"] = (
+            None
+            if row.get("rho_ci_low") is None or math.isnan(row["rho_ci_low"])
+            else f"[{row['rho_ci_low']:.3f}, {row['rho_ci_high']:.3f}]"
+        )
+        signed = data.layer(row["layer"]).signed
+        method_index = data.methods.index(row["method"]) if row["method"] in data.methods else ""
+        link = (
+            f'<a class="layer-link" href="#explorer" data-filter-layer="{data.layers.index(data.layer(row["layer"]))}"'
+            f' data-filter-method="{method_index}">{esc(row["layer"])}</a>'
+        )
+        layer = link + (' <span class="mark" title="signed values">&dagger;</span>' if signed else "")
+        cells = [f'<th scope="row">{layer}</th>'] + [
+            _left_out_cell(row) if c == "left_out" else f"<td>{_fmt(row.get(c), c)}</td>"
+            for c, _, _ in TABLE_COLUMNS
+        ]
+        attrs = f'data-layer="{esc(row["layer"])}" data-method="{esc(row["method"] or "")}"'
+        body.append(f"<tr {attrs}{' class=signed' if signed else ''}>{''.join(cells)}</tr>")
+    if not body:
+        return '<p id="layer-stats" class="empty">The run has no selectivity or units rows yet.</p>'
+    return f'<table id="layer-stats"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _options(values: list[tuple[str, str]], label_all: str | None = "all") -> str:
+    options = [f'<option value="">{esc(label_all)}</option>'] if label_all else []
+    return "".join(options + [f'<option value="{esc(v)}">{esc(text)}</option>' for v, text in values])
+
+
+def _legend() -> str:
+    items = [("included", "included in the statistics (status ok)")] + [
+        (reason, f"left out: {reason.replace('_', ' ')}") for reason in REASONS
+    ]
+    return (
+        '<ul class="legend" id="category-legend" aria-label="colours of the units">'
+        + "".join(
+            f'<li title="{esc(REASONS.get(key, ""))}"><span class="swatch" style="background:{CATEGORY_COLOURS[key]}">'
+            f"</span>{esc(text)}</li>"
+            for key, text in items
+        )
+        + "</ul>"
+    )
+
+
+def explorer_section(data: RunData, data_json: str | None, thumbs_json: str | None, thumb_side: int) -> str:
+    """The unit explorer's markup and its data; the script comes at the end of the page."""
+    if data_json is None:
+        return '<p class="empty" id="explorer-empty">The run has no AM/IAM results: no units to explore.</p>'
+    layers = [
+        (str(i), info.name + (" (signed)" if info.signed else "")) for i, info in enumerate(data.layers)
+    ]
+    methods = [(str(i), m.upper()) for i, m in enumerate(data.methods)]
+    statuses = [(s, s.replace("_", " ")) for s in UNIT_STATUSES]
+    stats_choices = [("included", "included"), ("left_out", "left out (any reason)")] + [
+        (r, f"left out: {r.replace('_', ' ')}") for r in REASONS
+    ]
+    sorts = [("layer", "layer and unit"), ("rs", "RS"), ("selectivity", "selectivity"),
+             ("activation", "own activation"), ("rs_ties", "rs_ties")]  # fmt: skip
+    return f"""
+<p class="small">Every units row (a unit of a layer, with one method's image). Filter and sort them; click a
+card or a point of the scatter (or press Enter on a focused card) to see the unit: its AM and IAM images,
+selectivity, largest class means, RS and status. Thumbnails are {thumb_side} px.</p>
+<form id="filters" role="search" aria-label="filter the units">
+  <label>layer <select id="f-layer">{_options(layers)}</select></label>
+  <label>method <select id="f-method">{_options(methods)}</select></label>
+  <label>status <select id="f-status">{_options(statuses, "any")}</select></label>
+  <label>in statistics <select id="f-stats">{_options(stats_choices, "any")}</select></label>
+  <fieldset><legend>RS (0 to 1)</legend>
+    <label>min <input id="f-rs-min" type="number" step="0.01" min="0" max="1" inputmode="decimal"></label>
+    <label>max <input id="f-rs-max" type="number" step="0.01" min="0" max="1" inputmode="decimal"></label>
+  </fieldset>
+  <fieldset><legend>selectivity</legend>
+    <label>min <input id="f-sel-min" type="number" step="0.01" inputmode="decimal"></label>
+    <label>max <input id="f-sel-max" type="number" step="0.01" inputmode="decimal"></label>
+  </fieldset>
+  <label>sort by <select id="f-sort">{_options(sorts, None)}</select></label>
+  <label>order <select id="f-order"><option value="asc">ascending</option>
+    <option value="desc">descending</option></select></label>
+  <label>per page <select id="f-page-size"><option>60</option><option selected>120</option>
+    <option>240</option></select></label>
+  <button type="button" id="f-reset">reset</button>
+</form>
+<p id="match-count" aria-live="polite"></p>
+{_legend()}
+<div class="explorer-body">
+  <figure>
+    <canvas id="scatter" width="720" height="380" role="img"
+      aria-label="RS against selectivity of the matching units; the gallery below lists the same units"></canvas>
+    <figcaption><span id="scatter-caption"></span> <span id="scatter-hover" class="small"></span></figcaption>
+  </figure>
+  <nav class="pager" aria-label="gallery pages">
+    <button type="button" id="prev-page">previous page</button><span id="page-label"></span>
+    <button type="button" id="next-page">next page</button>
+  </nav>
+  <ul id="gallery" aria-label="units"></ul>
+</div>
+<dialog id="unit-detail" aria-labelledby="detail-title">
+  <h3 id="detail-title"></h3>
+  <p id="detail-layer" class="small"></p>
+  <div id="detail-images"></div>
+  <h4>Selectivity</h4>
+  <div id="detail-selectivity"></div>
+  <h4 id="detail-means-title"></h4>
+  <div id="detail-means"></div>
+  <p id="detail-note" class="small"></p>
+  <div class="detail-nav">
+    <button type="button" id="detail-prev">previous unit</button>
+    <button type="button" id="detail-next">next unit</button>
+    <button type="button" id="detail-close">close</button>
+  </div>
+</dialog>
+<script type="application/json" id="explorer-data">{data_json}</script>
+<script type="application/json" id="explorer-thumbs">{thumbs_json}</script>"""
+
+
+def _facts(data: RunData, options: StatsOptions) -> dict[str, str]:
+    manifest = data.run.manifest
+    model = manifest.get("model") or {}
+    invariants = manifest.get("invariants") or {}
+    return {
+        "run": data.run.uri,
+        "model": f"{model.get('model', '?')} (weights {model.get('weights', '?')}, "
+        f"{model.get('num_classes', '?')} classes)",
+        "layers": f"{len(data.layers)} with results, of {len(data.catalog) or '?'} in the catalog "
+        f"(from the {data.catalog_source})",
+        "spatial reduction": str(invariants.get("reduce", "not recorded (mean before it was recorded)")),
+        "commands": ", ".join(sorted(manifest.get("commands", {}))) or "none",
+        "code version": manifest.get("code_version", "?"),
+        "report written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "thresholds": f"high selectivity >= {options.high}, low selectivity <= {options.low}",
+        "bootstrap": f"{options.resamples} resamples of units, seed {options.seed}, "
+        f"{round(100 * options.confidence)}% percentile interval",
+        "statistics over": "alive units whose optimization drove them (status ok) with finite selectivity "
+        "and RS; the others are counted as left out, by reason",
+    }
+
+
+def render_page(
+    data: RunData,
+    stats: pa.Table,
+    options: StatsOptions,
+    figures: dict,
+    explorer: tuple[str, str] | None,
+    thumb_side: int,
+) -> str:
+    """The whole page. `figures`: {'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer:
+    path}, 'hist': {layer: path}}; `explorer`: the two JSON documents of repsub.analysis.explorer or None."""
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>repsub report: {esc(data.run.uri)}</title><style>{_asset('report.css')}</style></head><body>",
+        "<h1>Representative Substitution report</h1>",
+        '<dl class="facts">'
+        + "".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in _facts(data, options).items())
+        + "</dl>",
+        '<h2>Coverage</h2><ul class="notes" id="coverage">',
+        *(
+            [f"<li>{esc(n)}</li>" for n in data.coverage.notes]
+            or ["<li>complete: every layer and unit, AM and IAM</li>"]
+        ),
+        "</ul>",
+        "<h2>Per-layer statistics</h2>",
+        stats_table(stats, data),
+        f'<p class="small">&dagger; {esc(SIGNED_NOTE)}: the thresholds and the selectivity axis mean less '
+        "there. Mean and median RS and Spearman rho are over the <em>included</em> units; the others are "
+        "<em>left out</em>, each for the first of these reasons that applies:</p>",
+        '<dl class="facts small" id="reasons">'
+        + "".join(f"<dt>{esc(r.replace('_', ' '))}</dt><dd>{esc(text)}</dd>" for r, text in REASONS.items())
+        + "</dl>",
+        '<h2 id="explorer">Units</h2>',
+        explorer_section(data, *(explorer or (None, None)), thumb_side),
+        "<h2>Spearman rho against layer depth</h2>",
+        _img(figures["depth"], "Spearman rho against layer depth") if figures["depth"] else _none("RS"),
+        "<h2>RS against selectivity</h2>",
+        *(_img(path, f"RS against selectivity, {layer}") for layer, path in figures["scatter"].items()),
+    ]
+    if not figures["scatter"]:
+        out.append(_none("RS and selectivity of the same units"))
+    out.append("<h2>Units substituting a high-selectivity unit</h2>")
+    out += _grid(figures["grid"])
+    out.append("<h2>Histograms</h2>")
+    out += [_img(path, f"histograms, {layer}") for layer, path in figures["hist"].items()] or [_none("rows")]
+    if explorer is not None:
+        out.append(f"<script>{_asset('explorer.js')}</script>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _grid(grid: tuple[Path, GridChoice] | None) -> list[str]:
+    if not grid:
+        return [_none("IAM or AM images")]
+    path, choice = grid
+    from .coverage import format_ranges
+
+    out = [
+        f"<p>{esc(choice.layer)} unit {choice.unit} (selectivity {choice.selectivity:.3f}, RS {choice.rs:.3f}): "
+        f"its {choice.method.upper()} image, then the {choice.method.upper()} images of the units whose "
+        "activation on it is strictly higher, most active first.</p>"
+    ]
+    if choice.shown_missing:
+        out.append(f"<p>No image in the run for unit(s) {esc(format_ranges(choice.shown_missing))}.</p>")
+    out.append(_img(path, f"substitution grid, {choice.layer} unit {choice.unit}"))
+    return out
+
+
+def _none(what: str) -> str:
+    return f'<p class="empty">The run has no {esc(what)} to draw.</p>'

@@ -1,0 +1,149 @@
+"""`repsub report RUN`: the statistics, the paper's figures and the unit explorer of a run, written into DIR.
+
+    DIR/stats.parquet     one row per layer and method (repsub.analysis.stats), options in its metadata
+    DIR/figures/*.png     the figures (repsub.analysis.figures)
+    DIR/report.html       self-contained: figures, data, style and script inline, no external resource
+
+Everything is made in a hidden folder inside DIR first, then moved into place (the page last): a report
+that fails leaves the previous one as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import RunError, UsageError
+from ..run import open_run
+from ..storage import check_location
+from .explorer import explorer_data
+from .figures import (
+    FIGURE_PATTERNS,
+    RHO_BY_DEPTH,
+    choose_grid_unit,
+    histograms,
+    histograms_name,
+    rho_by_depth,
+    rs_vs_selectivity,
+    scatter_name,
+    substitutes_name,
+    substitution_grid,
+)
+from .load import RunData, load_run_data
+from .page import render_page
+from .stats import (
+    BOOTSTRAP_RESAMPLES,
+    DEFAULT_SEED,
+    HIGH_SELECTIVITY,
+    LOW_SELECTIVITY,
+    StatsOptions,
+    compute_stats,
+    stats_metadata,
+)
+from .thumbnails import image_side, thumbnail_side, thumbnails
+
+STATS_FILE = "stats.parquet"
+HTML_FILE = "report.html"
+FIGURES_DIR = "figures"
+OLD_FIGURE_PATTERNS = ("fig[1-4]_*.png",)  # names of reports written before the figures were renamed
+
+
+def default_out(run_uri: str | os.PathLike) -> Path:
+    """RUN/report for a local run; a run at a URI needs an explicit output directory."""
+    text = os.fspath(run_uri)
+    check_location(text, "run")  # before the message below repeats it: a URI may carry credentials
+    if "://" in text and not text.startswith("file://"):
+        raise UsageError(f"{text} is not a local directory: give --out for the report")
+    return Path(text.removeprefix("file://")) / "report"
+
+
+def write_report(run_uri: str | os.PathLike, out_dir: str | os.PathLike | None = None, **options) -> Path:
+    """Write stats.parquet, the figures and report.html of the run at `run_uri` into `out_dir` (default
+    RUN/report); returns the path of report.html. Options as build_report."""
+    return build_report(run_uri, out_dir, **options)[0]
+
+
+def build_report(
+    run_uri: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    high: float = HIGH_SELECTIVITY,
+    low: float = LOW_SELECTIVITY,
+    seed: int = DEFAULT_SEED,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    unit: str | None = None,
+) -> tuple[Path, RunData, pa.Table]:
+    """Write the report; returns (report.html, the run's data with its coverage, the statistics table).
+
+    `unit` ('LAYER:UNIT') picks the substitution figure's unit; by default the most selective included IAM
+    unit that other units substitute (RS > 0). Raises RunError for a path holding no run, a run of another
+    schema version or unreadable tables, UsageError for bad options: before anything is written.
+    """
+    options = StatsOptions(high=high, low=low, seed=seed, resamples=resamples)
+    options.validate()
+    if resamples < 1:
+        raise UsageError(f"--resamples must be at least 1, got {resamples}")
+    out = Path(out_dir) if out_dir is not None else default_out(run_uri)
+    data = load_run_data(open_run(run_uri))
+    stats = compute_stats(data, options)
+    grid_unit = choose_grid_unit(data, options, unit)  # a bad --unit fails before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-report-", dir=out))
+    except OSError as err:
+        raise RunError(f"cannot create the report directory {out}: {err}") from err
+    try:
+        (staging / FIGURES_DIR).mkdir()
+        figures = _draw_figures(data, stats, options, grid_unit, staging / FIGURES_DIR)
+        explorer, side = _explorer(data)
+        page = render_page(data, stats, options, figures, explorer, side)
+        pq.write_table(stats.replace_schema_metadata(stats_metadata(data, options)), staging / STATS_FILE)
+        (staging / HTML_FILE).write_text(page, encoding="utf-8")
+        _commit(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / HTML_FILE, data, stats
+
+
+def _explorer(data: RunData) -> tuple[tuple[str, str] | None, int]:
+    rows = sum(len(r.units) for r in data.rows.values())
+    if not rows:
+        return None, 0
+    original = image_side(data)
+    side = thumbnail_side(rows, original)
+    return explorer_data(data, thumbnails(data, side), side, original), side
+
+
+def _draw_figures(data: RunData, stats: pa.Table, options: StatsOptions, grid_unit, folder: Path) -> dict:
+    """{'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer: path}, 'hist': {layer: path}}."""
+    figures: dict = {"scatter": {}, "hist": {}, "grid": None}
+    figures["depth"] = rho_by_depth(data, stats, folder / RHO_BY_DEPTH)
+    for info in data.layers:
+        path = rs_vs_selectivity(data, info.name, options, folder / scatter_name(info.name))
+        if path is not None:
+            figures["scatter"][info.name] = path
+        figures["hist"][info.name] = histograms(data, info.name, options, folder / histograms_name(info.name))
+    if grid_unit is not None:
+        layer, index, method = grid_unit
+        figures["grid"] = substitution_grid(
+            data, layer, index, method, folder / substitutes_name(layer, index)
+        )
+    return figures
+
+
+def _commit(staging: Path, out: Path) -> None:
+    """Move the new report into place: figures (the old ones removed), statistics, then the page."""
+    figures = out / FIGURES_DIR
+    figures.mkdir(exist_ok=True)
+    for pattern in (*FIGURE_PATTERNS, *OLD_FIGURE_PATTERNS):  # figures of layers no longer in the run
+        for old in figures.glob(pattern):
+            old.unlink()
+    for made in (staging / FIGURES_DIR).iterdir():
+        made.replace(figures / made.name)
+    (staging / STATS_FILE).replace(out / STATS_FILE)
+    (staging / HTML_FILE).replace(out / HTML_FILE)

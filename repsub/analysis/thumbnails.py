@@ -1,0 +1,88 @@
+"""Small WebP copies of the units' images, for the report page's gallery.
+
+The page embeds one thumbnail per units row, so their side is chosen from the number of rows to keep the
+page small: the largest of THUMBNAIL_SIDES whose estimated total stays within THUMBNAIL_BUDGET, never
+larger than the images themselves. For VGG16's 13,416 units x 2 methods that is 48 px (about 1 KB each,
+WebP quality 70: benchmarks/report_scale.py, docs/performance.md); the demo's 32 px images are kept whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+from PIL import Image
+
+from ..errors import RunError
+from .load import FILENAME, RunData
+
+THUMBNAIL_BUDGET = 40_000_000  # bytes of base64 text for all thumbnails of a page
+THUMBNAIL_SIDES = (128, 96, 80, 64, 56, 48, 40, 32, 24)
+WEBP_QUALITY = 70
+# Measured for WebP q70 of 1/f-spectrum colour textures like AM/IAM images, 48-64 px (docs/performance.md).
+WEBP_BYTES_PER_PIXEL = 0.45
+BATCH_ROWS = 256  # images decoded per batch: memory stays at a few MB whatever the run's size
+
+
+def thumbnail_side(rows: int, image_side: int | None) -> int:
+    """The side, in pixels, of the thumbnails of `rows` images of side `image_side`."""
+    fits = [s for s in THUMBNAIL_SIDES if rows * s * s * WEBP_BYTES_PER_PIXEL * 4 / 3 <= THUMBNAIL_BUDGET]
+    side = fits[0] if fits else THUMBNAIL_SIDES[-1]
+    return min(side, image_side) if image_side else side
+
+
+def encode_thumbnail(png: bytes, side: int) -> str:
+    """A PNG's thumbnail (longer side `side`, aspect kept), as base64 WebP."""
+    with Image.open(io.BytesIO(png)) as image:
+        image = image.convert("RGB")
+        if max(image.size) > side:
+            image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        out = io.BytesIO()
+        image.save(out, format="WEBP", quality=WEBP_QUALITY, method=4)
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def image_side(data: RunData) -> int | None:
+    """The side of the run's images, from the first one stored (None if the run has none)."""
+    if data.run.units is None:
+        return None
+    for fragment in data.run.units.get_fragments():  # one file's first row, not a scan with read-ahead
+        for png in fragment.head(1, columns=["image"]).column("image").to_pylist():
+            if png is not None:
+                with Image.open(io.BytesIO(png)) as image:
+                    return max(image.size)
+    return None
+
+
+def thumbnails(data: RunData, side: int) -> dict[tuple[str, str, int], str]:
+    """{(layer, method, unit): base64 WebP} for every units row with an image (duplicates: the kept row's)."""
+    if data.run.units is None:
+        return {}
+    found: dict[tuple[str, str, int], str] = {}
+    columns = ["layer", "method", "unit", "image", FILENAME]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL releases the GIL while coding
+        try:
+            batches = data.run.units.to_batches(
+                columns=columns, batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1
+            )  # read ahead little: a batch of 224 px PNGs is tens of MB
+            for batch in batches:
+                rows = _kept(batch, data.kept_files)
+                encoded = pool.map(lambda row: encode_thumbnail(row[1], side), rows)
+                found.update(zip((key for key, _ in rows), encoded, strict=True))
+        except (pa.ArrowException, OSError) as err:
+            raise RunError(f"{data.run.uri}: cannot read the units table's images: {err}") from err
+    return found
+
+
+def _kept(batch: pa.RecordBatch, kept_files: dict) -> list[tuple[tuple[str, str, int], bytes]]:
+    keys = zip(*(batch.column(c).to_pylist() for c in ("layer", "method", "unit")), strict=True)
+    files = batch.column(FILENAME).to_pylist()
+    images = batch.column("image").to_pylist()
+    return [
+        (key, png)
+        for key, path, png in zip(keys, files, images, strict=True)
+        if png is not None and kept_files.get(key, path) == path
+    ]

@@ -1,0 +1,135 @@
+"""A run as a notebook reads it: `repsub.open_run(RUN)`.
+
+    run = repsub.open_run("runs/demo")
+    df = run.to_pandas()                  # one row per unit and method: RS, selectivity, status, depth...
+    run.image("conv3", 17, "iam")         # the unit's IAM image (PIL)
+    run.stats().to_pandas()               # the report's statistics table
+
+The tables stay available as pyarrow datasets (`run.units`, `run.selectivity`, `run.activations`) for
+anything else (filters, streaming, duckdb).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from PIL import Image
+
+from .errors import RunError
+from .store import LAYER_PARTITION, MANIFEST, READABLE_SCHEMA_VERSIONS, TABLES, RunWriter, full_schema
+
+
+@dataclass
+class Run:
+    """A run's tables as pyarrow datasets (None where the run has no such table) and its manifest."""
+
+    uri: str
+    manifest: dict
+    selectivity: ds.Dataset | None
+    units: ds.Dataset | None
+    activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
+
+    def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
+        dataset = getattr(self, name)
+        return None if dataset is None else dataset.to_table(**to_table_kwargs)
+
+    @property
+    def layers(self) -> list[dict]:
+        """The model's layers in depth order: {name, depth, read, units, kind} (from the manifest's catalog)."""
+        from .analysis.layers import catalog_layers
+
+        return [
+            {"name": i.name, "depth": i.depth, "read": i.read, "units": i.units, "kind": i.kind}
+            for i in catalog_layers(self.manifest)[0]
+        ]
+
+    def frame(
+        self,
+        layers: list[str] | None = None,
+        methods: list[str] | None = None,
+        *,
+        class_means: bool = False,
+        layer_activations: bool = False,
+    ) -> pa.Table:
+        """One row per unit and method, joined with the unit's selectivity (repsub.analysis.FRAME_SCHEMA):
+        layer, depth, read, unit, method, status, excluded (why the row is left out of the RS statistics,
+        null if it enters them), rs, rs_ties, activation, selectivity, dead, top_class, n_images, objectives,
+        seed, steps. Units with selectivity only have a row with method null (unless `methods` is given).
+        `class_means` / `layer_activations` add those list columns (large for wide layers)."""
+        from .analysis.load import unit_frame
+
+        return unit_frame(self, layers, methods, class_means=class_means, layer_activations=layer_activations)
+
+    def to_pandas(self, layers: list[str] | None = None, methods: list[str] | None = None, **columns):
+        """`frame(...)` as a pandas DataFrame."""
+        return self.frame(layers, methods, **columns).to_pandas()
+
+    def to_polars(self, layers: list[str] | None = None, methods: list[str] | None = None, **columns):
+        """`frame(...)` as a polars DataFrame."""
+        import polars as pl
+
+        return pl.from_arrow(self.frame(layers, methods, **columns))
+
+    def image(self, layer: str, unit: int, method: str = "iam") -> Image.Image:
+        """The stored AM or IAM image of one unit (uint8 RGB, as optimized and recorded)."""
+        from .analysis.layers import catalog_layers
+        from .analysis.load import check_names, read_rows
+
+        check_names(self, catalog_layers(self.manifest)[0], [layer], [method])
+        where = (
+            (ds.field("layer") == layer) & (ds.field("method") == method) & (ds.field("unit") == int(unit))
+        )
+        rows, _ = read_rows(
+            self, "units", ["layer", "method", "unit", "image"], ["layer", "method", "unit"], where
+        )
+        if rows is None or rows.num_rows == 0 or rows.column("image")[0].as_py() is None:
+            raise RunError(f"{self.uri} has no {method} image of {layer} unit {unit}")
+        image = Image.open(io.BytesIO(rows.column("image")[0].as_py()))
+        return image.convert("RGB")
+
+    def stats(self, **options) -> pa.Table:
+        """The report's statistics table (repsub.analysis.stats), with the report's default options unless
+        given: high, low, seed, resamples, confidence."""
+        from .analysis import StatsOptions, compute_stats, load_run_data
+
+        return compute_stats(load_run_data(self), StatsOptions(**options))
+
+    def __repr__(self) -> str:
+        model = (self.manifest.get("model") or {}).get("model", "?")
+        tables = [name for name in TABLES if getattr(self, name) is not None]
+        return f"Run({self.uri!r}, model {model}, tables {', '.join(tables) or 'none'})"
+
+
+def open_run(uri: str | os.PathLike) -> Run:
+    """Open a run (local directory or URI) and check its schema version.
+
+    >>> run = repsub.open_run("runs/demo")
+    >>> run.to_pandas()
+    """
+    writer = RunWriter(uri)
+    manifest = writer.read_manifest()
+    if manifest is None:
+        raise RunError(f"{writer.uri} holds no run (no {MANIFEST})")
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        raise RunError(
+            f"{writer.uri} holds a run of schema version {manifest.get('schema_version')}; this repsub "
+            f"reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
+        )
+    datasets = {}
+    for name in TABLES:
+        directory = writer._path(name)
+        if writer._exists(directory):
+            datasets[name] = ds.dataset(
+                directory,
+                filesystem=writer.fs,
+                format="parquet",
+                schema=full_schema(name),
+                partitioning=ds.partitioning(LAYER_PARTITION, flavor="hive"),
+            )
+        else:
+            datasets[name] = None
+    return Run(uri=writer.uri, manifest=manifest, **datasets)
