@@ -1,0 +1,135 @@
+"""Importance by ablation, batched and cut: per image batch the network's head runs once, its tail once per
+ablated unit (many units at a time), instead of one full forward per unit.
+
+`measure_importance` streams labelled batches, splits the model at the layer (repsub.importance.split),
+and for each batch computes the intact logits and, for blocks of units, the logits with each unit
+ablated, into exact mergeable counts (repsub.importance.counts). A model that cannot be traced falls
+back to full forwards with the ablation applied by a hook (same results, slower), and says so.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..capture import LayerReader
+from ..errors import UsageError
+from ..models import LoadedModel, UnitLayer
+from .ablation import ABLATIONS, ablate, ablated_copies
+from .counts import AblationCounts
+from .split import SplitModel
+
+# Elements of the stacked ablated copies fed to the tail at once (float32: 128 MiB); bounds memory.
+CHUNK_ELEMENTS = 2**25
+
+
+@torch.no_grad()
+def unit_means(model: LoadedModel, layer: UnitLayer, batches: Iterable, device) -> torch.Tensor:
+    """Each unit's mean activation over the images (a conv map's mean over images and positions): [N]."""
+    reader = LayerReader(model.module, [layer], reduce="mean")
+    total, count = torch.zeros(layer.units, dtype=torch.float64), 0
+    for images, _ in batches:
+        total += reader(images.to(device))[layer.name].double().sum(0).cpu()
+        count += len(images)
+    if count == 0:
+        raise UsageError("no images to compute the units' means from")
+    return (total / count).float()
+
+
+def ablated_forward(model: LoadedModel, layer: UnitLayer, unit: int, value: float, images) -> torch.Tensor:
+    """The model's output with `unit` of `layer` set to `value`: one full forward, the edit made by the
+    capture's hook at the layer's read point (its last call). The reference the cut computation equals."""
+    edit = {layer.name: lambda output: ablate(output, unit, value, layer.kind)}
+    return LayerReader(model.module, [layer], stop=False, edits=edit).forward(images)[0]
+
+
+class _TailRunner:
+    """Runs the tail of the network on ablated copies of the layer's output."""
+
+    def __init__(self, model: LoadedModel, layer: UnitLayer):
+        self.model, self.layer = model, layer
+        try:
+            self.split = SplitModel(model.module, layer.module)
+        except UsageError:
+            raise
+        except Exception as err:  # torch.fx cannot trace some models (data-dependent control flow)
+            print(
+                f"note: {model.name} cannot be cut at {layer.name} ({type(err).__name__}); importance runs a full "
+                "forward per ablated unit instead (same results, slower)",
+                file=sys.stderr,
+            )
+            self.split = None
+
+    def baseline_and_head(self, images: torch.Tensor):
+        """(intact logits [B, C], what the tail needs)."""
+        if self.split is None:
+            return self.model.module(images), images
+        crossing = self.split.prefix(images)
+        logits = self.split.suffix(*(t.clone() for t in crossing))  # the tail may work in place
+        return logits, crossing
+
+    def ablated(self, head, units: list[int], values: torch.Tensor) -> torch.Tensor:
+        """Logits [K, B, C] with units[k] ablated in copy k."""
+        if self.split is None:
+            return torch.stack(
+                [self._hooked_forward(head, u, v) for u, v in zip(units, values.tolist(), strict=True)]
+            )
+        index = self.split.crossing_index
+        batch = head[index].shape[0]
+        inputs = [
+            ablated_copies(t, units, values, self.layer.kind) if i == index
+            else t.repeat(len(units), *([1] * (t.dim() - 1)))
+            for i, t in enumerate(head)
+        ]  # fmt: skip
+        return self.split.suffix(*inputs).reshape(len(units), batch, -1)
+
+    def _hooked_forward(self, images, unit: int, value: float) -> torch.Tensor:
+        return ablated_forward(self.model, self.layer, unit, value, images)
+
+    def units_per_chunk(self, head) -> int:
+        if self.split is None:
+            return 1
+        size = sum(t.numel() for t in head)
+        return max(1, CHUNK_ELEMENTS // max(size, 1))
+
+
+@torch.no_grad()
+def measure_importance(
+    model: LoadedModel,
+    layer: UnitLayer,
+    units: list[int],
+    batches: Iterable,
+    num_classes: int,
+    ablation: str = "zero",
+    means: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+    total: int | None = None,
+    progress: bool = True,
+) -> AblationCounts:
+    """Ablate each of `units` of `layer` on every image of `batches` ((images, labels) pairs); returns the
+    exact counts. `ablation`: "zero", or "mean" with `means` (from `unit_means`, [N])."""
+    if ablation not in ABLATIONS:
+        raise UsageError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+    if ablation == "mean" and means is None:
+        raise ValueError("mean ablation needs the units' means")
+    values = torch.zeros(len(units)) if ablation == "zero" else means[torch.as_tensor(units)]
+    tail = _TailRunner(model, layer)
+    counts = AblationCounts(units, num_classes)
+    with tqdm(total=total, desc=f"importance {layer.name}", unit="img", disable=not progress) as bar:
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device, torch.int64)
+            if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+                raise UsageError(f"labels outside the model's {num_classes} classes")
+            logits, head = tail.baseline_and_head(images)
+            counts.add_baseline(logits, labels)
+            step = tail.units_per_chunk(head)
+            for first in range(0, len(units), step):
+                block = units[first : first + step]
+                counts.add_ablated(
+                    first, tail.ablated(head, block, values[first : first + step].to(device)), labels
+                )
+            bar.update(len(labels))
+    return counts
