@@ -21,7 +21,6 @@ import os
 import sys
 from dataclasses import replace
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -29,13 +28,14 @@ from .activations import ActivationWriter
 from .capture import REDUCTIONS
 from .data.sources import open_source
 from .errors import DataError, UsageError
+from .extend import RunRecord, layers_for_run, load_for_run, selectivity_size_for_run, settings_for_run
 from .models import LoadedModel, resolve_model
 from .optimize import OptimSettings, UnitProgress, optimize_units
 from .optimize.objectives import METHODS
 from .precision import default_device, resolve_precision
-from .selectivity import selectivity_index
 from .selectivity_pass import accumulate_class_sums
-from .store import RunWriter, png_bytes
+from .store import RunWriter
+from .tables import selectivity_table, units_table, with_layer
 from .units import parse_units
 
 DEFAULT_REDUCE = "mean"
@@ -71,15 +71,15 @@ def run_catalog(loaded: LoadedModel, writer: RunWriter) -> list[dict]:
 
 
 def selectivity(
-    model: str | LoadedModel | torch.nn.Module = "vgg16",
-    weights: str = "random",
+    model: str | LoadedModel | torch.nn.Module | None = None,
+    weights: str | None = None,
     data: str | os.PathLike = "",
     out: str | os.PathLike | None = None,
     image_size: int | None = None,
     layers: list[str] | None = None,
     batch_size: int = 64,
     reduce: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     device: str | None = None,
     workers: int = 2,
     progress: bool = True,
@@ -97,13 +97,21 @@ def selectivity(
     into `out`/activations/ (repsub.activations), one row per image per layer. `reduce` (how a conv
     channel's map becomes one value: mean, max, center) defaults to the run's, else mean. `precision`
     (auto, fp32, bf16) is that of the forward; class sums are float64 in every case.
+
+    Into an existing run, what is not given is the run's (repsub.extend): `model` None re-creates its model
+    (weights verified by hash), `weights` None takes its weights where `model` is its model, and the seed,
+    `layers` (`["all"]`: every layer) and `image_size` are its own; what was taken is printed.
     """
     device = device or default_device()
     used_precision = resolve_precision(precision, device)
-    loaded = _as_model(model, weights, seed, device, layers, image_size, mean, std)
+    record = RunRecord.read(out)
+    run_size = record.selectivity_image_size() or record.settings().get("image_size")
+    loaded, seed, reuse = load_for_run(record, model, weights, seed, device, image_size, mean, std, run_size)
+    layers = layers_for_run(record, layers, reuse)
     chosen = loaded.select(layers)
     saved = _activation_layers(save_activations, chosen, loaded, out)
-    size = image_size or loaded.image_size
+    size = image_size or selectivity_size_for_run(record, reuse) or loaded.image_size
+    record.say()
     loaded.check_image_size(size)
     source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) < 2:
@@ -163,7 +171,7 @@ def selectivity(
         writer.record(
             "selectivity", loaded.identity(), config, run_catalog(loaded, writer), {"reduce": reduce}
         )
-    return _with_layer(tables)
+    return with_layer(tables)
 
 
 def _activation_layers(names, chosen, loaded: LoadedModel, out) -> list:
@@ -185,29 +193,15 @@ def _activation_layers(names, chosen, loaded: LoadedModel, out) -> list:
     return wanted
 
 
-def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:
-    """The selectivity rows of one layer, from its class means [C, N]."""
-    result = selectivity_index(class_means)
-    means = class_means.cpu().numpy().T  # [N, C]
-    return pa.table({
-        "unit": pa.array(np.arange(means.shape[0]), pa.int32()),
-        "selectivity": pa.array(result.selectivity, pa.float64()),
-        "top_class": pa.array(result.top_class, pa.int32()),
-        "class_means": pa.array(list(means), pa.list_(pa.float64())),
-        "n_images": pa.array(np.full(means.shape[0], n_images), pa.int64()),
-        "dead": pa.array(result.dead, pa.bool_()),
-    })  # fmt: skip
-
-
 def visualize(
-    model: str | LoadedModel | torch.nn.Module = "vgg16",
-    weights: str = "random",
+    model: str | LoadedModel | torch.nn.Module | None = None,
+    weights: str | None = None,
     method: str = "am",
     layers: list[str] | None = None,
     units: str | list[int] | None = None,
     out: str | os.PathLike | None = None,
     settings: OptimSettings | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     device: str | None = None,
     progress: bool = True,
     reduce: str | None = None,
@@ -222,15 +216,26 @@ def visualize(
     single fields. `reduce` (conv units' spatial reduction) defaults to the run's, else mean: the
     objective and RS use the reduction of the run's selectivity. Returns the units table (with its
     `layer` column, one row per unit with its status); writes it into the run `out` if given.
+
+    Into an existing run, what is not given is the run's (repsub.extend): `model` None re-creates its model
+    (weights verified by hash), `weights` None takes its weights where `model` is its model, and the seed,
+    `layers` (`["all"]`: every layer) and, without `settings`, the optimization settings of its latest
+    visualize or sweep (image size, steps, lr, ...; not precision) are its own; what was taken is printed.
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     device = device or default_device()
     given_size = setting_overrides.get("image_size") or (settings.image_size if settings else None)
-    loaded = _as_model(model, weights, seed, device, layers, given_size, mean, std)
+    record = RunRecord.read(out)
+    run_size = record.settings().get("image_size") or record.selectivity_image_size()
+    loaded, seed, reuse = load_for_run(record, model, weights, seed, device, given_size, mean, std, run_size)
+    layers = layers_for_run(record, layers, reuse)
     chosen = loaded.select(layers)
-    # The model's own size only where none was given (a custom module has the one it was given).
-    settings = replace(settings or OptimSettings(image_size=loaded.image_size), **setting_overrides)
+    if settings is None:  # the run's, else the defaults at the model's own size (a custom module: as given)
+        settings = settings_for_run(record, setting_overrides, reuse, loaded.image_size)
+    else:
+        settings = replace(settings, **setting_overrides)
+    record.say()
     settings.validate()
     loaded.check_image_size(settings.image_size)
     unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
@@ -265,7 +270,7 @@ def visualize(
         }
         records = run_catalog(loaded, writer)
         writer.record(f"visualize/{method}", loaded.identity(), config, records, {"reduce": reduce})
-    return _with_layer(tables)
+    return with_layer(tables)
 
 
 def _warn_failures(method: str, tables: dict[str, pa.Table]) -> None:
@@ -280,26 +285,4 @@ def _warn_failures(method: str, tables: dict[str, pa.Table]) -> None:
             )
 
 
-def units_table(method: str, result, steps: int) -> pa.Table:
-    n = len(result.units)
-    return pa.table({
-        "method": pa.array([method] * n, pa.string()),
-        "unit": pa.array(result.units, pa.int32()),
-        "activation": pa.array(result.activation, pa.float32()),
-        "layer_activations": pa.array(list(result.layer_activations), pa.list_(pa.float32())),
-        "rs": pa.array(result.rs, pa.float64()),
-        "rs_ties": pa.array(result.rs_ties, pa.float64()),
-        "status": pa.array(result.status.tolist(), pa.string()),
-        "objective_start": pa.array(result.objective_start, pa.float32()),
-        "objective_final": pa.array(result.objective_final, pa.float32()),
-        "image": pa.array([png_bytes(img) for img in result.images], pa.binary()),
-        "seed": pa.array(result.seeds, pa.int64()),
-        "steps": pa.array(np.full(n, steps), pa.int32()),
-    })  # fmt: skip
-
-
-def _with_layer(tables: dict[str, pa.Table]) -> pa.Table:
-    parts = [
-        t.add_column(0, "layer", pa.array([name] * t.num_rows, pa.string())) for name, t in tables.items()
-    ]
-    return pa.concat_tables(parts)
+from .importance.command import importance  # noqa: E402, F401  (re-exported: the API's third command)

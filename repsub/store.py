@@ -15,7 +15,6 @@ upload is no object at all. Re-running a command replaces its own rows, never du
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import platform
@@ -29,59 +28,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image
 
 from . import __version__
 from .errors import RunError
 from .storage import explain_s3_error, filesystem_for, is_s3, put_if_absent
+from .tables import (  # noqa: F401  (re-exported)
+    ACTIVATIONS,
+    IMPORTANCE,
+    LAYER_PARTITION,
+    SELECTIVITY,
+    TABLES,
+    UNIT_STATUSES,
+    UNITS,
+    TableSpec,
+    decode_png,
+    png_bytes,
+)
 
 SCHEMA_VERSION = 2
 # Version 1 runs (no per-unit status, rs_ties or objectives) are still read; their status is derived
 # (units_status) but nothing is written into them.
 READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-UNITS_ROW_GROUP = 256  # rows per row group: a few MB with images, readable a group at a time
 
-LAYER_PARTITION = pa.schema([("layer", pa.string())])
-
-SELECTIVITY_SCHEMA = pa.schema([
-    ("unit", pa.int32()),
-    ("selectivity", pa.float64()),
-    ("top_class", pa.int32()),
-    ("class_means", pa.list_(pa.float64())),
-    ("n_images", pa.int64()),
-    ("dead", pa.bool_()),
-])  # fmt: skip
-
-UNITS_SCHEMA = pa.schema([
-    ("method", pa.string()),
-    ("unit", pa.int32()),
-    ("activation", pa.float32()),  # the unit's own activation on its stored image
-    ("layer_activations", pa.list_(pa.float32())),
-    ("rs", pa.float64()),
-    ("rs_ties", pa.float64()),  # fraction of the other units whose activation equals the unit's
-    ("status", pa.string()),  # a key of UNIT_STATUSES
-    ("objective_start", pa.float32()),  # the method's objective on the start image (no transforms)
-    ("objective_final", pa.float32()),  # ... and on the stored 8-bit image
-    ("image", pa.binary()),
-    ("seed", pa.int64()),
-    ("steps", pa.int32()),
-])  # fmt: skip
-
-UNIT_STATUSES = {
-    "ok": "the unit responds to its image (own activation > 0)",
-    "no_response": "own activation <= 0 on its final image: the optimization never drove the unit",
-    "nonfinite": "non-finite activations on its image",
-}
-
-# One row per image per layer, streamed during the selectivity pass (repsub.activations).
-ACTIVATIONS_SCHEMA = pa.schema([
-    ("image_index", pa.int64()),
-    ("label", pa.int32()),
-    ("activations", pa.list_(pa.float32())),
-])  # fmt: skip
-
-TABLES = {"selectivity": SELECTIVITY_SCHEMA, "units": UNITS_SCHEMA, "activations": ACTIVATIONS_SCHEMA}
+# The tables' schemas, names and builders live in repsub.tables; these names stay importable from here.
+SELECTIVITY_SCHEMA, UNITS_SCHEMA = SELECTIVITY.schema, UNITS.schema
+ACTIVATIONS_SCHEMA, IMPORTANCE_SCHEMA = ACTIVATIONS.schema, IMPORTANCE.schema
 
 
 def units_status(table: pa.Table) -> pa.Array:
@@ -103,24 +75,12 @@ def units_status(table: pa.Table) -> pa.Array:
 
 def full_schema(table: str) -> pa.Schema:
     """A table's schema as readers see it: the stored columns plus the `layer` partition column."""
-    return TABLES[table].insert(0, pa.field("layer", pa.string()))
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes from the units table back to a uint8 [H, W, 3] array."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return TABLES[table].full_schema()
 
 
 def units_file_name(method: str, units: list[int]) -> str:
-    """The file of a block of units: deterministic, so rewriting the same units replaces the same file."""
-    digest = uuid.uuid5(uuid.NAMESPACE_OID, ",".join(map(str, sorted(units)))).hex[:8]
-    return f"{method}-{min(units):05d}-{max(units):05d}-{digest}.parquet"
+    """The file of a block of units of `method` (see TableSpec.block_name)."""
+    return UNITS.block_name(method, units)
 
 
 def code_version() -> str:
@@ -330,36 +290,48 @@ class RunWriter:
         """A run-wide setting recorded in the manifest (None for a new run or one without it)."""
         return ((self.read_manifest() or {}).get("invariants") or {}).get(key)
 
-    def write_selectivity(self, layer: str, table: pa.Table) -> None:
-        """Replace the layer's selectivity rows."""
-        self._write_parquet(
-            table.select(SELECTIVITY_SCHEMA.names).cast(SELECTIVITY_SCHEMA),
-            self._partition_dir("selectivity", layer),
-            "selectivity.parquet",
-        )
+    def write_table(self, name: str, layer: str, rows: pa.Table, replace_existing: bool = True) -> str:
+        """Write one layer's rows of table `name` (repsub.tables); returns the file's path.
 
-    def write_units(self, method: str, layer: str, table: pa.Table, replace_existing: bool = True) -> str:
-        """Add the units of one (method, layer) under a name derived from the units; with
-        `replace_existing`, rows already stored for the same units in other files are removed.
-        Returns the file's path."""
-        table = table.select(UNITS_SCHEMA.names).cast(UNITS_SCHEMA)
-        units = [int(u) for u in table.column("unit").to_pylist()]
-        directory = self._partition_dir("units", layer)
-        name = units_file_name(method, units)
+        A whole-layer table (selectivity) replaces the layer's file. A block table (units, importance) adds
+        the rows, all of one key (method, ablation), under the block's deterministic name; with
+        `replace_existing`, rows already stored for the same key and units in other files are removed."""
+        spec = TABLES[name]
+        rows = spec.conform(rows)
+        directory = self._partition_dir(name, layer)
+        if spec.key is None:
+            return self._write_parquet(rows, directory, f"{name}.parquet", spec.row_group)
+        keys = set(rows.column(spec.key).to_pylist())
+        if len(keys) != 1:
+            raise ValueError(
+                f"a block of the {name} table holds one {spec.key}, got {sorted(map(str, keys))}"
+            )
+        key = keys.pop()
+        units = [int(u) for u in rows.column("unit").to_pylist()]
+        file_name = spec.block_name(key, units)
         if replace_existing:
-            self.drop_units(method, layer, set(units), keep_files={name})
-        return self._write_parquet(table, directory, name, UNITS_ROW_GROUP)
+            self.drop_rows(name, key, layer, set(units), keep_files={file_name})
+        return self._write_parquet(rows, directory, file_name, spec.row_group)
 
-    def drop_units(
-        self, method: str, layer: str, units: set[int], keep_files: set[str] = frozenset()
+    def write_selectivity(self, layer: str, rows: pa.Table) -> str:
+        return self.write_table("selectivity", layer, rows)
+
+    def write_units(self, method: str, layer: str, rows: pa.Table, replace_existing: bool = True) -> str:
+        if set(rows.column("method").to_pylist()) != {method}:
+            raise ValueError(f"units rows of another method than {method}")
+        return self.write_table("units", layer, rows, replace_existing)
+
+    def drop_rows(
+        self, name: str, key: str, layer: str, units: set[int], keep_files: set[str] = frozenset()
     ) -> None:
-        """Remove the given units' rows of `method` from the files of a layer partition, except the
-        files named in `keep_files` (which a caller is about to overwrite whole)."""
-        directory = self._partition_dir("units", layer)
+        """Remove the given units' rows of `key` (a method, an ablation) from the files of a block table's
+        layer partition, except the files named in `keep_files` (which a caller is about to overwrite)."""
+        spec = TABLES[name]
+        directory = self._partition_dir(name, layer)
         selector = pafs.FileSelector(directory, allow_not_found=True)
         for info in self.fs.get_file_info(selector):
             base = info.base_name
-            if base in keep_files or not (base.startswith(f"{method}-") and base.endswith(".parquet")):
+            if base in keep_files or not (base.startswith(f"{key}-") and base.endswith(".parquet")):
                 continue
             stored = pq.read_table(info.path, filesystem=self.fs, columns=["unit"]).column("unit").to_pylist()
             if not units.intersection(stored):
@@ -367,7 +339,7 @@ class RunWriter:
             kept = pq.read_table(info.path, filesystem=self.fs)
             kept = kept.filter(pa.array([u not in units for u in stored]))
             if kept.num_rows:
-                self._write_parquet(kept, directory, base, UNITS_ROW_GROUP)
+                self._write_parquet(kept, directory, base, spec.row_group)
             else:
                 self.fs.delete_file(info.path)
 

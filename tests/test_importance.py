@@ -162,3 +162,78 @@ def test_resnet_blocks_and_a_relu_called_twice_cut_at_the_read_point():
             full = ablated_forward(model, layer, 3, 0.0, images)
         torch.testing.assert_close(cut, full, rtol=1e-4, atol=1e-5)
     assert model.select(["layer2.0.relu"])[0].calls == 2
+
+
+# ------------------------------------------------------------------ the command, end to end
+
+
+def _folder_batches(image_folder_dir, model, size):
+    """Every image of the fixture ImageFolder as the command reads it (evaluation transform), in order."""
+    from repsub.data.sources import open_source
+
+    source = open_source(image_folder_dir, size, model.mean, model.std, model.resize_ratio)
+    return list(source.batches(7, workers=0))
+
+
+def test_command_rows_equal_full_forwards_with_the_unit_zeroed(
+    tmp_path, image_folder_dir, shallow_random, capsys
+):
+    import repsub
+    from repsub.cli import main
+
+    weights = tmp_path / "w.pt"
+    torch.save(shallow_random.module.state_dict(), weights)  # 3 classes, as the data
+    run = tmp_path / "run"
+    common = ["--model", "shallow_cnn", "--weights", str(weights), "--out", str(run), "--no-progress"]
+    args = ["importance", *common, "--data", str(image_folder_dir), "--layers", "conv3,fc5", "--units", "0-4"]
+    assert main([*args, "--image-size", "16", "--workers", "0"]) == 0
+    assert "baseline accuracy" in capsys.readouterr().err
+    table = repsub.open_run(run).importance.to_table().to_pylist()
+    assert sorted((r["layer"], r["unit"]) for r in table) == [
+        (n, u) for n in ("conv3", "fc5") for u in range(5)
+    ]
+    batches = _folder_batches(image_folder_dir, shallow_random, 16)
+    base_correct, base_loss = _brute_force(shallow_random, shallow_random.layer("conv3"), -1, 0.0, batches, 3)
+    for row in table:
+        correct, loss = _brute_force(
+            shallow_random, shallow_random.layer(row["layer"]), row["unit"], 0.0, batches, 3
+        )
+        assert row["n_images"] == 21 and row["ablation"] == "zero" and row["command"] == "importance/zero"
+        assert row["baseline_accuracy"] == pytest.approx(base_correct.sum() / 21)
+        assert row["accuracy_drop"] == pytest.approx((base_correct.sum() - correct.sum()) / 21)
+        assert row["loss_increase"] == pytest.approx((loss - base_loss) / 21, rel=1e-5, abs=1e-6)
+        np.testing.assert_allclose(row["class_accuracy_drop"], (base_correct - correct) / 7)
+    manifest = repsub.open_run(run).manifest
+    assert manifest["commands"]["importance/zero"]["config"]["images_used"] == 21
+    # A rerun on a subset replaces its units' rows; the others stay.
+    assert main([*args[:-4], "--layers", "fc5", "--units", "3-4", "--images", "9", "--image-size", "16"]) == 0
+    rows = {
+        (r["layer"], r["unit"]): r["n_images"] for r in repsub.open_run(run).importance.to_table().to_pylist()
+    }
+    assert len(rows) == 10 and rows[("fc5", 3)] == 9 and rows[("fc5", 2)] == 21
+
+
+def test_vgg16_importance_equals_full_forwards_at_small_size(image_folder_dir):
+    import repsub
+    from repsub.models import load_model
+
+    vgg = load_model("vgg16", "random", seed=1, num_classes=3)
+    table = repsub.importance(
+        model=vgg, data=image_folder_dir, layers=["conv4_2", "fc7"], units="0-2", image_size=32, workers=0,
+        progress=False, batch_size=8,
+    )  # fmt: skip
+    batches = _folder_batches(image_folder_dir, vgg, 32)
+    base_correct, base_loss = _brute_force(vgg, vgg.layer("fc7"), -1, 0.0, batches, 3)
+    for row in table.to_pylist():
+        correct, loss = _brute_force(vgg, vgg.layer(row["layer"]), row["unit"], 0.0, batches, 3)
+        assert row["accuracy_drop"] == pytest.approx((base_correct.sum() - correct.sum()) / 21)
+        assert row["loss_increase"] == pytest.approx((loss - base_loss) / 21, rel=1e-4, abs=1e-6)
+
+
+def test_data_of_other_classes_is_refused(image_folder_dir, tmp_path):
+    import repsub
+    from repsub.errors import DataError
+    from repsub.models import load_model
+
+    with pytest.raises(DataError, match="3 classes, the model's classifier 10"):
+        repsub.importance(model=load_model("shallow_cnn", "random"), data=image_folder_dir, progress=False)

@@ -11,6 +11,7 @@ import psutil
 import pyarrow.compute as pc
 import pytest
 import ray
+import torch
 
 import repsub
 from repsub.models import load_model
@@ -172,3 +173,36 @@ def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, capsys):
     assert done_before <= already <= done_before + 1  # its in-flight shard may still have landed
     assert unit_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_sweep_importance_equals_the_single_process_command(local_ray, tmp_path, image_folder_dir):
+    weights = tmp_path / "three-classes.pt"
+    model = load_model("shallow_cnn", "random", seed=3, num_classes=3)
+    torch.save(model.module.state_dict(), weights)
+    importance = {
+        "data": str(image_folder_dir),
+        "images": 12,
+        "image_size": 16,
+        "batch_size": 5,
+        "workers": 0,
+    }
+    config = make_config(tmp_path / "sweep", weights=str(weights), methods=["am"], importance=importance)
+    run_sweep(config, progress=False)
+    swept = (
+        repsub.open_run(config.out)
+        .importance.to_table()
+        .sort_by([("layer", "ascending"), ("unit", "ascending")])
+    )
+    assert sorted(zip(swept["layer"].to_pylist(), swept["unit"].to_pylist(), strict=True)) == [
+        (layer, u) for layer in ("conv2", "fc5") for u in range(8)
+    ]  # every unit exactly once
+    single = repsub.importance(
+        model=model, data=image_folder_dir, layers=["conv2", "fc5"], units="0-7", images=12, image_size=16,
+        batch_size=5, workers=0, progress=False, seed=3,
+    ).sort_by([("layer", "ascending"), ("unit", "ascending")])  # fmt: skip
+    for column in ("accuracy_drop", "n_images", "baseline_accuracy"):
+        assert swept[column].to_pylist() == single[column].to_pylist()
+    np.testing.assert_allclose(
+        swept["loss_increase"].to_numpy(), single["loss_increase"].to_numpy(), rtol=1e-4, atol=1e-6
+    )
+    assert set(swept["command"].to_pylist()) == {"sweep"}

@@ -10,6 +10,7 @@ back to full forwards with the ablation applied by a hook (same results, slower)
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -46,13 +47,25 @@ def ablated_forward(model: LoadedModel, layer: UnitLayer, unit: int, value: floa
     return LayerReader(model.module, [layer], stop=False, edits=edit).forward(images)[0]
 
 
+_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {layer module: SplitModel}
+
+
+def _split(module: torch.nn.Module, path: str) -> SplitModel:
+    """A model's split at a module, traced once per model and layer (tracing VGG16 takes about a second;
+    a sweep worker measures many shards of the same layer)."""
+    splits = _SPLITS.setdefault(module, {})
+    if path not in splits:
+        splits[path] = SplitModel(module, path)
+    return splits[path]
+
+
 class _TailRunner:
     """Runs the tail of the network on ablated copies of the layer's output."""
 
     def __init__(self, model: LoadedModel, layer: UnitLayer):
         self.model, self.layer = model, layer
         try:
-            self.split = SplitModel(model.module, layer.module)
+            self.split = _split(model.module, layer.module)
         except UsageError:
             raise
         except Exception as err:  # torch.fx cannot trace some models (data-dependent control flow)

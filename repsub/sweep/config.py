@@ -15,7 +15,8 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
                    own_term: hybrid, precision: auto}
     selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, precision: auto,
                    workers: 8, images_per_shard: 5000}
-    sharding:     {units_per_shard: 64}
+    importance:   {data: /data/imagenet_val.beton, images: 10000, ablation: zero, batch_size: 256, workers: 8}
+    sharding:     {units_per_shard: 64}  # units per AM/IAM and importance shard
     workers:      {count: 8, gpus: 1, cpus: 4}
     storage:      {endpoint_url: null, region: null}   # S3-compatible endpoint; credentials never here
 """
@@ -51,6 +52,16 @@ class SelectivityConfig:
 
 
 @dataclass(frozen=True)
+class ImportanceConfig:
+    data: str | None = None  # a labelled ImageFolder or .beton with the model's classes; None: no importance
+    images: int | None = None  # a seeded, class-balanced subset of this many images; None: all
+    ablation: str = "zero"  # zero | mean (repsub.importance.ABLATIONS)
+    image_size: int | None = None  # None: the selectivity pass's image size
+    batch_size: int = 64
+    workers: int = 2  # data-loading processes per actor
+
+
+@dataclass(frozen=True)
 class ShardingConfig:
     units_per_shard: int = 64
 
@@ -83,9 +94,16 @@ class SweepConfig:
     reduce: str = "mean"
     optimization: OptimSettings = field(default_factory=OptimSettings)
     selectivity: SelectivityConfig = field(default_factory=SelectivityConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def selectivity_image_size(self) -> int:
+        return self.selectivity.image_size or self.optimization.image_size
+
+    def importance_image_size(self) -> int:
+        return self.importance.image_size or self.selectivity_image_size()
 
     def layer_names(self, all_layers) -> list[str]:
         """The layers this sweep covers, given the model's catalog (`layers: all` means every one)."""
@@ -105,8 +123,8 @@ class SweepConfig:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_SECTIONS = {"optimization": OptimSettings, "selectivity": SelectivityConfig, "sharding": ShardingConfig,
-             "workers": WorkersConfig, "storage": StorageConfig}  # fmt: skip
+_SECTIONS = {"optimization": OptimSettings, "selectivity": SelectivityConfig, "importance": ImportanceConfig,
+             "sharding": ShardingConfig, "workers": WorkersConfig, "storage": StorageConfig}  # fmt: skip
 
 
 def _section(name: str, cls, values, defaults: dict | None = None):
@@ -174,18 +192,31 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         raise UsageError(
             f"{source}: selectivity.precision {selectivity.precision!r}; valid: {', '.join(PRECISIONS)}"
         )
+    importance = _section("importance", ImportanceConfig, raw.get("importance"))
+    from ..importance.ablation import ABLATIONS
+
+    if importance.ablation not in ABLATIONS:
+        raise UsageError(
+            f"{source}: importance.ablation {importance.ablation!r}; valid: {', '.join(ABLATIONS)}"
+        )
     sharding = _section("sharding", ShardingConfig, raw.get("sharding"))
     workers = _section("workers", WorkersConfig, raw.get("workers"))
     storage = _section("storage", StorageConfig, raw.get("storage"))
     from ..storage import check_endpoint, check_location  # no credentials in any location, before any work
 
-    for key, location in (("out", str(raw["out"])), ("selectivity.data", selectivity.data)):
+    for key, location in (
+        ("out", str(raw["out"])),
+        ("selectivity.data", selectivity.data),
+        ("importance.data", importance.data),
+    ):
         check_location(location or "", f"{source}: {key}")
     if storage.endpoint_url:
         check_endpoint(storage.endpoint_url, f"{source}: storage.endpoint_url")
     for key, value in (
         ("selectivity.batch_size", selectivity.batch_size),
         ("selectivity.images_per_shard", selectivity.images_per_shard),
+        ("importance.batch_size", importance.batch_size),
+        ("importance.images", 1 if importance.images is None else importance.images),
         ("sharding.units_per_shard", sharding.units_per_shard),
         ("workers.count", workers.count),
     ):
@@ -212,6 +243,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         reduce=reduce,
         optimization=optimization,
         selectivity=selectivity,
+        importance=importance,
         sharding=sharding,
         workers=workers,
         storage=storage,

@@ -8,16 +8,24 @@ import time
 from tqdm.auto import tqdm
 
 from ..analysis.summary import run_summary
-from ..api import run_catalog, selectivity_table
+from ..api import run_catalog
 from ..data.sources import open_source
-from ..errors import RepsubError
+from ..errors import RepsubError, UsageError
 from ..models import resolve_model
 from ..selectivity import ClassMeanAccumulator
 from ..storage import configure_s3
-from ..store import RunWriter, open_run, units_file_name
+from ..store import RunWriter, open_run
+from ..tables import TABLES, selectivity_table
 from .commit import RunLock, ShardLedger
 from .config import SweepConfig
-from .plan import DataShard, UnitShard, plan_data_shards, plan_unit_shards
+from .plan import (
+    DataShard,
+    ImportanceShard,
+    UnitShard,
+    plan_data_shards,
+    plan_importance_shards,
+    plan_unit_shards,
+)
 
 
 class SweepError(RepsubError):
@@ -33,8 +41,12 @@ def run_sweep(
     removes a stale lock left by a sweep that died on another host."""
     configure_s3(config.storage.endpoint_url, config.storage.region)
     model = resolve_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity, catalog
-    model.check_image_size(config.optimization.image_size)
-    model.check_image_size(config.selectivity.image_size or config.optimization.image_size)
+    for size in (
+        config.optimization.image_size,
+        config.selectivity_image_size(),
+        config.importance_image_size(),
+    ):
+        model.check_image_size(size)
     writer = RunWriter(config.out)
     writer.check_run(model.identity(), {"reduce": config.reduce})
     lock = RunLock(writer)
@@ -62,14 +74,18 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
     if config.selectivity.data:
         source = open_source(
             config.selectivity.data,
-            config.selectivity.image_size or config.optimization.image_size,
+            config.selectivity_image_size(),
             model.mean,
             model.std,
             model.resize_ratio,
         )
         classes = source.classes
         data_shards = plan_data_shards(len(source), config.selectivity.images_per_shard)
-    unit_shards = plan_unit_shards(config, model.num_classes)
+    if config.importance.data:
+        _check_importance_data(config, model)
+    unit_shards = plan_unit_shards(config, model.num_classes) + plan_importance_shards(
+        config, model.num_classes
+    )
     _clear_foreign_rows(writer, unit_shards)
 
     done = ledger.done()
@@ -77,7 +93,7 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
     total_units = sum(s.size for s in unit_shards)
     print(
         f"sweep {config.fingerprint()}: {len(data_shards)} data shards, {len(unit_shards)} unit shards "
-        f"({total_units} units); {len(data_shards) + len(unit_shards) - len(pending)} already done"
+        f"({total_units} unit tasks); {len(data_shards) + len(unit_shards) - len(pending)} already done"
     )
 
     failures = []
@@ -117,16 +133,31 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
     return run_summary(open_run(config.out))
 
 
-def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard]) -> None:
+def _check_importance_data(config: SweepConfig, model) -> None:
+    """Before any work: the importance data opens and its classes are the model's (it measures accuracy)."""
+    source = open_source(
+        config.importance.data, config.importance_image_size(), model.mean, model.std, model.resize_ratio
+    )
+    if len(source.classes) != model.num_classes:
+        raise UsageError(
+            f"importance.data {config.importance.data}: {len(source.classes)} classes, the model's classifier "
+            f"{model.num_classes}: importance measures accuracy, so the classes must be the model's"
+        )
+
+
+def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard | ImportanceShard]) -> None:
     """Remove rows of the planned units left by other commands (e.g. an earlier `visualize`), keeping this
     plan's own shard files (a resumed sweep keeps what it committed). Done once, before any worker writes."""
-    by_partition: dict[tuple[str, str], tuple[set[int], set[str]]] = {}
+    by_partition: dict[tuple[str, str, str], tuple[set[int], set[str]]] = {}
     for shard in shards:
-        units, names = by_partition.setdefault((shard.method, shard.layer), (set(), set()))
+        table, key = (
+            ("importance", shard.ablation) if isinstance(shard, ImportanceShard) else ("units", shard.method)
+        )
+        units, names = by_partition.setdefault((table, key, shard.layer), (set(), set()))
         units.update(shard.units)
-        names.add(units_file_name(shard.method, list(shard.units)))
-    for (method, layer), (units, names) in by_partition.items():
-        writer.drop_units(method, layer, units, keep_files=names)
+        names.add(TABLES[table].block_name(key, list(shard.units)))
+    for (table, key, layer), (units, names) in by_partition.items():
+        writer.drop_rows(table, key, layer, units, keep_files=names)
 
 
 def _merge_partial_sums(ledger: ShardLedger, shards: list[DataShard]) -> ClassMeanAccumulator:
@@ -151,7 +182,7 @@ def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, d
 
         def on_done(shard, _result):
             state["shards"] += 1
-            if isinstance(shard, UnitShard):
+            if not isinstance(shard, DataShard):
                 bar.update(shard.size)
             bar.set_postfix_str(f"shards {state['shards']}/{shards_total}")
 

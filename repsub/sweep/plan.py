@@ -1,8 +1,9 @@
 """Planning: a config becomes a deterministic list of shards.
 
 A data shard is an index range of the dataset (its partial per-class sums merge exactly); a
-unit shard is one method, one layer and a block of units. Shard ids depend only on the config,
-so the same config always yields the same shards, and a rerun finds the ones already done.
+unit shard is one method, one layer and a block of units; an importance shard one layer and a block
+of units, ablated over the importance images. Shard ids depend only on the config, so the same config
+always yields the same shards, and a rerun finds the ones already done.
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ class UnitShard:
         return len(self.units)
 
 
+@dataclass(frozen=True)
+class ImportanceShard:
+    ablation: str
+    layer: str
+    units: tuple[int, ...]
+
+    @property
+    def id(self) -> str:
+        return f"importance-{self.ablation}-{self.layer}-{self.units[0]:05d}-{self.units[-1]:05d}"
+
+    @property
+    def size(self) -> int:
+        return len(self.units)
+
+
 def plan_data_shards(n_images: int, images_per_shard: int) -> list[DataShard]:
     return [
         DataShard(start, min(start + images_per_shard, n_images))
@@ -50,14 +66,28 @@ def plan_data_shards(n_images: int, images_per_shard: int) -> list[DataShard]:
     ]
 
 
-def plan_unit_shards(config: SweepConfig, num_classes: int | None = None) -> list[UnitShard]:
-    """Every (method, layer, block of units) of the config, layer by layer in model order."""
+def _blocks(config: SweepConfig, num_classes: int | None):
+    """(layer name, block of units) of the config, layer by layer in model order."""
     layers = catalog_of(config.model, num_classes, config.weights).select(config.layers)
-    shards = []
     per_shard = config.sharding.units_per_shard
-    for method in config.methods:
-        for layer in layers:
-            units = units_within(config.units, layer.units)
-            for start in range(0, len(units), per_shard):
-                shards.append(UnitShard(method, layer.name, tuple(units[start : start + per_shard])))
-    return shards
+    for layer in layers:
+        units = units_within(config.units, layer.units)
+        for start in range(0, len(units), per_shard):
+            yield layer.name, tuple(units[start : start + per_shard])
+
+
+def plan_unit_shards(config: SweepConfig, num_classes: int | None = None) -> list[UnitShard]:
+    """Every (method, layer, block of units) of the config."""
+    return [
+        UnitShard(method, layer, units)
+        for method in config.methods
+        for layer, units in _blocks(config, num_classes)
+    ]
+
+
+def plan_importance_shards(config: SweepConfig, num_classes: int | None = None) -> list[ImportanceShard]:
+    """Every (layer, block of units) of the config, when it has an importance section."""
+    if not config.importance.data:
+        return []
+    ablation = config.importance.ablation
+    return [ImportanceShard(ablation, layer, units) for layer, units in _blocks(config, num_classes)]

@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
 from ..errors import RunError
 from .config import SweepConfig
-from .plan import DataShard, UnitShard
+from .plan import DataShard, ImportanceShard, UnitShard
 from .resources import ClusterResourceError, wait_for_fitting_node, workers_fit_now
 from .work import ShardRunner
 
@@ -39,9 +39,11 @@ class ShardWorker:
             "device": self.runner.device,
         }
 
-    def run(self, shard: DataShard | UnitShard) -> dict:
+    def run(self, shard: DataShard | UnitShard | ImportanceShard) -> dict:
         if isinstance(shard, DataShard):
             return self.runner.run_data_shard(shard)
+        if isinstance(shard, ImportanceShard):
+            return self.runner.run_importance_shard(shard)
         return self.runner.run_unit_shard(shard)
 
 

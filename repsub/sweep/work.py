@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import time
 
-from ..api import units_table
 from ..data.sources import open_source
+from ..data.subset import balanced_subset
+from ..importance import measure_importance, unit_means
 from ..models import LoadedModel, resolve_model
 from ..optimize import optimize_units
 from ..precision import resolve_device, resolve_precision
 from ..selectivity_pass import accumulate_class_sums
 from ..storage import configure_s3
 from ..store import RunWriter
+from ..tables import importance_table, units_table
 from .commit import ShardLedger
 from .config import SweepConfig
-from .plan import DataShard, UnitShard
+from .plan import DataShard, ImportanceShard, UnitShard
 
 
 class ShardRunner:
@@ -32,21 +34,16 @@ class ShardRunner:
         )
         self.writer = RunWriter(config.out)
         self.ledger = ShardLedger(self.writer, config.fingerprint())
-        self._source = None
+        self._sources: dict[tuple[str, int], object] = {}
+        self._importance_means: dict[str, object] = {}  # layer -> its units' means (mean ablation)
 
-    def selectivity_image_size(self) -> int:
-        return self.config.selectivity.image_size or self.config.optimization.image_size
-
-    def source(self):
-        if self._source is None:
-            self._source = open_source(
-                self.config.selectivity.data,
-                self.selectivity_image_size(),
-                self.model.mean,
-                self.model.std,
-                self.model.resize_ratio,
-            )
-        return self._source
+    def source(self, data: str, image_size: int):
+        """A data source, opened once per worker (FFCV compiles its pipeline per Loader, not per source)."""
+        key = (data, image_size)
+        if key not in self._sources:
+            model = self.model
+            self._sources[key] = open_source(data, image_size, model.mean, model.std, model.resize_ratio)
+        return self._sources[key]
 
     def run_unit_shard(self, shard: UnitShard) -> dict:
         started = time.monotonic()
@@ -77,7 +74,7 @@ class ShardRunner:
     def run_data_shard(self, shard: DataShard) -> dict:
         started = time.monotonic()
         cfg = self.config.selectivity
-        source = self.source()
+        source = self.source(cfg.data, self.config.selectivity_image_size())
         layers = [self.model.layer(name) for name in self.config.layer_names(self.model.layers)]
         batches = source.batches(
             cfg.batch_size, indices=range(shard.start, shard.stop), workers=cfg.workers, device=self.device
@@ -100,6 +97,37 @@ class ShardRunner:
             "seconds": time.monotonic() - started,
             "device": self.device,
             "precision": resolve_precision(cfg.precision, self.device).used,
+        }
+        self.ledger.mark_done(shard.id, info)
+        return {"shard": shard.id, **info}
+
+    def run_importance_shard(self, shard: ImportanceShard) -> dict:
+        started = time.monotonic()
+        cfg = self.config.importance
+        source = self.source(cfg.data, self.config.importance_image_size())
+        subset = balanced_subset(source.labels(), cfg.images, self.config.seed)
+        layer = self.model.layer(shard.layer)
+
+        def batches():
+            return source.batches(cfg.batch_size, indices=subset, workers=cfg.workers, device=self.device)
+
+        means = None
+        if shard.ablation == "mean":
+            if shard.layer not in self._importance_means:
+                self._importance_means[shard.layer] = unit_means(self.model, layer, batches(), self.device)
+            means = self._importance_means[shard.layer]
+        counts = measure_importance(
+            self.model, layer, list(shard.units), batches(), self.model.num_classes, shard.ablation, means,
+            device=self.device, progress=False,
+        )  # fmt: skip
+        table = importance_table(counts.results(), shard.ablation, command="sweep")
+        path = self.writer.write_table("importance", shard.layer, table, replace_existing=False)
+        info = {
+            "rows": table.num_rows,
+            "images": counts.n_images,
+            "file": path.rsplit("/", 1)[-1],
+            "seconds": time.monotonic() - started,
+            "device": self.device,
         }
         self.ledger.mark_done(shard.id, info)
         return {"shard": shard.id, **info}

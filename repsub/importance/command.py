@@ -1,0 +1,111 @@
+"""`repsub importance` / `repsub.importance(...)`: unit importance by ablation over a labelled dataset, into a run.
+
+For each unit of the requested layers: the network's accuracy on a seeded, class-balanced subset of the
+images with the unit ablated, against the intact network's (Morcos et al. 2018), and the mean loss
+increase. Rows go to RUN/importance/ (repsub.tables.IMPORTANCE); re-runs replace their own rows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pyarrow as pa
+import torch
+
+from ..data.sources import open_source
+from ..data.subset import balanced_subset
+from ..errors import DataError, UsageError
+from ..models import LoadedModel
+from ..precision import default_device
+from ..store import RunWriter
+from ..tables import importance_table, with_layer
+from ..units import parse_units
+from .ablation import ABLATIONS
+from .measure import measure_importance, unit_means
+
+
+def command_key(ablation: str) -> str:
+    """The manifest command of an ablation's importance rows (their `command` column)."""
+    return f"importance/{ablation}"
+
+
+def importance(
+    model: str | LoadedModel | torch.nn.Module = "vgg16",
+    weights: str = "random",
+    data: str | os.PathLike = "",
+    out: str | os.PathLike | None = None,
+    layers: list[str] | None = None,
+    units: str | list[int] | None = None,
+    images: int | None = None,
+    ablation: str = "zero",
+    image_size: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> pa.Table:
+    """Importance of every unit of `layers` (default: all) by ablation over `data` (a labelled ImageFolder
+    or .beton whose classes are the model's): `images` (default all) is a seeded, class-balanced subset.
+    `ablation`: "zero" (the unit's whole output set to 0) or "mean" (to its mean over those images).
+    Returns the importance table (with its `layer` column) and writes it into the run `out` if given."""
+    from ..api import _as_model, run_catalog  # the API's model resolution, shared
+
+    if ablation not in ABLATIONS:
+        raise UsageError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    device = device or default_device()
+    loaded = _as_model(model, weights, seed, device, layers, image_size, mean, std)
+    chosen = loaded.select(layers)
+    size = image_size or loaded.image_size
+    loaded.check_image_size(size)
+    source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
+    if len(source.classes) != loaded.num_classes:
+        raise DataError(
+            f"--data {data}: {len(source.classes)} classes, the model's classifier {loaded.num_classes}: "
+            "importance measures the model's accuracy, so the data's classes must be the model's, in its order"
+        )
+    subset = balanced_subset(source.labels(), images, seed)
+    if images is not None and len(subset) < images:
+        print(f"note: {data} holds {len(subset)} images, fewer than --images {images}", file=sys.stderr)
+    unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
+    writer = RunWriter(out) if out is not None else None
+    if writer:
+        writer.check_run(loaded.identity())
+
+    def batches():
+        return source.batches(batch_size, indices=subset, workers=workers, device=device)
+
+    tables, baseline = {}, None
+    for layer in chosen:
+        means = unit_means(loaded, layer, batches(), device) if ablation == "mean" else None
+        counts = measure_importance(
+            loaded, layer, unit_lists[layer.name], batches(), loaded.num_classes, ablation, means,
+            device=device, total=len(subset), progress=progress,
+        )  # fmt: skip
+        results = counts.results()
+        baseline = float(results["baseline_accuracy"][0])
+        tables[layer.name] = importance_table(results, ablation, command_key(ablation))
+        if writer:  # each layer lands as soon as it is done
+            writer.write_table("importance", layer.name, tables[layer.name])
+    print(f"importance: baseline accuracy {baseline:.4f} on {len(subset)} images", file=sys.stderr)
+    if writer:
+        config = {
+            "data": source.describe(),
+            "image_size": size,
+            "layers": list(tables),
+            "units": units if isinstance(units, str | None) else list(units),
+            "images": images,
+            "images_used": len(subset),
+            "ablation": ablation,
+            "seed": seed,
+            "batch_size": batch_size,
+            "device": str(device),
+            "baseline_accuracy": baseline,
+        }
+        writer.record(command_key(ablation), loaded.identity(), config, run_catalog(loaded, writer))
+    return with_layer(tables)

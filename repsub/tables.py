@@ -1,0 +1,175 @@
+"""The tables of a run: each one a schema, a file-naming rule and a builder, in one registry.
+
+    RUN/selectivity/layer=<layer>/selectivity.parquet                      one file per layer
+    RUN/units/layer=<layer>/<method>-<first>-<last>-<hash>.parquet         blocks of units, per method
+    RUN/importance/layer=<layer>/<ablation>-<first>-<last>-<hash>.parquet  blocks of units, per ablation
+    RUN/activations/layer=<layer>/activations.parquet                      selectivity --save-activations
+
+Every table is hive-partitioned by `layer`. A block table keys its rows by (its `key` column, unit): a
+block's file name follows from the key and the units, so rewriting the same units replaces the same file
+(repsub.store.RunWriter.write_block), and a sweep's shards write deterministic names.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from .selectivity import selectivity_index
+
+LAYER_PARTITION = pa.schema([("layer", pa.string())])
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: pa.Schema
+    key: str | None = None  # the column that, with `unit`, keys a block's rows; None: one file per layer
+    row_group: int | None = None  # rows per row group (None: pyarrow's default)
+
+    def full_schema(self) -> pa.Schema:
+        """The schema as readers see it: the stored columns plus the `layer` partition column."""
+        return self.schema.insert(0, pa.field("layer", pa.string()))
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        return table.select(self.schema.names).cast(self.schema)
+
+    def block_name(self, key: str, units: list[int]) -> str:
+        """The file of a block of units: deterministic in (key, units)."""
+        digest = uuid.uuid5(uuid.NAMESPACE_OID, ",".join(map(str, sorted(units)))).hex[:8]
+        return f"{key}-{min(units):05d}-{max(units):05d}-{digest}.parquet"
+
+
+SELECTIVITY = TableSpec("selectivity", pa.schema([
+    ("unit", pa.int32()),
+    ("selectivity", pa.float64()),
+    ("top_class", pa.int32()),
+    ("class_means", pa.list_(pa.float64())),
+    ("n_images", pa.int64()),
+    ("dead", pa.bool_()),
+]))  # fmt: skip
+
+UNITS = TableSpec(
+    "units",
+    pa.schema(
+        [
+            ("method", pa.string()),
+            ("unit", pa.int32()),
+            ("activation", pa.float32()),  # the unit's own activation on its stored image
+            ("layer_activations", pa.list_(pa.float32())),
+            ("rs", pa.float64()),
+            ("rs_ties", pa.float64()),  # fraction of the other units whose activation equals the unit's
+            ("status", pa.string()),  # a key of UNIT_STATUSES
+            ("objective_start", pa.float32()),  # the method's objective on the start image (no transforms)
+            ("objective_final", pa.float32()),  # ... and on the stored 8-bit image
+            ("image", pa.binary()),
+            ("seed", pa.int64()),
+            ("steps", pa.int32()),
+        ]
+    ),
+    key="method",
+    row_group=256,
+)  # fmt: skip  (256 rows: a few MB with images, readable a group at a time)
+
+IMPORTANCE = TableSpec("importance", pa.schema([
+    ("unit", pa.int32()),
+    ("n_images", pa.int64()),
+    ("baseline_accuracy", pa.float64()),  # the intact network's accuracy on the images
+    ("accuracy_drop", pa.float64()),  # baseline accuracy minus the accuracy with the unit ablated
+    ("loss_increase", pa.float64()),  # mean cross-entropy with the unit ablated minus the intact one
+    ("class_accuracy_drop", pa.list_(pa.float64())),  # per class (NaN for a class without images)
+    ("ablation", pa.string()),  # repsub.importance.ABLATIONS
+    ("command", pa.string()),  # the manifest command that wrote the row
+]), key="ablation")  # fmt: skip
+
+# One row per image per layer, streamed during the selectivity pass (repsub.activations).
+ACTIVATIONS = TableSpec("activations", pa.schema([
+    ("image_index", pa.int64()),
+    ("label", pa.int32()),
+    ("activations", pa.list_(pa.float32())),
+]))  # fmt: skip
+
+TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS)}
+
+UNIT_STATUSES = {
+    "ok": "the unit responds to its image (own activation > 0)",
+    "no_response": "own activation <= 0 on its final image: the optimization never drove the unit",
+    "nonfinite": "non-finite activations on its image",
+}
+
+
+# ------------------------------------------------------------------ builders: results -> rows
+
+
+def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:
+    """The selectivity rows of one layer, from its class means [C, N]."""
+    result = selectivity_index(class_means)
+    means = class_means.cpu().numpy().T  # [N, C]
+    return pa.table({
+        "unit": pa.array(np.arange(means.shape[0]), pa.int32()),
+        "selectivity": pa.array(result.selectivity, pa.float64()),
+        "top_class": pa.array(result.top_class, pa.int32()),
+        "class_means": pa.array(list(means), pa.list_(pa.float64())),
+        "n_images": pa.array(np.full(means.shape[0], n_images), pa.int64()),
+        "dead": pa.array(result.dead, pa.bool_()),
+    })  # fmt: skip
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 [H, W, 3] image as the units table stores it (lossless PNG: it reproduces the activations)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes from the units table back to a uint8 [H, W, 3] array."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def units_table(method: str, result, steps: int) -> pa.Table:
+    """The units rows of one layer and method, from repsub.optimize.OptimResult."""
+    n = len(result.units)
+    return pa.table({
+        "method": pa.array([method] * n, pa.string()),
+        "unit": pa.array(result.units, pa.int32()),
+        "activation": pa.array(result.activation, pa.float32()),
+        "layer_activations": pa.array(list(result.layer_activations), pa.list_(pa.float32())),
+        "rs": pa.array(result.rs, pa.float64()),
+        "rs_ties": pa.array(result.rs_ties, pa.float64()),
+        "status": pa.array(result.status.tolist(), pa.string()),
+        "objective_start": pa.array(result.objective_start, pa.float32()),
+        "objective_final": pa.array(result.objective_final, pa.float32()),
+        "image": pa.array([png_bytes(img) for img in result.images], pa.binary()),
+        "seed": pa.array(result.seeds, pa.int64()),
+        "steps": pa.array(np.full(n, steps), pa.int32()),
+    })  # fmt: skip
+
+
+def importance_table(results: dict[str, np.ndarray], ablation: str, command: str) -> pa.Table:
+    """The importance rows of one layer, from repsub.importance.AblationCounts.results()."""
+    n = len(results["units"])
+    return pa.table({
+        "unit": pa.array(results["units"], pa.int32()),
+        "n_images": pa.array(results["n_images"], pa.int64()),
+        "baseline_accuracy": pa.array(results["baseline_accuracy"], pa.float64()),
+        "accuracy_drop": pa.array(results["accuracy_drop"], pa.float64()),
+        "loss_increase": pa.array(results["loss_increase"], pa.float64()),
+        "class_accuracy_drop": pa.array(list(results["class_accuracy_drop"]), pa.list_(pa.float64())),
+        "ablation": pa.array([ablation] * n, pa.string()),
+        "command": pa.array([command] * n, pa.string()),
+    })  # fmt: skip
+
+
+def with_layer(tables: dict[str, pa.Table]) -> pa.Table:
+    """Per-layer tables as one, with their `layer` column first (what the API returns)."""
+    parts = [
+        t.add_column(0, "layer", pa.array([name] * t.num_rows, pa.string())) for name, t in tables.items()
+    ]
+    return pa.concat_tables(parts)
