@@ -6,8 +6,17 @@ Method: "Understanding the Importance of Single Directions via Representative Su
 
 __version__ = "0.1.0"
 
-from .api import selectivity, visualize  # noqa: E402
+from .api import importance, selectivity, visualize  # noqa: E402
 from .models import catalog, load_model  # noqa: E402
 from .run import Run, open_run  # noqa: E402
 
-__all__ = ["Run", "__version__", "catalog", "load_model", "open_run", "selectivity", "visualize"]
+__all__ = [
+    "Run",
+    "__version__",
+    "catalog",
+    "importance",
+    "load_model",
+    "open_run",
+    "selectivity",
+    "visualize",
+]

@@ -31,17 +31,32 @@ def _layers_arg(text: str | None) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="shallow_cnn, mlp or a torchvision model (repsub layers --list-models)"
-    )
-    parser.add_argument("--weights", default="random", help=WEIGHTS_HELP)
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for random weights and per-unit seeds (default 0)"
-    )
+def _add_model_args(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
+    """The model options; `from_run`: a command that extends an existing run takes what is not given from it
+    (repsub.extend)."""
+    models = "shallow_cnn, mlp or a torchvision model (repsub layers --list-models)"
+    if from_run:
+        parser.add_argument(
+            "--model", default=None, help=f"{models} (default: the run's, re-created from --out)"
+        )
+        parser.add_argument(
+            "--weights", default=None, help=WEIGHTS_HELP.replace("(default: random)", "(default: the run's "
+            "when --model is the run's, else random)"),
+        )  # fmt: skip
+        parser.add_argument(
+            "--seed", type=int, default=None,
+            help="seed for random weights and per-unit seeds (default: the run's, else 0)",
+        )  # fmt: skip
+    else:
+        parser.add_argument("--model", required=True, help=models)
+        parser.add_argument("--weights", default="random", help=WEIGHTS_HELP)
+        parser.add_argument(
+            "--seed", type=int, default=0, help="seed for random weights and per-unit seeds (default 0)"
+        )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    parser.add_argument("--layers", default=None, help="comma-separated layer names (default: all)")
-    parser.add_argument("--out", required=True, help="run directory to write")
+    layers = "the run's, else all; `all`: every layer" if from_run else "all"
+    parser.add_argument("--layers", default=None, help=f"comma-separated layer names (default: {layers})")
+    parser.add_argument("--out", required=True, help="run directory (or s3:// URI) to write into")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -85,18 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare_parser(sub)
 
     p = sub.add_parser(
-        "selectivity", help="class selectivity of every unit over an ImageFolder or a .beton file"
+        "selectivity",
+        help="class selectivity of every unit over an ImageFolder or a .beton file",
+        description="Class selectivity of every unit of --layers over --data, in one pass, written into the "
+        "run --out. Into an existing run, the model, weights, seed, layers and image size not given are "
+        "the run's.",
     )
-    _add_model_args(p)
+    _add_model_args(p, from_run=True)
     p.add_argument(
         "--data",
         required=True,
-        help="ImageFolder directory (one folder per class) or FFCV .beton file (local or s3://)",
+        help="ImageFolder directory (one folder per class) or FFCV .beton file (local or s3://), or demo "
+        "(the demo's generated held-out images, made on first use)",
     )
     p.add_argument(
-        "--image-size", type=int, default=None, help="input size S (default: the model's, 224 for vgg16)"
+        "--image-size",
+        type=int,
+        default=None,
+        help="input size S (default: the run's, else the model's: 224 for vgg16, 32 for the paper's models)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     _add_reduce_arg(p)
     _add_precision_arg(p, "the forward's")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
@@ -106,38 +129,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated layers (among --layers) whose per-image activations go to RUN/activations/",
     )
 
-    p = sub.add_parser("visualize", help="AM or IAM images, layer activations and RS for units")
-    _add_model_args(p)
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p = sub.add_parser(
+        "visualize",
+        help="AM or IAM images, layer activations and RS for units",
+        description="For each unit of --layers (--units of each): an image optimized to drive it (am) or to "
+        "drive it above the layer's other units (iam), the layer's activations on it and its RS, written "
+        "into the run --out. Into an existing run, the model, weights, seed, layers and optimization "
+        "settings not given are the run's (those of its latest visualize or sweep).",
+    )
+    _add_model_args(p, from_run=True)
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="am or iam (required)")
     p.add_argument("--units", default=None, help="unit ranges, e.g. 0-15 or 0,3,8-11 (default: all)")
     p.add_argument(
-        "--steps", type=int, default=DEFAULTS.steps, help=f"optimization steps (default {DEFAULTS.steps})"
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimization steps (default: the run's, else {DEFAULTS.steps})",
     )
     p.add_argument(
-        "--lr", type=float, default=DEFAULTS.lr, help=f"Adam learning rate (default {DEFAULTS.lr})"
+        "--lr", type=float, default=None, help=f"Adam learning rate (default: the run's, else {DEFAULTS.lr})"
     )
     p.add_argument(
-        "--image-size", type=int, default=None, help="image side (default: the model's, 224 for vgg16)"
+        "--image-size",
+        type=int,
+        default=None,
+        help="image side (default: the run's, else the model's: 224 for vgg16, 32 for the paper's models)",
     )
     p.add_argument(
         "--param",
-        default=DEFAULTS.param,
+        default=None,
         choices=sorted(PARAMETERIZATIONS),
-        help=f"image parameterization (default {DEFAULTS.param})",
+        help=f"image parameterization (default: the run's, else {DEFAULTS.param})",
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULTS.batch_size,
-        help=f"units optimized together (default {DEFAULTS.batch_size})",
+        default=None,
+        help=f"units optimized together (default: the run's, else {DEFAULTS.batch_size})",
     )
     p.add_argument(
         "--own-term",
-        default=DEFAULTS.own_term,
+        default=None,
         choices=OWN_TERMS,
         help="how the unit's own term is climbed: hybrid (post-ReLU while > 0, else pre-ReLU, so units "
         "that start at 0 move), post, pre; recorded values are post-ReLU in every case "
-        f"(default {DEFAULTS.own_term})",
+        f"(default: the run's, else {DEFAULTS.own_term})",
     )
     _add_reduce_arg(p)
     _add_precision_arg(p, "the optimization steps'")
@@ -148,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the paper's shallow CNN or MLP from scratch with Adam; writes its state_dict, "
         "usable as --weights PATH by every command.",
     )
-    p.add_argument("--model", required=True, choices=["shallow_cnn", "mlp"])
-    p.add_argument("--data", required=True, help="ImageFolder directory of training images")
+    p.add_argument(
+        "--model", required=True, choices=["shallow_cnn", "mlp"], help="shallow_cnn or mlp (required)"
+    )
+    p.add_argument("--data", required=True, help="ImageFolder directory of training images (required)")
     p.add_argument(
         "--out", required=True, help="state_dict file to write (written only when training completes)"
     )
@@ -164,23 +202,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="crop_flip (random crops and horizontal flips), crop (crops only: for digits, text and other "
         "orientation-bearing data), none (default crop_flip)",
     )
-    p.add_argument("--val-data", default=None, help="ImageFolder of held-out images: report their accuracy")
+    p.add_argument(
+        "--val-data",
+        default=None,
+        help="ImageFolder of held-out images: report their accuracy (default: none)",
+    )
+
+    p = sub.add_parser(
+        "importance",
+        help="unit importance by ablation: the accuracy drop when a unit's output is zeroed",
+        description="For every unit of --layers: the model's accuracy on a seeded, class-balanced subset of "
+        "--data with the unit's whole output (a conv channel's map, a neuron) set to 0 (or its mean), "
+        "against the intact model's; written to RUN/importance/. The data's classes must be the model's.",
+    )
+    _add_model_args(p)
+    p.add_argument(
+        "--data", required=True, help="labelled ImageFolder directory or .beton file (local or s3://)"
+    )
+    p.add_argument("--units", default=None, help="unit ranges, e.g. 0-15 or 0,3,8-11 (default: all)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="a seeded, class-balanced subset of this many images (default: all)",
+    )
+    p.add_argument(
+        "--ablation",
+        default="zero",
+        choices=["zero", "mean"],
+        help="set the unit to 0, or to its mean over the images (default zero)",
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="input size S (default: the model's, 224 for vgg16)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
 
     p = sub.add_parser("sweep", help="a whole sweep from a YAML config, sharded on a Ray cluster (resumable)")
-    p.add_argument("--config", required=True, help="YAML config (see jobs/configs/)")
-    p.add_argument("--out", default=None, help="run location (overrides the config's `out`)")
-    p.add_argument(
-        "--address",
-        default=None,
-        help="auto (the running cluster), ray://HOST:PORT, or local (a new single-machine Ray); "
-        "default: Ray's own choice (a running local cluster, else a new one)",
-    )
-    p.add_argument(
-        "--force-unlock",
-        action="store_true",
-        help="remove a stale run lock left by a sweep that died (check that none is running)",
-    )
-    p.add_argument("--no-progress", action="store_true")
+    from .sweep_command import add_sweep_arguments  # the flags of `python -m jobs.sweep` too
+
+    add_sweep_arguments(p, address_default=None)
 
     add_summary_parser(sub)
     add_report_parser(sub)
@@ -285,16 +346,38 @@ def cmd_visualize(args) -> None:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
-        steps=args.steps,
-        lr=args.lr,
-        param=args.param,
-        batch_size=args.batch_size,
-        own_term=args.own_term,
         precision=args.precision,
         reduce=args.reduce,
-        **({"image_size": args.image_size} if args.image_size else {}),
+        **_given(args, "steps", "lr", "param", "batch_size", "own_term", "image_size"),  # others: the run's
     )
     print(f"wrote {args.method} results of {table.num_rows} units to {args.out}")
+
+
+def _given(args, *names: str) -> dict:
+    """The options among `names` given on the command line (those left out take the run's or the default)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def cmd_importance(args) -> None:
+    from . import api
+
+    table = api.importance(
+        model=args.model,
+        weights=args.weights,
+        data=args.data,
+        out=args.out,
+        layers=_layers_arg(args.layers),
+        units=args.units,
+        images=args.images,
+        ablation=args.ablation,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(f"wrote importance ({args.ablation} ablation) of {table.num_rows} units to {args.out}")
 
 
 def cmd_train(args) -> None:
@@ -318,14 +401,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .sweep import load_config, run_sweep
+    from .sweep_command import run_sweep_command
 
-    config = load_config(args.config, out=args.out)
-    rows = run_sweep(
-        config, address=args.address, progress=not args.no_progress, force_unlock=args.force_unlock
-    )
-    print(format_summary(rows))
-    print(f"sweep written to {config.out}")
+    print(run_sweep_command(args))
 
 
 def cmd_demo(args) -> None:
@@ -339,6 +417,7 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {
+    "importance": cmd_importance,
     "layers": cmd_layers,
     "selectivity": cmd_selectivity,
     "visualize": cmd_visualize,

@@ -4,9 +4,10 @@
     df = run.to_pandas()                  # one row per unit and method: RS, selectivity, status, depth...
     run.image("conv3", 17, "iam")         # the unit's IAM image (PIL)
     run.stats().to_pandas()               # the report's statistics table
+    run.importance_stats().to_pandas()    # importance by ablation against RS and selectivity (if measured)
 
-The tables stay available as pyarrow datasets (`run.units`, `run.selectivity`, `run.activations`) for
-anything else (filters, streaming, duckdb).
+The tables stay available as pyarrow datasets (`run.units`, `run.selectivity`, `run.activations`,
+`run.importance`) for anything else (filters, streaming, duckdb).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Run:
     selectivity: ds.Dataset | None
     units: ds.Dataset | None
     activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
+    importance: ds.Dataset | None = None  # importance by ablation (repsub.analysis.importance)
+    importance: ds.Dataset | None = None  # importance by ablation (repsub importance)
 
     def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
         dataset = getattr(self, name)
@@ -57,9 +60,12 @@ class Run:
     ) -> pa.Table:
         """One row per unit and method, joined with the unit's selectivity (repsub.analysis.FRAME_SCHEMA):
         layer, depth, read, unit, method, status, excluded (why the row is left out of the RS statistics,
-        null if it enters them), rs, rs_ties, activation, selectivity, dead, top_class, n_images, objectives,
-        seed, steps. Units with selectivity only have a row with method null (unless `methods` is given).
-        `class_means` / `layer_activations` add those list columns (large for wide layers)."""
+        null if it enters them), rs, rs_ties, activation, selectivity, dead, top_class, n_images,
+        importance_zero, importance_mean (accuracy drop with the unit ablated, per ablation),
+        loss_increase_zero, loss_increase_mean, objectives, seed, steps. Units with selectivity or importance
+        only have a row with method null (unless `methods` is given); the importance columns are null without
+        an importance row. `class_means` / `layer_activations` add those list columns (large for wide
+        layers)."""
         from .analysis.load import unit_frame
 
         return unit_frame(self, layers, methods, class_means=class_means, layer_activations=layer_activations)
@@ -97,6 +103,16 @@ class Run:
         from .analysis import StatsOptions, compute_stats, load_run_data
 
         return compute_stats(load_run_data(self), StatsOptions(**options))
+
+    def importance_stats(self, **options) -> pa.Table:
+        """The report's importance statistics (repsub.analysis.importance_stats; importance_stats.parquet):
+        one row per layer, ablation, measure (accuracy_drop, loss_increase) and what importance is
+        correlated with (`against`: rs_am, rs_iam, selectivity); empty for a run without importance.
+        Options as `stats`: seed, resamples, confidence."""
+        from .analysis import StatsOptions, load_run_data
+        from .analysis.importance_stats import compute_importance_stats
+
+        return compute_importance_stats(load_run_data(self), StatsOptions(**options))
 
     def __repr__(self) -> str:
         model = (self.manifest.get("model") or {}).get("model", "?")

@@ -4,8 +4,8 @@ The file holds an `image` field (FFCV's RGBImageField) and a `label` field (IntF
 sidecar `FILE.beton.json` holds the class names in index order and how the file was made.
 
 Decode and crop follow the ImageFolder path as closely as FFCV allows. torchvision resizes the
-shorter side to R = round(S*256/224) and crops S: the centred square of S/R of the shorter side
-(224/256 for S=224). FFCV's CenterCropRGBImageDecoder takes int(ratio * shorter side) and resizes
+shorter side to R = round(S * resize / crop) (the model's weights' proportion, 256/224 by default) and
+crops S: the centred square of S/R of the shorter side (224/256 for S=224). FFCV's CenterCropRGBImageDecoder takes int(ratio * shorter side) and resizes
 that to S (OpenCV INTER_AREA); with ratio (S + 0.5)/R the crop of an image whose shorter side is R
 is exactly S (224/256 itself gives 63 px instead of 64 for S=64). The uint8 batch is then converted
 and normalized in torch exactly as torchvision's ToTensor and Normalize do. So when the file was
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .imagefolder import resize_size
+from .imagefolder import CLASSIC_RESIZE, resize_size
 
 
-def crop_ratio(image_size: int) -> float:
-    """FFCV's centre-crop ratio for S: S/R of the shorter side (R = round(S*256/224)), plus half a pixel so
-    that int(ratio * R) is exactly S (FFCV truncates)."""
-    return (image_size + 0.5) / resize_size(image_size)
+def crop_ratio(image_size: int, resize_ratio: tuple[int, int] = CLASSIC_RESIZE) -> float:
+    """FFCV's centre-crop ratio for S: S/R of the shorter side (R = round(S * resize / crop)), plus half a
+    pixel so that int(ratio * R) is exactly S (FFCV truncates)."""
+    return (image_size + 0.5) / resize_size(image_size, resize_ratio)
 
 
 SIDECAR_FORMAT = "repsub-beton"
@@ -84,15 +84,30 @@ def read_sidecar(path: str | os.PathLike) -> dict | None:
     return content
 
 
+def image_pipeline(image_size: int, ratio: float, device: str | torch.device) -> list:
+    """FFCV's image pipeline: decode and centre-crop to uint8 [B, S, S, 3]; for a CUDA device, then FFCV's
+    ToDevice (a non-blocking copy from FFCV's pinned buffers of uint8, a quarter of float32's bytes):
+    normalization then runs on the GPU."""
+    decoders, _, _, transforms = import_ffcv()
+    pipeline = [
+        decoders.CenterCropRGBImageDecoder((image_size, image_size), ratio=ratio),
+        transforms.ToTensor(),
+    ]
+    if torch.device(device).type == "cuda":
+        pipeline.append(transforms.ToDevice(torch.device(device), non_blocking=True))
+    return pipeline
+
+
 class BetonSource:
     """A `.beton` file streamed with FFCV's Loader: sequential order, every image, sharded by indices."""
 
-    def __init__(self, path: str | os.PathLike, image_size: int, mean, std):
+    def __init__(self, path: str | os.PathLike, image_size: int, mean, std, resize_ratio=CLASSIC_RESIZE):
         self.path = os.fspath(path)
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.ratio = crop_ratio(self.image_size)
+        self.resize = resize_size(self.image_size, resize_ratio)
+        self.ratio = crop_ratio(self.image_size, resize_ratio)
         _, _, reader_module, _ = import_ffcv()
         try:
             reader = reader_module.Reader(self.path)
@@ -106,6 +121,7 @@ class BetonSource:
             )
         self.num_images = int(reader.num_samples)
         labels = reader.metadata[f"f{reader.field_names.index(LABEL_FIELD)}"]
+        self._labels = np.asarray(labels, dtype=np.int64)
         self.sidecar = read_sidecar(self.path)
         if self.sidecar is None:
             # A .beton made elsewhere: classes are named by their index, up to the largest label.
@@ -132,7 +148,7 @@ class BetonSource:
     def _note_resize(self) -> None:
         """Say when the stored resolution makes FFCV resize the crop (close to, not equal to, ImageFolder)."""
         stored = (self.sidecar or {}).get("options", {}).get("max_resolution")
-        wanted = resize_size(self.image_size)
+        wanted = self.resize
         if stored and stored != wanted:
             print(
                 f"note: {self.path} stores images with shorter side <= {stored} px; for S={self.image_size} "
@@ -148,12 +164,7 @@ class BetonSource:
 
     def _loader(self, batch_size: int, indices: np.ndarray, workers: int, device: torch.device):
         decoders, loader_module, _, transforms = import_ffcv()
-        image_pipeline = [
-            decoders.CenterCropRGBImageDecoder((self.image_size, self.image_size), ratio=self.ratio),
-            transforms.ToTensor(),  # uint8 [B, S, S, 3]
-        ]
-        if device.type == "cuda":  # copy uint8 (a quarter of float32's bytes) and normalize on the GPU
-            image_pipeline.append(transforms.ToDevice(device, non_blocking=True))
+        pipeline = image_pipeline(self.image_size, self.ratio, device)
         label_pipeline = [decoders.IntDecoder(), transforms.ToTensor(), transforms.Squeeze(1)]
         import numba
 
@@ -165,7 +176,7 @@ class BetonSource:
             order=loader_module.OrderOption.SEQUENTIAL,
             drop_last=False,
             indices=indices,  # sharding by index; never distributed=True, which pads with duplicates
-            pipelines={IMAGE_FIELD: image_pipeline, LABEL_FIELD: label_pipeline},
+            pipelines={IMAGE_FIELD: pipeline, LABEL_FIELD: label_pipeline},
         )
 
     def batches(
@@ -212,6 +223,10 @@ class BetonSource:
         if seen != order.size:
             raise DataError(f"{self.path}: the loader yielded {seen} images, {order.size} were asked for")
 
+    def labels(self) -> np.ndarray:
+        """Every image's class index, in file order (read from FFCV's metadata: no image is decoded)."""
+        return self._labels
+
     def describe(self) -> dict:
         """What the manifest records about the data."""
         sidecar = self.sidecar or {}
@@ -221,6 +236,7 @@ class BetonSource:
             "images": self.num_images,
             "classes": self.classes,
             "image_size": self.image_size,
+            "resize": self.resize,
             "decode": f"FFCV CenterCropRGBImageDecoder ratio {self.ratio:.6f} to S (INTER_AREA), normalized in torch",
             "sidecar": {key: sidecar.get(key) for key in ("options", "source", "created_at", "repsub")}
             if sidecar

@@ -12,10 +12,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..errors import DataError
-from .imagefolder import image_folder
+from ..storage import check_location
+from .imagefolder import CLASSIC_RESIZE, image_folder, resize_size
 
 
 class ImageSource(Protocol):
@@ -34,6 +36,10 @@ class ImageSource(Protocol):
         """(images [B, 3, S, S] normalized, on `device`; labels [B] int64) in index order, no image dropped."""
         ...
 
+    def labels(self) -> np.ndarray:
+        """Every image's class index, in dataset order, without decoding images."""
+        ...
+
     def describe(self) -> dict:
         """What the manifest records about the data."""
         ...
@@ -42,27 +48,34 @@ class ImageSource(Protocol):
 class ImageFolderSource:
     """An ImageFolder tree read with torchvision and a DataLoader."""
 
-    def __init__(self, root: str | os.PathLike, image_size: int, mean, std):
+    def __init__(self, root: str | os.PathLike, image_size: int, mean, std, resize_ratio=CLASSIC_RESIZE):
         self.path = os.fspath(root)
-        self.dataset = image_folder(root, image_size, mean, std)
+        self.dataset = image_folder(root, image_size, mean, std, resize_ratio)
         self.classes = list(self.dataset.classes)
         self.image_size = image_size
+        self.resize = resize_size(image_size, resize_ratio)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batches(self, batch_size, indices=None, workers=2, device="cpu"):
+    def loader(self, batch_size, indices=None, workers=2, device="cpu") -> torch.utils.data.DataLoader:
+        """For a CUDA device, batches in pinned memory: `batches` copies them without blocking."""
         dataset = self.dataset if indices is None else torch.utils.data.Subset(self.dataset, list(indices))
-        loader = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=False,
             drop_last=False,
             num_workers=workers,
-            pin_memory=str(device).startswith("cuda"),
+            pin_memory=torch.device(device).type == "cuda",
         )
-        for images, labels in loader:
+
+    def batches(self, batch_size, indices=None, workers=2, device="cpu"):
+        for images, labels in self.loader(batch_size, indices, workers, device):
             yield images.to(device, non_blocking=True), labels
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset.targets, dtype=np.int64)
 
     def describe(self) -> dict:
         return {
@@ -71,6 +84,7 @@ class ImageFolderSource:
             "images": len(self),
             "classes": self.classes,
             "image_size": self.image_size,
+            "resize": self.resize,  # shorter side before the centre crop (the model's weights' proportion)
         }
 
 
@@ -91,10 +105,19 @@ class StagedSource:
         return {**self._local.describe(), "staged_from": self.origin}
 
 
-def open_source(path: str | os.PathLike, image_size: int, mean, std) -> ImageSource:
+def open_source(
+    path: str | os.PathLike, image_size: int, mean, std, resize_ratio: tuple[int, int] = CLASSIC_RESIZE
+) -> ImageSource:
     """An ImageFolder directory or an FFCV `.beton` file (local, or on S3: staged to a local cache);
-    anything else is refused with what was expected."""
+    anything else is refused with what was expected. `resize_ratio` (resize, crop) and mean/std are the
+    model's preprocessing (LoadedModel.resize_ratio, .mean, .std). `demo` names the demo's generated held-out
+    images (repsub.data.synthetic.DEMO_DATA), made on first use in each machine's cache, the same everywhere."""
     text = os.fspath(path)
+    check_location(text, "--data")  # before any message repeats it: a URI may carry credentials
+    from .synthetic import DEMO_DATA, demo_val_dir
+
+    if text == DEMO_DATA:
+        path = text = os.fspath(demo_val_dir())
     if text.startswith("s3://"):
         if not text.endswith(".beton"):
             raise DataError(
@@ -104,14 +127,16 @@ def open_source(path: str | os.PathLike, image_size: int, mean, std) -> ImageSou
         from .staging import stage_beton
 
         local, etag = stage_beton(text)
-        return StagedSource(BetonSource(local, image_size, mean, std), {"uri": text, "etag": etag})
+        return StagedSource(
+            BetonSource(local, image_size, mean, std, resize_ratio), {"uri": text, "etag": etag}
+        )
     location = Path(path)
     if location.is_dir():
-        return ImageFolderSource(location, image_size, mean, std)
+        return ImageFolderSource(location, image_size, mean, std, resize_ratio)
     if location.is_file() and location.suffix == ".beton":
         from .beton import BetonSource  # FFCV is imported only when a .beton is used
 
-        return BetonSource(location, image_size, mean, std)
+        return BetonSource(location, image_size, mean, std, resize_ratio)
     if not location.exists():
         raise DataError(
             f"--data {location}: no such file or directory (expected an ImageFolder directory or a "
