@@ -22,13 +22,12 @@ DEMO_IMAGE_SIZE = 32
 
 def run_demo(
     out: str = "runs/demo",
-    cache: str = "~/.cache/repsub",
+    cache: str | None = None,  # default: $REPSUB_CACHE, else ~/.cache/repsub
     steps: int = 48,
     epochs: int = 6,
     progress: bool = True,
 ) -> list[dict]:
-    cache_dir = Path(cache).expanduser()
-    train_dir, val_dir = cached_demo_data(cache_dir)
+    train_dir, val_dir = cached_demo_data(cache)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "shallow_cnn.pt"

@@ -1,5 +1,6 @@
 """`ray job submit` of the demo config to a real Ray head started with `ray start --head`."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def test_submit_the_demo_config_as_a_ray_job(head, tmp_path):
     config.write_text(
         (REPO / "jobs/configs/demo.yaml")
         .read_text()
-        .replace("runs/demo-data/val", str(data))
+        .replace("data: demo,", f"data: {data},")  # --prepare-demo-data writes the demo's images there
         .replace("runs/demo-sweep", str(out))
     )
     result = head.run(
@@ -34,6 +35,8 @@ def test_submit_the_demo_config_as_a_ray_job(head, tmp_path):
         head.dashboard,
         "--working-dir",
         str(REPO),
+        "--runtime-env-json",
+        json.dumps({"env_vars": {"REPSUB_CACHE": str(tmp_path / "cache")}}),  # not the user's cache
         "--",
         sys.executable,
         "-m",
@@ -50,6 +53,7 @@ def test_submit_the_demo_config_as_a_ray_job(head, tmp_path):
     assert sorted(set(units["layer"].to_pylist())) == ["conv1", "conv2", "conv3", "conv4", "fc5", "fc6"]
     assert run.selectivity.count_rows() == 64 + 64 + 128 + 128 + 128 + 10
     assert run.manifest["commands"]["sweep"]["config"]["model"] == "shallow_cnn"
+    assert len(list(data.rglob("*.png"))) == 300 and not list(tmp_path.glob(".data.tmp-*"))
 
 
 def test_the_job_api_refuses_a_caller_without_the_token(head):

@@ -7,14 +7,20 @@ in a few epochs, so its units become class selective as a trained network's do.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 GENERATOR_VERSION = 1
+# What `--data` and a sweep config's `selectivity.data` take for the demo's held-out images (generated on
+# first use in the cache, identically on every machine). A directory of that name is given as `./demo`.
+DEMO_DATA = "demo"
 
 
 def _class_style(index: int, num_classes: int) -> dict:
@@ -58,15 +64,21 @@ def make_image_folder(
     return root
 
 
+def default_cache_dir() -> Path:
+    """Where repsub keeps generated and staged data: $REPSUB_CACHE, else ~/.cache/repsub."""
+    return Path(os.environ.get("REPSUB_CACHE") or Path.home() / ".cache" / "repsub").expanduser()
+
+
 def cached_demo_data(
-    cache_dir: str | Path,
+    cache_dir: str | Path | None = None,
     num_classes: int = 10,
     train_per_class: int = 60,
     val_per_class: int = 30,
     size: int = 36,
 ) -> tuple[Path, Path]:
-    """The demo's train and val ImageFolders, generated once under `cache_dir` (regenerated if the
-    arguments or the generator changed, or a previous generation was interrupted)."""
+    """The demo's train and val ImageFolders, generated once under `cache_dir` (default: default_cache_dir()),
+    regenerated if the arguments or the generator changed. Made under a temporary name and renamed into
+    place, so processes that need it at the same time (a sweep's workers) never see it half-written."""
     key = {
         "version": GENERATOR_VERSION,
         "classes": num_classes,
@@ -74,11 +86,45 @@ def cached_demo_data(
         "val": val_per_class,
         "size": size,
     }
-    root = Path(cache_dir) / "demo-data"
-    stamp = root / "complete.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == key):
-        shutil.rmtree(root, ignore_errors=True)
-        make_image_folder(root / "train", num_classes, train_per_class, size, seed=1)
-        make_image_folder(root / "val", num_classes, val_per_class, size, seed=2)
-        stamp.write_text(json.dumps(key))  # written last: its presence means the data is whole
+    parent = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = parent / "demo-data"
+    if not _complete(root, key):
+        staging = parent / f".demo-data-{uuid.uuid4().hex}"
+        try:
+            make_image_folder(staging / "train", num_classes, train_per_class, size, seed=1)
+            make_image_folder(staging / "val", num_classes, val_per_class, size, seed=2)
+            (staging / "complete.json").write_text(json.dumps(key))
+            _move_into_place(staging, root, key)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root / "train", root / "val"
+
+
+def _complete(root: Path, key: dict) -> bool:
+    stamp = root / "complete.json"
+    try:
+        return json.loads(stamp.read_text()) == key
+    except (OSError, ValueError):
+        return False
+
+
+def _move_into_place(staging: Path, root: Path, key: dict) -> None:
+    """Rename `staging` to `root`, replacing an outdated `root`; if another process put a complete copy there
+    first, keep that one (both are the same images)."""
+    for _ in range(3):
+        try:
+            os.rename(staging, root)  # fails while `root` exists and is not empty
+            return
+        except OSError:
+            if _complete(root, key):
+                return
+            aside = root.with_name(f".demo-data-old-{uuid.uuid4().hex}")
+            with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                os.rename(root, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+    os.rename(staging, root)
+
+
+def demo_val_dir() -> Path:
+    """The demo's held-out images (what DEMO_DATA names), generated first if needed."""
+    return cached_demo_data()[1]
