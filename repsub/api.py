@@ -33,10 +33,12 @@ from .models import LoadedModel, resolve_model
 from .optimize import OptimSettings, UnitProgress, optimize_units
 from .optimize.objectives import METHODS
 from .precision import default_device, resolve_precision
+from .provenance import Scope, ranges_text, selectivity_meaning, units_meaning
 from .selectivity_pass import accumulate_class_sums
 from .store import RunWriter
 from .tables import selectivity_table, units_table, with_layer
 from .units import parse_units
+from .validate import check_image_size, check_int, check_seed
 
 DEFAULT_REDUCE = "mean"
 
@@ -87,6 +89,8 @@ def selectivity(
     precision: str = "auto",
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    allow_mixed: bool = False,
+    force_unlock: bool = False,
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
     or an FFCV .beton file from `repsub prepare`).
@@ -101,18 +105,23 @@ def selectivity(
     Into an existing run, what is not given is the run's (repsub.extend): `model` None re-creates its model
     (weights verified by hash), `weights` None takes its weights where `model` is its model, and the seed,
     `layers` (`["all"]`: every layer) and `image_size` are its own; what was taken is printed.
+
+    Writing into `out` holds its lock and refuses rows of another meaning beside the run's (other data or
+    image size in the selectivity table) unless `allow_mixed`; `force_unlock` removes a lock whose holder is
+    gone (README, "Run integrity").
     """
+    _check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed)
     device = device or default_device()
     used_precision = resolve_precision(precision, device)
     record = RunRecord.read(out)
     run_size = record.selectivity_image_size() or record.settings().get("image_size")
     loaded, seed, reuse = load_for_run(record, model, weights, seed, device, image_size, mean, std, run_size)
-    layers = layers_for_run(record, layers, reuse)
+    layers = layers_for_run(record, layers, reuse, [layer.name for layer in loaded.layers])
     chosen = loaded.select(layers)
     saved = _activation_layers(save_activations, chosen, loaded, out)
     size = image_size or selectivity_size_for_run(record, reuse) or loaded.image_size
     record.say()
-    loaded.check_image_size(size)
+    check_image_size(loaded, size)
     source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) < 2:
         raise DataError(
@@ -126,10 +135,26 @@ def selectivity(
         )
     writer = RunWriter(out) if out is not None else None
     reduce = run_reduce(writer, reduce)
-    if writer:
-        writer.check_run(loaded.identity(), {"reduce": reduce})
+    config = {
+        "data": source.describe(),
+        "image_size": size,
+        "layers": [layer.name for layer in chosen],
+        "batch_size": batch_size,
+        "reduce": reduce,
+        "seed": seed,
+        "device": str(device),
+        "precision": used_precision.to_dict(),
+    }
     _say_precision(used_precision, "selectivity")
     with contextlib.ExitStack() as stack:
+        session = None
+        if writer:  # checks the run and mixing, takes the lock, claims the run: before any row
+            meaning = selectivity_meaning(source, size)
+            scope = Scope("selectivity", None, dict.fromkeys(config["layers"]), meaning)
+            session = stack.enter_context(writer.writing(
+                "selectivity", loaded.identity(), config, [scope], invariants={"reduce": reduce},
+                catalog=run_catalog(loaded, writer), allow_mixed=allow_mixed, force_unlock=force_unlock,
+            ))  # fmt: skip
         sink = None
         if saved:
             sink = stack.enter_context(ActivationWriter(writer, {layer.name: layer.units for layer in saved}))
@@ -150,28 +175,28 @@ def selectivity(
         activation_rows = sink.row_groups() if sink else None
         if sink:
             sink.commit()  # in place before the manifest records the command
-    tables = {layer.name: selectivity_table(acc.class_means(layer.name), acc.n_images) for layer in chosen}
-    if writer:
-        for name, table in tables.items():
-            writer.write_selectivity(name, table)
-        config = {
-            "data": source.describe(),
-            "image_size": size,
-            "layers": list(tables),
-            "batch_size": batch_size,
-            "reduce": reduce,
-            "seed": seed,
-            "device": str(device),
-            "precision": used_precision.to_dict(),
-            "n_images": acc.n_images,
-        }
-        if saved:
-            config["save_activations"] = [layer.name for layer in saved]
-            config["activations_row_group_rows"] = activation_rows
-        writer.record(
-            "selectivity", loaded.identity(), config, run_catalog(loaded, writer), {"reduce": reduce}
-        )
+        n = acc.n_images
+        tables = {layer.name: selectivity_table(acc.class_means(layer.name), n) for layer in chosen}
+        if session:
+            for name, table in tables.items():
+                writer.write_selectivity(name, table)
+            config["n_images"] = acc.n_images
+            if saved:
+                config["save_activations"] = [layer.name for layer in saved]
+                config["activations_row_group_rows"] = activation_rows
+            session.complete(config, run_catalog(loaded, writer))
     return with_layer(tables)
+
+
+def _check_common(image_size=None, batch_size=None, workers=None, seed=None, images=None) -> None:
+    """The numeric options every command shares, refused with their value before any work."""
+    checks = (("--image-size", image_size, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0),
+              ("--images", images, 1))  # fmt: skip
+    for option, value, minimum in checks:
+        if value is not None:
+            check_int(value, option, minimum)
+    if seed is not None:
+        check_seed(seed)
 
 
 def _activation_layers(names, chosen, loaded: LoadedModel, out) -> list:
@@ -207,6 +232,8 @@ def visualize(
     reduce: str | None = None,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    allow_mixed: bool = False,
+    force_unlock: bool = False,
     **setting_overrides,
 ) -> pa.Table:
     """AM or IAM images for the units of `layers` (default: all), with their layer activations and RS.
@@ -221,15 +248,20 @@ def visualize(
     (weights verified by hash), `weights` None takes its weights where `model` is its model, and the seed,
     `layers` (`["all"]`: every layer) and, without `settings`, the optimization settings of its latest
     visualize or sweep (image size, steps, lr, ...; not precision) are its own; what was taken is printed.
+
+    Writing into `out` holds its lock and refuses units of this method at another image size (or
+    parameterization, own term, transforms) beside the run's unless `allow_mixed`; `force_unlock` removes a
+    lock whose holder is gone (README, "Run integrity").
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    _check_common(seed=seed)
     device = device or default_device()
     given_size = setting_overrides.get("image_size") or (settings.image_size if settings else None)
     record = RunRecord.read(out)
     run_size = record.settings().get("image_size") or record.selectivity_image_size()
     loaded, seed, reuse = load_for_run(record, model, weights, seed, device, given_size, mean, std, run_size)
-    layers = layers_for_run(record, layers, reuse)
+    layers = layers_for_run(record, layers, reuse, [layer.name for layer in loaded.layers])
     chosen = loaded.select(layers)
     if settings is None:  # the run's, else the defaults at the model's own size (a custom module: as given)
         settings = settings_for_run(record, setting_overrides, reuse, loaded.image_size)
@@ -237,39 +269,45 @@ def visualize(
         settings = replace(settings, **setting_overrides)
     record.say()
     settings.validate()
-    loaded.check_image_size(settings.image_size)
+    check_image_size(loaded, settings.image_size)
     unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
     writer = RunWriter(out) if out is not None else None
     reduce = run_reduce(writer, reduce)
-    if writer:
-        writer.check_run(loaded.identity(), {"reduce": reduce})
     precision = resolve_precision(settings.precision, device)
+    config = {
+        "method": method,
+        "layers": list(unit_lists),
+        "units": units if isinstance(units, str | None) else list(units),
+        "seed": seed,
+        "device": str(device),
+        "reduce": reduce,
+        "precision": precision.to_dict(),
+        "settings": settings.to_dict(),
+    }
     _say_precision(precision, method)
     tables = {}
     total = sum(len(u) for u in unit_lists.values())
-    with UnitProgress(total, settings.steps, enabled=progress) as bar:
-        for layer in chosen:
-            result = optimize_units(
-                loaded, layer, unit_lists[layer.name], method, settings,
-                run_seed=seed, device=device, progress=bar, reduce=reduce,
-            )  # fmt: skip
-            tables[layer.name] = units_table(method, result, settings.steps)
-            if writer:  # each layer lands as soon as it is done
-                writer.write_units(method, layer.name, tables[layer.name])
-    _warn_failures(method, tables)
-    if writer:
-        config = {
-            "method": method,
-            "layers": list(tables),
-            "units": units if isinstance(units, str | None) else list(units),
-            "seed": seed,
-            "device": str(device),
-            "reduce": reduce,
-            "precision": precision.to_dict(),
-            "settings": settings.to_dict(),
-        }
-        records = run_catalog(loaded, writer)
-        writer.record(f"visualize/{method}", loaded.identity(), config, records, {"reduce": reduce})
+    with contextlib.ExitStack() as stack:
+        session = None
+        if writer:  # checks the run and mixing, takes the lock, claims the run: before any row
+            scope = Scope("units", method, {name: ranges_text(u) for name, u in unit_lists.items()},
+                          units_meaning(settings))  # fmt: skip
+            session = stack.enter_context(writer.writing(
+                f"visualize/{method}", loaded.identity(), config, [scope], invariants={"reduce": reduce},
+                catalog=run_catalog(loaded, writer), allow_mixed=allow_mixed, force_unlock=force_unlock,
+            ))  # fmt: skip
+        with UnitProgress(total, settings.steps, enabled=progress) as bar:
+            for layer in chosen:
+                result = optimize_units(
+                    loaded, layer, unit_lists[layer.name], method, settings,
+                    run_seed=seed, device=device, progress=bar, reduce=reduce,
+                )  # fmt: skip
+                tables[layer.name] = units_table(method, result, settings.steps)
+                if session:  # each layer lands as soon as it is done
+                    writer.write_units(method, layer.name, tables[layer.name])
+        _warn_failures(method, tables)
+        if session:
+            session.complete(config, run_catalog(loaded, writer))
     return with_layer(tables)
 
 

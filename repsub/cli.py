@@ -1,4 +1,8 @@
-"""The `repsub` command. Each subcommand parses its options and calls the Python API."""
+"""The `repsub` command. Each subcommand parses its options and calls the Python API.
+
+Building the parser imports nothing heavy (no torch, ray or pyarrow): each command function imports what it
+runs, so that `repsub --help` and `repsub COMMAND --help` start at once (tests/test_cli_startup.py).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,23 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from . import api
 from .analysis.commands import add_report_parser, add_summary_parser, cmd_report, cmd_summary
-from .analysis.report import write_report
-from .analysis.summary import format_summary
-from .capture import REDUCTIONS
-from .data.prepare import add_prepare_parser, cmd_prepare
 from .errors import RepsubError, UsageError
-from .optimize import METHODS, OWN_TERMS, PARAMETERIZATIONS, OptimSettings
-from .precision import PRECISIONS
-from .storage import check_location
 
-DEFAULTS = OptimSettings()
+# Copies of the library's choices and defaults, so that the help needs no torch; tests/test_cli_startup.py
+# checks them against repsub.capture.REDUCTIONS, repsub.precision.PRECISIONS and repsub.optimize's METHODS,
+# OWN_TERMS, PARAMETERIZATIONS and OptimSettings.
+REDUCTIONS = ("mean", "max", "center")
+PRECISIONS = ("auto", "fp32", "bf16")
+METHODS = ("am", "iam")
+OWN_TERMS = ("hybrid", "post", "pre")
+PARAMETERIZATIONS = ("fourier", "pixel")
+DEFAULTS = SimpleNamespace(steps=256, lr=0.05, param="fourier", batch_size=64, own_term="hybrid")
+PREPARE_HELP = "write an ImageFolder (or a flat folder with --labels) as an FFCV .beton"
+# `repsub demo`'s time, measured on a 2-core CPU (336-364 s of CPU in three runs); the README says the same.
+DEMO_TIME = "6 CPU-minutes"
 WEIGHTS_HELP = (
     "random (seeded by --seed), imagenet (the model's ImageNet default), DEFAULT or a torchvision weights "
     "name such as IMAGENET1K_V1 (read from torchvision's cache), or a state_dict path (default: random)"
@@ -58,6 +66,21 @@ def _add_model_args(parser: argparse.ArgumentParser, from_run: bool = False) -> 
     parser.add_argument("--layers", default=None, help=f"comma-separated layer names (default: {layers})")
     parser.add_argument("--out", required=True, help="run directory (or s3:// URI) to write into")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_write_args(parser)
+
+
+def _add_write_args(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that writes into a run (README, "Run integrity")."""
+    parser.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="accept rows of another meaning (other data or image size...) beside the run's; recorded",
+    )
+    parser.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="remove the run's lock left by a command that died (check that none is running)",
+    )
 
 
 def _add_reduce_arg(parser: argparse.ArgumentParser) -> None:
@@ -80,12 +103,22 @@ def _add_precision_arg(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command. `prepare`'s options live with it (repsub.data.prepare, which imports
+    torch): they are added only when `command` is "prepare"; otherwise it is listed with its help line."""
     parser = argparse.ArgumentParser(prog="repsub", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("layers", help="list a model's unit layers and unit counts")
-    p.add_argument("--model", default=None, help="model name (see --list-models)")
+    p = sub.add_parser(
+        "layers",
+        help="list a model's unit layers and unit counts",
+        description="A model's catalog: each layer's name, units, kind, how it is read and its module, from a "
+        "forward on the meta device (no weights are loaded, nothing is downloaded); --modules lists every "
+        "module --layers also takes, --list-models the models.",
+    )
+    p.add_argument(
+        "--model", default=None, help="model name (required unless --list-models, which lists them)"
+    )
     p.add_argument("--weights", default="random", help=WEIGHTS_HELP)
     p.add_argument(
         "--modules",
@@ -97,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help='print [{"name", "units", "module", "kind", "read"}, ...] (JSON)'
     )
 
-    add_prepare_parser(sub)
+    if command == "prepare":
+        from .data.prepare import add_prepare_parser
+
+        add_prepare_parser(sub)
+    else:
+        sub.add_parser("prepare", help=PREPARE_HELP)
 
     p = sub.add_parser(
         "selectivity",
@@ -126,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-activations",
         default=None,
-        help="comma-separated layers (among --layers) whose per-image activations go to RUN/activations/",
+        help="comma-separated layers (among --layers) whose per-image activations go to RUN/activations/ "
+        "(default: none)",
     )
 
     p = sub.add_parser(
@@ -238,7 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
 
-    p = sub.add_parser("sweep", help="a whole sweep from a YAML config, sharded on a Ray cluster (resumable)")
+    p = sub.add_parser(
+        "sweep",
+        help="a whole sweep from a YAML config, sharded on a Ray cluster (resumable)",
+        description="The selectivity pass and the AM/IAM optimization of every unit a YAML config names "
+        "(repsub/sweep/config.py documents its keys), sharded on Ray workers, committed shard by shard (a "
+        "rerun skips what is done), then the per-layer summary. Relative paths in the config are read from "
+        "the current directory. Try: repsub sweep --config jobs/configs/demo.yaml",
+    )
     from .sweep_command import add_sweep_arguments  # the flags of `python -m jobs.sweep` too
 
     add_sweep_arguments(p, address_default=None)
@@ -246,7 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_summary_parser(sub)
     add_report_parser(sub)
 
-    p = sub.add_parser("demo", help="the whole method on generated data, on CPU, in a few minutes")
+    p = sub.add_parser(
+        "demo",
+        help=f"the whole method on generated data, on CPU, offline, in about {DEMO_TIME}",
+        description="Generates (once, cached) a 10-class ImageFolder, trains the paper's shallow CNN on it, "
+        "measures selectivity on held-out images, optimizes AM and IAM images for all 522 units, prints the "
+        f"per-layer summary and writes the HTML report: about {DEMO_TIME} (3 to 6 minutes on 2 idle cores).",
+    )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--steps", type=int, default=48, help="optimization steps (default 48)")
     p.add_argument(
@@ -254,14 +306,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("REPSUB_CACHE", str(Path.home() / ".cache" / "repsub")),
         help="where generated data is kept (default $REPSUB_CACHE or ~/.cache/repsub)",
     )
+    for action in sub._choices_actions:
+        _say_defaults(sub.choices[action.dest], action.help)
     return parser
 
 
+def _say_defaults(command: argparse.ArgumentParser, help_line: str) -> None:
+    """A command without a description of its own shows its help line; an option whose help does not say its
+    default gets it said (argparse's ArgumentDefaultsHelpFormatter would repeat those already said)."""
+    command.description = command.description or f"{help_line[0].upper()}{help_line[1:]}."
+    for action in command._actions:
+        if not action.option_strings or action.required or action.help in (None, argparse.SUPPRESS):
+            continue
+        if action.nargs != 0 and "default" not in action.help:  # nargs 0: a flag (store_true...)
+            action.help += f" (default: {'none' if action.default is None else action.default})"
+
+
+def _command(argv: list[str] | None) -> str | None:
+    """The command named on the command line: its first word that is not an option."""
+    return next((word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         for name, value in vars(args).items():  # a URI carrying credentials is refused before any use or echo
-            if isinstance(value, str):
+            if isinstance(value, str) and "://" in value:  # (check_location checks URIs only)
+                from .storage import check_location
+
                 check_location(value, name.replace("_", "-"))
         return COMMANDS[args.command](args) or 0
     except RepsubError as err:
@@ -316,6 +388,8 @@ def _list_models(as_json: bool) -> None:
 
 
 def cmd_selectivity(args) -> None:
+    from . import api
+
     table = api.selectivity(
         model=args.model,
         weights=args.weights,
@@ -331,11 +405,15 @@ def cmd_selectivity(args) -> None:
         save_activations=_layers_arg(args.save_activations),
         progress=not args.no_progress,
         precision=args.precision,
+        allow_mixed=args.allow_mixed,
+        force_unlock=args.force_unlock,
     )
     print(f"wrote selectivity of {table.num_rows} units to {args.out}")
 
 
 def cmd_visualize(args) -> None:
+    from . import api
+
     table = api.visualize(
         model=args.model,
         weights=args.weights,
@@ -348,6 +426,8 @@ def cmd_visualize(args) -> None:
         progress=not args.no_progress,
         precision=args.precision,
         reduce=args.reduce,
+        allow_mixed=args.allow_mixed,
+        force_unlock=args.force_unlock,
         **_given(args, "steps", "lr", "param", "batch_size", "own_term", "image_size"),  # others: the run's
     )
     print(f"wrote {args.method} results of {table.num_rows} units to {args.out}")
@@ -376,6 +456,8 @@ def cmd_importance(args) -> None:
         device=args.device,
         workers=args.workers,
         progress=not args.no_progress,
+        allow_mixed=args.allow_mixed,
+        force_unlock=args.force_unlock,
     )
     print(f"wrote importance ({args.ablation} ablation) of {table.num_rows} units to {args.out}")
 
@@ -407,6 +489,8 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    from .analysis.report import write_report
+    from .analysis.summary import format_summary
     from .demo import run_demo
 
     started = time.monotonic()
@@ -414,6 +498,12 @@ def cmd_demo(args) -> None:
     print(format_summary(rows))
     print(f"report: {write_report(args.out)}")
     print(f"demo run written to {args.out} in {time.monotonic() - started:.0f} s")
+
+
+def cmd_prepare(args) -> None:
+    from .data.prepare import cmd_prepare as run_prepare
+
+    run_prepare(args)
 
 
 COMMANDS = {

@@ -15,6 +15,8 @@ upload is no object at all. Re-running a command replaces its own rows, never du
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import platform
@@ -125,6 +127,9 @@ class RunWriter:
     def __init__(self, uri: str | os.PathLike):
         self.uri = os.fspath(uri)
         self.fs, self.root = filesystem_for(self.uri)
+        self.command: str | None = None  # the manifest command writing now (a WriteSession sets it)
+        self.written: dict[str, set[str]] = {}  # table scope ("units/am", "selectivity") -> layers written
+        self._digests: dict[str, dict] = {}  # path -> {"size", "sha256"} of the files this writer wrote
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
@@ -133,7 +138,10 @@ class RunWriter:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def _staged(self, directory: str, name: str) -> str:
-        self.fs.create_dir(directory, recursive=True)
+        # S3 has no directories: creating one would write marker objects up the key path, outside the run's
+        # prefix that the worker's IAM policy allows.
+        if not is_s3(self.uri):
+            self.fs.create_dir(directory, recursive=True)
         return f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
 
     @contextlib.contextmanager
@@ -142,6 +150,8 @@ class RunWriter:
         try:
             yield
         except OSError as err:
+            if full := disk_full(err, self.uri):
+                raise full from None
             if not is_s3(self.uri):
                 raise
             raise explain_s3_error(err, what) from None
@@ -154,16 +164,34 @@ class RunWriter:
             if is_s3(self.uri):
                 with self.fs.open_output_stream(path) as f:
                     f.write(data)
-                return
-            staged = self._staged(directory, name)
-            try:
-                with self.fs.open_output_stream(staged) as f:
-                    f.write(data)
-                self.fs.move(staged, path)
-            except BaseException:
-                if self._exists(staged):
-                    self.fs.delete_file(staged)
-                raise
+            else:
+                staged = self._staged(directory, name)
+                try:
+                    with self.fs.open_output_stream(staged) as f:
+                        f.write(data)
+                    self.fs.move(staged, path)
+                except BaseException:
+                    if self._exists(staged):
+                        self.fs.delete_file(staged)
+                    raise
+        self._digests[path] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def file_record(self, path: str) -> dict:
+        """{"path" (relative to the run), "size", "sha256"} of a file this writer wrote, else read back."""
+        digest = self._digests.get(path) or self.file_digest(path)
+        return {"path": path.removeprefix(self.root.rstrip("/") + "/"), **digest}
+
+    def file_digest(self, path: str) -> dict | None:
+        """{"size", "sha256"} of a stored file, read in chunks; None when it does not exist."""
+        digest, size = hashlib.sha256(), 0
+        with self._storage_errors(f"{self.uri}: reading {path}"):
+            if not self._exists(path):
+                return None
+            with self.fs.open_input_stream(path) as f:
+                while chunk := f.read(8 * 2**20):
+                    digest.update(chunk)
+                    size += len(chunk)
+        return {"size": size, "sha256": digest.hexdigest()}
 
     def _write_parquet(
         self, table: pa.Table, directory: str, name: str, row_group_size: int | None = None
@@ -192,10 +220,13 @@ class RunWriter:
 
     def remove_leftovers(self) -> int:
         """Delete hidden temporary files that an interrupted writer left behind; returns how many.
-        Only safe while no other writer is at work on this run (the sweep holds the run lock)."""
+        Only safe while no other writer is at work on this run (a WriteSession holds the run lock)."""
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         with self._storage_errors(f"{self.uri}: listing"):
-            leftovers = [i.path for i in self.fs.get_file_info(selector) if i.base_name.startswith(".tmp-")]
+            infos = self.fs.get_file_info(selector)
+            leftovers = [
+                i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(".tmp-")
+            ]
             for path in leftovers:
                 self.fs.delete_file(path)
         return len(leftovers)
@@ -249,7 +280,10 @@ class RunWriter:
 
     def publish(self, staged: str, final: str) -> None:
         """Move a staged file into place (replacing the file there)."""
-        self.fs.move(staged, final)
+        with self._storage_errors(f"{self.uri}: writing {final}"):
+            self.fs.move(staged, final)
+        table, _, partition = final.removeprefix(self.root.rstrip("/") + "/").partition("/")
+        self.written.setdefault(table, set()).add(partition.partition("/")[0].removeprefix("layer="))
 
     def discard(self, staged: str) -> None:
         if self._exists(staged):
@@ -290,17 +324,26 @@ class RunWriter:
         """A run-wide setting recorded in the manifest (None for a new run or one without it)."""
         return ((self.read_manifest() or {}).get("invariants") or {}).get(key)
 
-    def write_table(self, name: str, layer: str, rows: pa.Table, replace_existing: bool = True) -> str:
+    def write_table(
+        self, name: str, layer: str, rows: pa.Table, replace_existing: bool = True, command: str | None = None
+    ) -> str:
         """Write one layer's rows of table `name` (repsub.tables); returns the file's path.
 
         A whole-layer table (selectivity) replaces the layer's file. A block table (units, importance) adds
         the rows, all of one key (method, ablation), under the block's deterministic name; with
-        `replace_existing`, rows already stored for the same key and units in other files are removed."""
+        `replace_existing`, rows already stored for the same key and units in other files are removed.
+        Rows without a `command` column get `command` (default: the command of the writer's session)."""
         spec = TABLES[name]
+        if "command" in spec.schema.names and "command" not in rows.column_names:
+            rows = rows.append_column(
+                "command", pa.array([command or self.command] * rows.num_rows, pa.string())
+            )
         rows = spec.conform(rows)
         directory = self._partition_dir(name, layer)
         if spec.key is None:
-            return self._write_parquet(rows, directory, f"{name}.parquet", spec.row_group)
+            path = self._write_parquet(rows, directory, f"{name}.parquet", spec.row_group)
+            self.written.setdefault(name, set()).add(layer)
+            return path
         keys = set(rows.column(spec.key).to_pylist())
         if len(keys) != 1:
             raise ValueError(
@@ -311,15 +354,24 @@ class RunWriter:
         file_name = spec.block_name(key, units)
         if replace_existing:
             self.drop_rows(name, key, layer, set(units), keep_files={file_name})
-        return self._write_parquet(rows, directory, file_name, spec.row_group)
+        path = self._write_parquet(rows, directory, file_name, spec.row_group)
+        self.written.setdefault(f"{name}/{key}", set()).add(layer)
+        return path
 
-    def write_selectivity(self, layer: str, rows: pa.Table) -> str:
-        return self.write_table("selectivity", layer, rows)
+    def write_selectivity(self, layer: str, rows: pa.Table, command: str | None = None) -> str:
+        return self.write_table("selectivity", layer, rows, command=command)
 
-    def write_units(self, method: str, layer: str, rows: pa.Table, replace_existing: bool = True) -> str:
+    def write_units(
+        self,
+        method: str,
+        layer: str,
+        rows: pa.Table,
+        replace_existing: bool = True,
+        command: str | None = None,
+    ) -> str:
         if set(rows.column("method").to_pylist()) != {method}:
             raise ValueError(f"units rows of another method than {method}")
-        return self.write_table("units", layer, rows, replace_existing)
+        return self.write_table("units", layer, rows, replace_existing, command=command)
 
     def drop_rows(
         self, name: str, key: str, layer: str, units: set[int], keep_files: set[str] = frozenset()
@@ -333,25 +385,48 @@ class RunWriter:
             base = info.base_name
             if base in keep_files or not (base.startswith(f"{key}-") and base.endswith(".parquet")):
                 continue
-            stored = pq.read_table(info.path, filesystem=self.fs, columns=["unit"]).column("unit").to_pylist()
+            stored = self._read_parquet(info.path, ["unit"]).column("unit").to_pylist()
             if not units.intersection(stored):
                 continue
-            kept = pq.read_table(info.path, filesystem=self.fs)
+            kept = self._read_parquet(info.path)
             kept = kept.filter(pa.array([u not in units for u in stored]))
             if kept.num_rows:
                 self._write_parquet(kept, directory, base, spec.row_group)
             else:
                 self.fs.delete_file(info.path)
 
+    def _read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """A stored file of the run, or a RunError that names it when it cannot be read (truncated...)."""
+        try:
+            with self._storage_errors(f"{self.uri}: reading {path}"):  # S3 failures: said as such
+                return pq.read_table(path, filesystem=self.fs, columns=columns)
+        except (pa.ArrowException, OSError) as err:  # Arrow's errors for a damaged file (local: any)
+            raise unreadable_file(self.uri, path, err) from None
+
     def read_manifest(self) -> dict | None:
+        """The manifest, None for a location without one; anything but a JSON object is refused, named."""
         data = self.get_bytes(MANIFEST)
         if data is None:
             return None
         text = data.decode(errors="replace")
         try:
-            return json.loads(text)
+            manifest = json.loads(text)
         except json.JSONDecodeError as err:
             raise RunError(f"{self.uri}: {MANIFEST} is not valid JSON ({err})") from None
+        if not isinstance(manifest, dict):
+            raise RunError(
+                f"{self.uri}: {MANIFEST} holds {_json_kind(manifest)} {text.strip()[:40]!r}, not a run manifest "
+                "(a JSON object): repair or remove it (a run's tables are described by it), or write to "
+                "another output location"
+            )
+        return manifest
+
+    def writing(self, command: str, identity: dict, config: dict, scopes=(), **options):
+        """The context every command writes a run in (repsub.run_session.WriteSession): the run checked, its
+        lock held, its identity and this invocation claimed in the manifest, leftovers removed."""
+        from .run_session import WriteSession
+
+        return WriteSession(self, command, identity, config, list(scopes), **options)
 
     def record(
         self,
@@ -379,7 +454,7 @@ class RunWriter:
             manifest["catalog"] = catalog
         if invariants:
             manifest["invariants"] = {**(manifest.get("invariants") or {}), **invariants}
-        manifest["commands"][key] = {"config": config, "completed_at": now_utc()}
+        manifest.setdefault("commands", {}).setdefault(key, {}).update(config=config, completed_at=now_utc())
         self.put_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
         return manifest
 
@@ -413,6 +488,34 @@ def model_mismatch(recorded: dict, current: dict) -> str | None:
 
 def now_utc() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def disk_full(err: BaseException, uri: str) -> RunError | None:
+    """A full disk (ENOSPC, or a quota) as a RunError saying so and where; None for any other error."""
+    text = str(err)
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
+        where = uri if "://" in uri else os.path.abspath(uri)
+        return RunError(
+            f"{where}: the disk is full (no space left on device) while writing the run; nothing half-written "
+            "was kept. Free space there, or write to another location"
+        )
+    return None
+
+
+def unreadable_file(uri: str, path: str, err: BaseException) -> RunError:
+    """A stored file that cannot be read, named, with what to do."""
+    from .storage import scrub
+
+    return RunError(
+        f"{uri}: cannot read {path} ({type(err).__name__}: {(scrub(str(err)).splitlines() or [''])[0][:200]}); "
+        "the file is damaged (truncated, overwritten). Remove it (its rows are lost) or rerun the command that wrote "
+        "it; a sweep rerun recomputes shards whose files do not verify"
+    )
 
 
 def __getattr__(name: str):

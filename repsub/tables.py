@@ -8,6 +8,9 @@
 Every table is hive-partitioned by `layer`. A block table keys its rows by (its `key` column, unit): a
 block's file name follows from the key and the units, so rewriting the same units replaces the same file
 (repsub.store.RunWriter.write_block), and a sweep's shards write deterministic names.
+
+Every row of the selectivity, units and importance tables names the manifest command that wrote it
+(`command`), whose settings the manifest keeps (repsub.provenance.row_settings).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ SELECTIVITY = TableSpec("selectivity", pa.schema([
     ("class_means", pa.list_(pa.float64())),
     ("n_images", pa.int64()),
     ("dead", pa.bool_()),
+    ("command", pa.string()),  # the manifest command that wrote the row (null in version 1 runs)
 ]))  # fmt: skip
 
 UNITS = TableSpec(
@@ -71,6 +75,7 @@ UNITS = TableSpec(
             ("image", pa.binary()),
             ("seed", pa.int64()),
             ("steps", pa.int32()),
+            ("command", pa.string()),  # the manifest command that wrote the row (null in version 1 runs)
         ]
     ),
     key="method",

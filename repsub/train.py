@@ -3,6 +3,7 @@ instances on CPU in seconds."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from .data.imagefolder import eval_transform, image_folder, resize_size
-from .errors import UsageError
+from .errors import RunError, UsageError
 from .models import get_spec, load_model
+from .validate import check_image_size, check_int, check_seed
 
 # Training augmentations. Horizontal flips suit natural images, not orientation-bearing data such as
 # digits or text, so they are a choice.
@@ -69,6 +71,13 @@ def train_classifier(
             raise UsageError(f"--{name} must be at least 1, got {value}")
     if not lr > 0:
         raise UsageError(f"--lr must be positive, got {lr}")
+    check_seed(seed)
+    check_int(workers, "workers", 0)
+    if image_size is not None:
+        check_int(image_size, "--image-size", 1)
+    out = Path(out)
+    if not out.parent.is_dir():  # refused now, not after the training
+        raise UsageError(f"--out {out}: the directory {out.parent} does not exist")
     spec = get_spec(model)
     size = image_size or spec.default_image_size
     train_set = image_folder(data, size, (0, 0, 0), (1, 1, 1))
@@ -76,6 +85,7 @@ def train_classifier(
     if held_out is not None and held_out.classes != train_set.classes:
         raise UsageError(f"--val-data {val_data}: classes differ from the training data's")
     loaded = load_model(model, weights="random", seed=seed, num_classes=len(train_set.classes))
+    check_image_size(loaded, size)
     net = loaded.module.train().requires_grad_(True)
     train_set.transform = _train_transform(augment, size, loaded.mean, loaded.std)
     generator = torch.Generator().manual_seed(seed)
@@ -103,7 +113,7 @@ def train_classifier(
     if held_out is not None:
         held_out.transform = eval_transform(size, loaded.mean, loaded.std)
         result["val_accuracy"] = accuracy(net, held_out)
-    _save_atomic(net.state_dict(), Path(out))
+    _save_atomic(net.state_dict(), out)
     return result
 
 
@@ -112,5 +122,11 @@ def _save_atomic(state: dict, path: Path) -> None:
     try:
         torch.save(state, staged)
         staged.replace(path)
+    except (OSError, RuntimeError) as err:  # torch's writer raises RuntimeError for a failed write
+        if "No space left" in str(err) or getattr(err, "errno", None) == errno.ENOSPC:
+            raise RunError(
+                f"--out {path}: the disk is full (no space left on device); nothing was written"
+            ) from None
+        raise
     finally:
         staged.unlink(missing_ok=True)

@@ -1,5 +1,8 @@
 import math
 
+import numpy as np
+import pytest
+
 from repsub.demo import run_demo
 from repsub.store import open_run
 
@@ -22,9 +25,26 @@ def test_demo_end_to_end(tmp_path):
             "n_am",
             "left_out_am",
         } <= set(row)
-        for method in ("am", "iam"):  # mean RS over the included units; none included: NaN
-            mean = row[f"mean_rs_{method}"]
-            assert 0 <= mean <= 1 if row[f"n_{method}"] else math.isnan(mean)
     run = open_run(tmp_path / "run")
     assert run.units.count_rows() == 2 * 522
+    columns = ["layer", "method", "unit", "rs", "status", "layer_activations"]
+    units = run.units.to_table(columns=columns).to_pylist()
+    for r in units:  # RS recomputed from the stored activations: the units strictly above the unit's own
+        x = np.array(r["layer_activations"], dtype=np.float32)
+        assert r["rs"] == (x > x[r["unit"]]).sum() / len(x) or r["status"] == "nonfinite"
+    selectivity = {
+        (r["layer"], r["unit"]): r
+        for r in run.selectivity.to_table(columns=["layer", "unit", "selectivity", "dead"]).to_pylist()
+    }
+    for row in rows:  # the summary's mean RS: over alive units with status ok and finite values (README)
+        for method in ("am", "iam"):
+            included = [
+                r["rs"] for r in units
+                if r["layer"] == row["layer"] and r["method"] == method and r["status"] == "ok"
+                and math.isfinite(r["rs"]) and not selectivity[(r["layer"], r["unit"])]["dead"]
+                and math.isfinite(selectivity[(r["layer"], r["unit"])]["selectivity"])
+            ]  # fmt: skip
+            assert row[f"n_{method}"] == len(included)
+            mean = row[f"mean_rs_{method}"]
+            assert mean == pytest.approx(np.mean(included)) if included else math.isnan(mean)
     assert (tmp_path / "cache" / "demo-data" / "complete.json").is_file()

@@ -184,8 +184,8 @@ def test_the_analyst_reads_a_run_with_pyarrow_duckdb_and_polars_and_cannot_write
     before = swept.keys_under("repsub/")
     with pytest.raises(RunError, match="access denied"):
         RunWriter(RUN).put_bytes("notes.txt", b"mine")
-    with pytest.raises(RunError, match="access denied"):
-        run_sweep(sweep_config(), progress=False)  # its run lock cannot be taken
+    with pytest.raises(RunError, match="access denied"):  # a writer's run lock cannot be taken
+        repsub.visualize(method="am", layers=["fc5"], units="0", steps=1, out=RUN, progress=False)
     client = swept.client("analyst")
     assert refused(lambda: client.delete_object(Bucket=BUCKET, Key="repsub/runs/enforced/manifest.json"))
     assert refused(lambda: client.get_object(Bucket=BUCKET, Key="repsub/data/images.beton"))

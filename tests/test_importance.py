@@ -205,8 +205,9 @@ def test_command_rows_equal_full_forwards_with_the_unit_zeroed(
         np.testing.assert_allclose(row["class_accuracy_drop"], (base_correct - correct) / 7)
     manifest = repsub.open_run(run).manifest
     assert manifest["commands"]["importance/zero"]["config"]["images_used"] == 21
-    # A rerun on a subset replaces its units' rows; the others stay.
-    assert main([*args[:-4], "--layers", "fc5", "--units", "3-4", "--images", "9", "--image-size", "16"]) == 0
+    # A rerun on a subset replaces its units' rows; the others stay (another image count: mixing, allowed).
+    assert main([*args[:-4], "--layers", "fc5", "--units", "3-4", "--images", "9", "--image-size", "16",
+                 "--allow-mixed"]) == 0  # fmt: skip
     rows = {
         (r["layer"], r["unit"]): r["n_images"] for r in repsub.open_run(run).importance.to_table().to_pylist()
     }

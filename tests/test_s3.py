@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -13,11 +14,13 @@ import ray
 
 import repsub
 from infra.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from repsub.cli import main
 from repsub.data.synthetic import make_image_folder
 from repsub.errors import RunError
 from repsub.store import RunWriter, units_file_name
 from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import LOCK, ShardLedger
+from tests.run_compare import assert_same_results
 from tests.sweep_helpers import (
     kill_a_driver_midway,
     shards_already_done,
@@ -123,29 +126,38 @@ def test_the_lock_refuses_a_second_sweep(s3):
     other = {"host": "another-host", "pid": 4242, "user": "someone", "since": "2026-01-01T00:00:00+00:00"}
     assert writer.put_if_absent(LOCK, json.dumps(other).encode())
     assert not writer.put_if_absent(LOCK, b"{}")  # create-only, really
-    with pytest.raises(RunError, match="locked by another sweep.*another-host.*--force-unlock"):
+    with pytest.raises(
+        RunError, match="locked by another writer: a command .host another-host.*--force-unlock"
+    ):
         run_sweep(config_for(uri), progress=False)
+    code = main(["visualize", "--model", "shallow_cnn", "--method", "am", "--layers", "fc6", "--units", "0",
+                 "--steps", "1", "--image-size", "16", "--out", uri, "--no-progress"])  # fmt: skip
+    assert code == 2  # every writer honours the lock
     assert keys(s3, "locked/") == ["locked/_lock.json"]  # refused before writing anything
     run_sweep(config_for(uri), progress=False, force_unlock=True)
     assert unit_rows(uri) == EXPECTED and writer.get_bytes(LOCK) is None
 
 
-def test_resume_after_a_killed_sweep(s3, tmp_path, capsys):
+def test_resume_after_a_killed_sweep(s3, tmp_path, image_folder_dir, capsys):
     uri = f"s3://{BUCKET}/resumed"
     config_path = tmp_path / "c.yaml"
     config_path.write_text(
         f"model: shallow_cnn\nseed: 1\nout: {uri}\nlayers: [conv3]\nunits: 0-35\n"
         "optimization: {steps: 20, image_size: 24, batch_size: 3}\nsharding: {units_per_shard: 3}\n"
         "workers: {count: 1, cpus: 1}\n"
+        f"selectivity: {{data: {image_folder_dir}, batch_size: 4, workers: 0, images_per_shard: 5}}\n"
     )
     config, done_before = kill_a_driver_midway(config_path)
-    assert 3 <= done_before < 24
+    assert 3 <= done_before < 29
     run_sweep(config, progress=False)  # the dead driver's lock is recognized as stale (same host, no process)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     # The killed driver's worker may still commit its in-flight shard before it notices; never more.
     already = shards_already_done(out)
-    assert done_before <= already <= done_before + 1 and "stale lock" in out
+    assert done_before <= already <= done_before + 1 and "stale lock" in err
     assert unit_rows(uri) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(36))
+    whole = replace(config, out=f"s3://{BUCKET}/resumed-whole")
+    run_sweep(whole, progress=False)
+    assert_same_results(uri, whole.out)  # units and class means equal an uninterrupted run, bit for bit
 
 
 def test_a_server_outage_fails_clearly_and_a_rerun_completes(s3):
@@ -174,6 +186,9 @@ def test_a_server_outage_fails_clearly_and_a_rerun_completes(s3):
     assert SECRET_KEY not in message and ACCESS_KEY not in message
     run_sweep(config, progress=False)
     assert unit_rows(uri) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(18))
+    whole = replace(config, out=f"s3://{BUCKET}/outage-whole")
+    run_sweep(whole, progress=False)
+    assert_same_results(uri, whole.out)
 
 
 def test_bad_locations_are_refused_before_anything_is_written(s3, monkeypatch):
@@ -273,3 +288,37 @@ def test_credentials_in_a_location_or_endpoint_never_reach_the_server_or_the_out
     assert secret not in out + error and error.count("must not embed credentials") == 2
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
     assert keys(s3, "leak") == []
+
+
+def test_a_rerun_recomputes_an_object_that_does_not_verify(s3, image_folder_dir, capsys):
+    uri = f"s3://{BUCKET}/verified"
+    config = config_for(uri, image_folder_dir, layers=["fc5"], units="0-5", methods=["am"])
+    run_sweep(config, progress=False)
+    whole = replace(config, out=f"s3://{BUCKET}/verified-whole")
+    run_sweep(whole, progress=False)
+    key = "verified/units/layer=fc5/" + units_file_name("am", [3, 4, 5])
+    client = s3.client()
+    size = client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+    client.put_object(Bucket=BUCKET, Key=key, Body=b"x" * size)  # overwritten: the same size, other bytes
+    capsys.readouterr()
+    assert main(["summary", uri]) == 2 and f"{BUCKET}/{key}" in capsys.readouterr().err
+    run_sweep(config, progress=False)
+    out, err = capsys.readouterr()
+    assert shards_already_done(out) == 3 + 2 - 1
+    assert f"am-fc5-00003-00005 is computed again: {BUCKET}/{key} differs from the committed file" in err
+    assert_same_results(uri, whole.out)
+
+
+def test_selectivity_with_saved_activations_writes_only_under_the_run(s3, image_folder_dir):
+    """No directory-marker objects above the run (the worker's IAM policy allows writes under the runs prefix
+    only): S3 has no directories, and repsub creates none."""
+    uri = f"s3://{BUCKET}/team/project/run"
+    code = main(["selectivity", "--model", "shallow_cnn", "--data", str(image_folder_dir), "--out", uri,
+                 "--layers", "conv1,fc5", "--save-activations", "fc5", "--image-size", "16", "--workers", "0",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    written = keys(s3, "team/")
+    assert written and all(k.startswith("team/project/run/") for k in written), written
+    assert "team/project/run/activations/layer=fc5/activations.parquet" in written
+    assert "team/project/run/_lock.json" not in written and not [k for k in written if "/.tmp-" in k]
+    assert repsub.open_run(uri).activations.count_rows() == 21

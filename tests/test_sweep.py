@@ -3,8 +3,10 @@
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import psutil
@@ -14,10 +16,13 @@ import ray
 import torch
 
 import repsub
+from repsub.cli import main
+from repsub.errors import RunError
 from repsub.models import load_model
 from repsub.store import RunWriter
 from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import ShardLedger
+from tests.run_compare import assert_same_results
 from tests.sweep_helpers import (
     kill_a_driver_midway,
     shards_already_done,
@@ -125,7 +130,9 @@ def test_a_deterministic_failure_names_the_shard_after_the_others_commit(
     done = ShardLedger(RunWriter(config.out), config.fingerprint()).done()
     assert {"am-conv2-00000-00002", "am-conv2-00003-00005", "am-conv2-00006-00007"} <= done
     assert "data-00000015-00000020" not in done and "data-00000000-00000005" in done
-    assert RunWriter(config.out).read_manifest() is None  # the manifest is written only by a complete sweep
+    manifest = RunWriter(config.out).read_manifest()  # claimed at the start, the sweep recorded as failed
+    [invocation] = manifest["commands"]["sweep"]["invocations"]
+    assert invocation["status"] == "failed" and "completed_at" not in manifest["commands"]["sweep"]
 
 
 def test_a_killed_worker_is_retried_and_every_unit_lands_once(local_ray, tmp_path):
@@ -155,24 +162,83 @@ def test_a_killed_worker_is_retried_and_every_unit_lands_once(local_ray, tmp_pat
     assert killed, "no worker process was found to kill"
     assert killed[0] < 16  # the kill landed before the end
     assert unit_rows(config.out) == sorted((m, "conv4", u) for m in ("am", "iam") for u in range(24))
+    whole = replace(config, out=str(tmp_path / "whole"))
+    run_sweep(whole, progress=False)
+    assert_same_results(config.out, whole.out)  # the retried shards equal an uninterrupted run, bit for bit
 
 
-def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, capsys):
+def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, image_folder_dir, capsys):
     config_path = tmp_path / "c.yaml"
     out = tmp_path / "sweep"
     config_path.write_text(
         f"model: shallow_cnn\nseed: 3\nout: {out}\nlayers: [conv3]\nunits: 0-47\n"
         "optimization: {steps: 20, image_size: 24, batch_size: 4}\nsharding: {units_per_shard: 4}\n"
         "workers: {count: 1, cpus: 1}\n"
+        f"selectivity: {{data: {image_folder_dir}, batch_size: 4, workers: 0, images_per_shard: 5}}\n"
     )
     config, done_before = kill_a_driver_midway(config_path)
-    assert 3 <= done_before < 24
-    (out / "units" / ".tmp-0123-left-by-a-killed-writer.parquet").write_bytes(b"PAR1 half")
+    assert 3 <= done_before < 29
+    (out / ".tmp-0123-left-by-a-killed-writer.parquet").write_bytes(b"PAR1 half")
     run_sweep(config, progress=False)
     already = shards_already_done(capsys.readouterr().out)
     assert done_before <= already <= done_before + 1  # its in-flight shard may still have landed
     assert unit_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))
     assert not list(out.rglob(".tmp-*"))
+    whole = replace(config, out=str(tmp_path / "whole"))
+    run_sweep(whole, progress=False)
+    assert_same_results(out, whole.out)  # units and class means equal an uninterrupted run, bit for bit
+
+
+def test_a_rerun_recomputes_the_shards_whose_files_do_not_verify(
+    local_ray, tmp_path, image_folder_dir, capsys
+):
+    config = make_config(tmp_path / "sweep", image_folder_dir, layers=["fc5"], units="0-5")
+    run_sweep(config, progress=False)
+    whole = tmp_path / "whole"
+    shutil.copytree(config.out, whole)
+    unit_file = next((tmp_path / "sweep" / "units" / "layer=fc5").glob("iam-00003-00005-*.parquet"))
+    unit_file.write_bytes(unit_file.read_bytes()[:-64])  # truncated
+    ledger = ShardLedger(RunWriter(config.out), config.fingerprint())
+    sums = tmp_path / "sweep" / ledger.partial_sums_path("data-00000010-00000015")
+    sums.write_bytes(sums.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["summary", config.out]) == 2  # the reader names the damaged file
+    assert str(unit_file) in capsys.readouterr().err
+    run_sweep(config, progress=False)
+    out, err = capsys.readouterr()
+    assert shards_already_done(out) == 5 + 4 - 2  # data shards and unit shards, less the two damaged
+    assert f"iam-fc5-00003-00005 is computed again: {unit_file} holds" in err
+    assert f"data-00000010-00000015 is computed again: {sums} holds 100 bytes" in err
+    assert_same_results(config.out, whole)
+
+
+def test_no_other_command_writes_a_run_while_a_sweep_does(local_ray, tmp_path):
+    config = make_config(tmp_path / "sweep", layers=["conv4"], units="0-23",
+                         optimization={"steps": 50, "image_size": 24, "batch_size": 3})  # fmt: skip
+    ledger = ShardLedger(RunWriter(config.out), config.fingerprint())
+    refused = []
+
+    def write_into_it_once_work_is_under_way():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ledger.done():
+            time.sleep(0.05)
+        try:
+            repsub.visualize(
+                method="am", layers=["conv4"], units="0-2", steps=3, out=config.out, progress=False
+            )
+        except RunError as err:
+            refused.append(str(err))
+
+    writer = threading.Thread(target=write_into_it_once_work_is_under_way)
+    writer.start()
+    run_sweep(config, progress=False)
+    writer.join()
+    assert (
+        refused
+        and f"locked by another writer: sweep (host {socket.gethostname()}, pid {os.getpid()}" in refused[0]
+    )
+    steps = repsub.open_run(config.out).units.to_table(columns=["steps", "command"])
+    assert set(steps["steps"].to_pylist()) == {50} and set(steps["command"].to_pylist()) == {"sweep"}
 
 
 def test_sweep_importance_equals_the_single_process_command(local_ray, tmp_path, image_folder_dir):

@@ -71,8 +71,11 @@ class ImageFolderSource:
         )
 
     def batches(self, batch_size, indices=None, workers=2, device="cpu"):
-        for images, labels in self.loader(batch_size, indices, workers, device):
-            yield images.to(device, non_blocking=True), labels
+        try:
+            for images, labels in self.loader(batch_size, indices, workers, device):
+                yield images.to(device, non_blocking=True), labels
+        except DataError as err:  # from a worker process: the same message as without workers
+            raise type(err)(worker_message(err)) from None
 
     def labels(self) -> np.ndarray:
         return np.asarray(self.dataset.targets, dtype=np.int64)
@@ -143,3 +146,13 @@ def open_source(
             ".beton file)"
         )
     raise DataError(f"--data {location}: not an ImageFolder directory or a .beton file")
+
+
+def worker_message(err: Exception) -> str:
+    """A DataLoader worker's exception is raised again with the worker's traceback as its message; the message
+    of the exception itself ends that traceback, after its class name."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.partition(f"{type(err).__name__}: ")[2] or last

@@ -7,6 +7,7 @@ increase. Rows go to RUN/importance/ (repsub.tables.IMPORTANCE); re-runs replace
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -18,9 +19,11 @@ from ..data.subset import balanced_subset
 from ..errors import DataError, UsageError
 from ..models import LoadedModel
 from ..precision import default_device
+from ..provenance import Scope, importance_meaning, ranges_text
 from ..store import RunWriter
 from ..tables import importance_table, with_layer
 from ..units import parse_units
+from ..validate import check_image_size
 from .ablation import ABLATIONS
 from .measure import measure_importance, unit_means
 
@@ -47,22 +50,25 @@ def importance(
     progress: bool = True,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    allow_mixed: bool = False,
+    force_unlock: bool = False,
 ) -> pa.Table:
     """Importance of every unit of `layers` (default: all) by ablation over `data` (a labelled ImageFolder
     or .beton whose classes are the model's): `images` (default all) is a seeded, class-balanced subset.
     `ablation`: "zero" (the unit's whole output set to 0) or "mean" (to its mean over those images).
-    Returns the importance table (with its `layer` column) and writes it into the run `out` if given."""
-    from ..api import _as_model, run_catalog  # the API's model resolution, shared
+    Returns the importance table (with its `layer` column) and writes it into the run `out` if given.
+    Writing into `out` holds its lock and refuses importance from other data, image count or image size beside
+    the run's unless `allow_mixed`; `force_unlock` removes a lock whose holder is gone."""
+    from ..api import _as_model, _check_common, run_catalog  # the API's model resolution and checks, shared
 
     if ablation not in ABLATIONS:
         raise UsageError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    _check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed, images=images)
     device = device or default_device()
     loaded = _as_model(model, weights, seed, device, layers, image_size, mean, std)
     chosen = loaded.select(layers)
     size = image_size or loaded.image_size
-    loaded.check_image_size(size)
+    check_image_size(loaded, size)
     source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) != loaded.num_classes:
         raise DataError(
@@ -74,38 +80,44 @@ def importance(
         print(f"note: {data} holds {len(subset)} images, fewer than --images {images}", file=sys.stderr)
     unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
     writer = RunWriter(out) if out is not None else None
-    if writer:
-        writer.check_run(loaded.identity())
+    config = {
+        "data": source.describe(),
+        "image_size": size,
+        "layers": list(unit_lists),
+        "units": units if isinstance(units, str | None) else list(units),
+        "images": images,
+        "images_used": len(subset),
+        "ablation": ablation,
+        "seed": seed,
+        "batch_size": batch_size,
+        "device": str(device),
+    }
 
     def batches():
         return source.batches(batch_size, indices=subset, workers=workers, device=device)
 
     tables, baseline = {}, None
-    for layer in chosen:
-        means = unit_means(loaded, layer, batches(), device) if ablation == "mean" else None
-        counts = measure_importance(
-            loaded, layer, unit_lists[layer.name], batches(), loaded.num_classes, ablation, means,
-            device=device, total=len(subset), progress=progress,
-        )  # fmt: skip
-        results = counts.results()
-        baseline = float(results["baseline_accuracy"][0])
-        tables[layer.name] = importance_table(results, ablation, command_key(ablation))
-        if writer:  # each layer lands as soon as it is done
-            writer.write_table("importance", layer.name, tables[layer.name])
-    print(f"importance: baseline accuracy {baseline:.4f} on {len(subset)} images", file=sys.stderr)
-    if writer:
-        config = {
-            "data": source.describe(),
-            "image_size": size,
-            "layers": list(tables),
-            "units": units if isinstance(units, str | None) else list(units),
-            "images": images,
-            "images_used": len(subset),
-            "ablation": ablation,
-            "seed": seed,
-            "batch_size": batch_size,
-            "device": str(device),
-            "baseline_accuracy": baseline,
-        }
-        writer.record(command_key(ablation), loaded.identity(), config, run_catalog(loaded, writer))
+    with contextlib.ExitStack() as stack:
+        session = None
+        if writer:  # checks the run and mixing, takes the lock, claims the run: before any row
+            scope = Scope("importance", ablation, {name: ranges_text(u) for name, u in unit_lists.items()},
+                          importance_meaning(source, size, len(subset)))  # fmt: skip
+            session = stack.enter_context(writer.writing(
+                command_key(ablation), loaded.identity(), config, [scope], catalog=run_catalog(loaded, writer),
+                allow_mixed=allow_mixed, force_unlock=force_unlock,
+            ))  # fmt: skip
+        for layer in chosen:
+            means = unit_means(loaded, layer, batches(), device) if ablation == "mean" else None
+            counts = measure_importance(
+                loaded, layer, unit_lists[layer.name], batches(), loaded.num_classes, ablation, means,
+                device=device, total=len(subset), progress=progress,
+            )  # fmt: skip
+            results = counts.results()
+            baseline = float(results["baseline_accuracy"][0])
+            tables[layer.name] = importance_table(results, ablation, command_key(ablation))
+            if session:  # each layer lands as soon as it is done
+                writer.write_table("importance", layer.name, tables[layer.name])
+        print(f"importance: baseline accuracy {baseline:.4f} on {len(subset)} images", file=sys.stderr)
+        if session:
+            session.complete({**config, "baseline_accuracy": baseline}, run_catalog(loaded, writer))
     return with_layer(tables)

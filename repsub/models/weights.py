@@ -13,7 +13,9 @@ A model's identity is the content of its weights (`state_dict_sha256`), never th
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -135,4 +137,25 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
-    return state
+    return as_float32(state, path)
+
+
+def as_float32(state: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """Floating-point weights in float32, the precision repsub computes and records in (a half-precision or
+    float64 checkpoint is converted, with a note: float16/bfloat16 exactly, float64 rounded). The weights hash
+    is that of the converted weights, the ones used. Complex weights are refused."""
+    complex_keys = [key for key, value in state.items() if value.is_complex()]
+    if complex_keys:
+        raise UsageError(f"{path}: complex-valued weights ({', '.join(complex_keys[:3])}) are not supported")
+    other = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()
+                    if v.is_floating_point() and v.dtype != torch.float32})  # fmt: skip
+    if not other:
+        return state
+    _note_conversion(str(path), ", ".join(other))
+    return {key: v.float() if v.is_floating_point() else v for key, v in state.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _note_conversion(path: str, dtypes: str) -> None:  # once per file and process
+    rounded = " (float64 rounded)" if "float64" in dtypes else ""
+    print(f"note: {path} holds {dtypes} weights; using them as float32{rounded}", file=sys.stderr)

@@ -2,11 +2,13 @@
 
 1. A shard writes its result under a deterministic name, atomically (hidden temporary, then move):
    unit shards into the units table itself, data shards as partial sums under `_sweep/`.
-2. Only then is its completion marker written, create-only: `RUN/_sweep/<plan>/done/<shard id>.json`.
+2. Only then is its completion marker written, create-only: `RUN/_sweep/<plan>/done/<shard id>.json`,
+   holding the size and SHA-256 of every file the shard wrote.
 3. The manifest is written last, once every shard is done.
 
-A run lock (`RUN/_lock.json`, create-only, holding its owner and time) keeps two sweeps from writing
-the same location at once; a stale one (its sweep died) is removed with `--force-unlock`.
+A rerun trusts a marker only when its files verify (`ShardLedger.verified_done`): a file that is missing,
+truncated or overwritten makes the shard pending again, and its stale marker is removed. The run lock
+(repsub.runlock, taken by every writer) keeps two commands from writing the same location at once.
 
 A shard without a marker is not done: a rerun computes it again and overwrites the same names,
 so every unit ends up exactly once whatever was interrupted where. Directories starting with '_'
@@ -15,79 +17,19 @@ are invisible to dataset readers.
 
 from __future__ import annotations
 
-import getpass
 import io
 import json
-import os
-import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from ..errors import RunError
+from ..runlock import LOCK, RunLock  # noqa: F401  (importable from here as before)
 from ..selectivity import ClassMeanAccumulator
-from ..store import RunWriter, now_utc
+from ..store import RunWriter, now_utc, unreadable_file
 
-LOCK = "_lock.json"
-
-
-class RunLock:
-    """At most one sweep writes a run location at a time (create-only lock file with owner and time)."""
-
-    def __init__(self, writer: RunWriter):
-        self.writer = writer
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "user": _user(), "since": now_utc()}
-
-    def acquire(self, force: bool = False) -> None:
-        if force:
-            self.writer.delete(LOCK)
-        if self.writer.put_if_absent(LOCK, json.dumps(self.owner).encode()):
-            return
-        held = self.holder() or {}
-        if _is_dead_here(held) or _is_this_process(held):  # certainly stale: its sweep is not running
-            print(
-                f"note: removing the stale lock of pid {held.get('pid')} (not running a sweep) on {self.writer.uri}"
-            )
-            self.writer.delete(LOCK)
-            if self.writer.put_if_absent(LOCK, json.dumps(self.owner).encode()):
-                return
-            held = self.holder() or {}
-        raise RunError(
-            f"{self.writer.uri} is locked by another sweep (host {held.get('host')}, pid {held.get('pid')}, user "
-            f"{held.get('user')}, since {held.get('since')}); if that sweep is no longer running, rerun with "
-            "--force-unlock"
-        )
-
-    def holder(self) -> dict | None:
-        data = self.writer.get_bytes(LOCK)
-        return json.loads(data) if data else None
-
-    def release(self) -> None:
-        if self.holder() == self.owner:  # never remove a lock someone else took with --force-unlock
-            self.writer.delete(LOCK)
-
-
-def _is_this_process(holder: dict) -> bool:
-    """Left by an earlier sweep of this very process that could not remove it (storage was down)."""
-    return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
-
-
-def _is_dead_here(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return False
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user database entry (containers)
-        return "unknown"
+VERIFY_THREADS = 8  # files read at once when verifying (S3 latency)
 
 
 class ShardLedger:
@@ -98,21 +40,76 @@ class ShardLedger:
         self.base = f"_sweep/{fingerprint}"
 
     def done(self) -> set[str]:
+        """The shards with a marker (unverified: see `verified_done`)."""
         return {name.removesuffix(".json") for name in self.writer.list_names(f"{self.base}/done")}
 
-    def mark_done(self, shard_id: str, info: dict) -> None:
-        """Create the shard's marker. Create-only: if a retried attempt finds one, the first attempt's
-        identical result is already committed, and that marker stays."""
-        record = {"shard": shard_id, "completed_at": now_utc(), **info}
-        self.writer.put_if_absent(f"{self.base}/done/{shard_id}.json", json.dumps(record).encode())
+    def mark_done(self, shard_id: str, info: dict, files: list[str]) -> None:
+        """Create the shard's marker, with the size and SHA-256 of each file it wrote (`files`: their paths as
+        the writer returned them). Create-only: if a retried attempt finds one, the first attempt's identical
+        result is already committed, and that marker stays."""
+        record = {
+            "shard": shard_id,
+            "completed_at": now_utc(),
+            **info,
+            "files": [self.writer.file_record(path) for path in files],
+        }
+        self.writer.put_if_absent(self._marker(shard_id), json.dumps(record).encode())
 
-    def save_partial_sums(self, shard_id: str, accumulator: ClassMeanAccumulator) -> None:
+    def _marker(self, shard_id: str) -> str:
+        return f"{self.base}/done/{shard_id}.json"
+
+    def verified_done(self) -> set[str]:
+        """The shards whose marker's files are there with their recorded size and SHA-256. A marker that does
+        not verify is removed (its shard is planned again), with a note naming the file and why."""
+        names = sorted(self.done())
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            problems = dict(zip(names, pool.map(self._problem, names), strict=True))
+        for shard_id, problem in problems.items():
+            if problem:
+                print(f"note: shard {shard_id} is computed again: {problem}", file=sys.stderr)
+                self.writer.delete(self._marker(shard_id))
+        return {shard_id for shard_id, problem in problems.items() if not problem}
+
+    def _problem(self, shard_id: str) -> str | None:
+        """Why a marked shard cannot be trusted, or None when its files verify."""
+        data = self.writer.get_bytes(self._marker(shard_id))
+        try:
+            record = json.loads(data or b"")
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("files"), list) or not record["files"]:
+            return "its marker records no verifiable files"
+        for entry in record["files"]:
+            path = self.writer._path(str(entry.get("path")))
+            found = self.writer.file_digest(path)
+            if found is None:
+                return f"{path} is missing"
+            if found["size"] != entry.get("size"):
+                return f"{path} holds {found['size']} bytes, {entry.get('size')} were committed"
+            if found["sha256"] != entry.get("sha256"):
+                return f"{path} differs from the committed file (SHA-256)"
+        return None
+
+    def partial_sums_path(self, shard_id: str) -> str:
+        return f"{self.base}/selectivity/{shard_id}.pt"
+
+    def save_partial_sums(self, shard_id: str, accumulator: ClassMeanAccumulator) -> str:
+        """Write a data shard's partial sums; returns the file's path (for its marker)."""
         buffer = io.BytesIO()
         torch.save(accumulator.state_dict(), buffer)
-        self.writer.put_bytes(f"{self.base}/selectivity/{shard_id}.pt", buffer.getvalue())
+        relative = self.partial_sums_path(shard_id)
+        self.writer.put_bytes(relative, buffer.getvalue())
+        return self.writer._path(relative)
 
     def load_partial_sums(self, shard_id: str) -> ClassMeanAccumulator:
-        data = self.writer.get_bytes(f"{self.base}/selectivity/{shard_id}.pt")
+        relative = self.partial_sums_path(shard_id)
+        data = self.writer.get_bytes(relative)
         if data is None:
-            raise FileNotFoundError(f"partial sums of {shard_id} are missing although it is marked done")
-        return ClassMeanAccumulator.from_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+            raise RunError(
+                f"{self.writer.uri}: the partial sums {relative} of {shard_id} are missing although the shard is "
+                "marked done; rerun the sweep (it recomputes shards whose files do not verify)"
+            )
+        try:
+            return ClassMeanAccumulator.from_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+        except Exception as err:  # torch raises several types for a damaged file
+            raise unreadable_file(self.writer.uri, self.writer._path(relative), err) from None

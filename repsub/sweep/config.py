@@ -19,6 +19,12 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     sharding:     {units_per_shard: 64}  # units per AM/IAM and importance shard
     workers:      {count: 8, gpus: 1, cpus: 4}
     storage:      {endpoint_url: null, region: null}   # S3-compatible endpoint; credentials never here
+    allow_mixed: false           # accept rows of another meaning beside the run's (README, "Run integrity")
+
+`selectivity.data` is a .beton file (local or s3://), an ImageFolder directory, or `demo`: the demo's
+generated held-out images, made on first use in each worker machine's cache, identically. Relative paths
+are read from the driver's current directory (local Ray workers share it; on a cluster, use s3:// or paths
+every node has).
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ class SweepConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    allow_mixed: bool = False  # mixing rows of another meaning into a table (repsub.provenance), recorded
 
     def selectivity_image_size(self) -> int:
         return self.selectivity.image_size or self.optimization.image_size
@@ -117,9 +124,8 @@ class SweepConfig:
     def fingerprint(self) -> str:
         """A hash of everything that changes results: the same config always plans the same shards.
         (workers, device and storage change where work runs and lands, not what it computes.)"""
-        payload = {
-            k: v for k, v in self.to_dict().items() if k not in ("workers", "device", "out", "storage")
-        }
+        ignored = ("workers", "device", "out", "storage", "allow_mixed")
+        payload = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -178,7 +184,10 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"{source}: device {device!r}; valid: auto, cpu, cuda")
     optimization = _section("optimization", OptimSettings, raw.get("optimization"))
-    optimization.validate()
+    try:
+        optimization.validate()
+    except UsageError as err:
+        raise UsageError(f"{source}: optimization: {err}") from None
     if isinstance(raw.get("selectivity"), dict) and "reduce" in raw["selectivity"]:
         raise UsageError(
             f"{source}: selectivity.reduce moved to the top-level key `reduce`: the objectives and RS of "
@@ -224,13 +233,20 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
             raise UsageError(f"{source}: {key} must be at least 1, got {value}")
     if optimization.param not in PARAMETERIZATIONS:  # validate() covers it; kept explicit for the message
         raise UsageError(f"{source}: optimization.param {optimization.param!r}")
-    if raw.get("units") is not None:
-        from ..units import parse_ranges
+    units = _units(raw.get("units"), source)
+    _check_numbers(source, selectivity, importance, workers)
+    if units is not None:
+        _check_units_reach(model, raw.get("weights"), layers, units, source)
+    from ..validate import check_seed
 
-        parse_ranges(str(raw["units"]))  # the syntax, checked before any work
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UsageError(f"{source}: seed must be an integer, got {seed!r}")
+    try:
+        check_seed(seed, "seed")
+    except UsageError as err:
+        raise UsageError(f"{source}: {err}") from None
+    allow_mixed = raw.get("allow_mixed", False)
+    if not isinstance(allow_mixed, bool):
+        raise UsageError(f"{source}: allow_mixed must be true or false, got {allow_mixed!r}")
     return SweepConfig(
         model=model,
         out=str(raw["out"]),
@@ -238,7 +254,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         seed=seed,
         layers=layers,
         methods=tuple(methods),
-        units=raw.get("units"),
+        units=units,
         device=device,
         reduce=reduce,
         optimization=optimization,
@@ -247,7 +263,59 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
         sharding=sharding,
         workers=workers,
         storage=storage,
+        allow_mixed=allow_mixed,
     )
+
+
+def _units(value, source: str) -> str | None:
+    """`units` as unit ranges text: "0-63", "3,7,10-12", a unit index (3) or a list of indices ([1, 4])."""
+    from ..units import parse_ranges
+
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    elif isinstance(value, list) and value and all(type(u) is int for u in value):
+        value = ",".join(map(str, value))
+    if not isinstance(value, str):
+        raise UsageError(
+            f'{source}: units {value!r}: expected unit ranges like "0-15" or "3,7,10-12", a unit index or a '
+            "list of indices"
+        )
+    try:
+        parse_ranges(value)  # the syntax, checked before any work
+    except UsageError as err:
+        raise UsageError(f"{source}: {err}") from None
+    return value
+
+
+def _check_numbers(source: str, selectivity, importance, workers) -> None:
+    """Counts and resources: each bad value named with its key."""
+    from ..validate import check_int, check_number
+
+    try:
+        for key, value in (("selectivity.workers", selectivity.workers),
+                           ("importance.workers", importance.workers)):  # fmt: skip
+            check_int(value, key, 0)
+        for key, value in (("selectivity.image_size", selectivity.image_size),
+                           ("importance.image_size", importance.image_size)):  # fmt: skip
+            if value is not None:
+                check_int(value, key, 1)
+        check_number(workers.cpus, "workers.cpus", 0.0)
+        check_number(workers.gpus, "workers.gpus", 0.0)
+    except UsageError as err:
+        raise UsageError(f"{source}: {err}") from None
+
+
+def _check_units_reach(model, weights, layers, units: str, source: str) -> None:
+    """A units selection that no layer of the sweep has would plan no unit shard at all."""
+    from ..models import catalog_of
+    from ..units import units_within
+
+    chosen = catalog_of(model, weights=weights).select(list(layers) if layers else None)
+    if not any(units_within(units, layer.units) for layer in chosen):
+        sizes = ", ".join(f"{layer.name} {layer.units}" for layer in chosen)
+        raise UsageError(f"{source}: units {units!r} selects no unit of any layer (units per layer: {sizes})")
 
 
 def _model_and_layers(raw: dict, source: str) -> tuple[str | LoadedModel, tuple[str, ...] | None]:

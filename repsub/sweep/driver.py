@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 from tqdm.auto import tqdm
@@ -10,13 +9,17 @@ from tqdm.auto import tqdm
 from ..analysis.summary import run_summary
 from ..api import run_catalog
 from ..data.sources import open_source
+from ..data.subset import balanced_subset
 from ..errors import RepsubError, UsageError
 from ..models import resolve_model
+from ..provenance import Scope, importance_meaning, ranges_text, selectivity_meaning, units_meaning
 from ..selectivity import ClassMeanAccumulator
 from ..storage import configure_s3
 from ..store import RunWriter, open_run
 from ..tables import TABLES, selectivity_table
-from .commit import RunLock, ShardLedger
+from ..units import units_within
+from ..validate import check_image_size
+from .commit import ShardLedger
 from .config import SweepConfig
 from .plan import (
     DataShard,
@@ -37,40 +40,21 @@ def run_sweep(
 ) -> list[dict]:
     """Run a whole sweep (selectivity pass and every unit's optimization) and return the per-layer summary.
 
-    Holds the run's lock throughout: a second sweep on the same location is refused. `force_unlock`
-    removes a stale lock left by a sweep that died on another host."""
+    Writes in the run's write session (repsub.run_session): its lock is held throughout, so any other writer
+    of the location is refused. `force_unlock` removes a stale lock left by a command that died on another
+    host."""
     configure_s3(config.storage.endpoint_url, config.storage.region)
     model = resolve_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity, catalog
-    for size in (
-        config.optimization.image_size,
-        config.selectivity_image_size(),
-        config.importance_image_size(),
+    for key, size in (
+        ("optimization.image_size", config.optimization.image_size),
+        ("selectivity.image_size", config.selectivity_image_size()),
+        ("importance.image_size", config.importance_image_size()),
     ):
-        model.check_image_size(size)
+        check_image_size(model, size, key)
     writer = RunWriter(config.out)
-    writer.check_run(model.identity(), {"reduce": config.reduce})
-    lock = RunLock(writer)
-    lock.acquire(force=force_unlock)
-    try:
-        return _run_locked(config, address, progress, model, writer)
-    finally:
-        try:
-            lock.release()
-        except RepsubError as err:  # storage unreachable: say so, without hiding the sweep's own error
-            print(f"warning: could not remove the run lock: {err}", file=sys.stderr)
-
-
-def _run_locked(config, address, progress, model, writer) -> list[dict]:
-    from . import ray_runner
-
-    ledger = ShardLedger(writer, config.fingerprint())
-    if removed := writer.remove_leftovers():
-        print(f"removed {removed} temporary file(s) left by an interrupted writer")
     layer_names = config.layer_names(model.layers)
     model.select(layer_names)  # layers read by module name join the catalog the manifest records
-
-    data_shards: list[DataShard] = []
-    classes: list[str] = []
+    source = None
     if config.selectivity.data:
         source = open_source(
             config.selectivity.data,
@@ -79,16 +63,54 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
             model.std,
             model.resize_ratio,
         )
-        classes = source.classes
-        data_shards = plan_data_shards(len(source), config.selectivity.images_per_shard)
-    if config.importance.data:
-        _check_importance_data(config, model)
+    importance_source = _check_importance_data(config, model) if config.importance.data else None
     unit_shards = plan_unit_shards(config, model.num_classes) + plan_importance_shards(
         config, model.num_classes
     )
+    if not unit_shards:
+        raise UsageError(f"units {config.units!r} selects no unit of the layers {', '.join(layer_names)}")
+    scopes = _scopes(config, model, layer_names, source, importance_source)
+    with writer.writing(
+        "sweep", model.identity(), _record(config), scopes, invariants={"reduce": config.reduce},
+        catalog=run_catalog(model, writer), allow_mixed=config.allow_mixed, force_unlock=force_unlock,
+        keep_on_failure=lambda: bool(ShardLedger(writer, config.fingerprint()).done()),
+    ) as session:  # fmt: skip
+        return _run_locked(config, address, progress, model, writer, session, source, unit_shards)
+
+
+def _record(config: SweepConfig, **extra) -> dict:
+    return {**config.to_dict(), "fingerprint": config.fingerprint(), **extra}
+
+
+def _scopes(config: SweepConfig, model, layer_names, source, importance_source) -> list[Scope]:
+    """What the sweep writes, table by table, and what its rows mean (repsub.provenance)."""
+    layers = model.select(layer_names)
+    units = {layer.name: ranges_text(units_within(config.units, layer.units)) for layer in layers}
+    units = {name: text for name, text in units.items() if text}
+    scopes = [Scope("units", method, units, units_meaning(config.optimization)) for method in config.methods]
+    if source is not None:
+        meaning = selectivity_meaning(source, config.selectivity_image_size())
+        scopes.append(Scope("selectivity", None, dict.fromkeys(layer_names), meaning))
+    if importance_source is not None:
+        images = len(balanced_subset(importance_source.labels(), config.importance.images, config.seed))
+        meaning = importance_meaning(importance_source, config.importance_image_size(), images)
+        scopes.append(Scope("importance", config.importance.ablation, units, meaning))
+    return scopes
+
+
+def _run_locked(config, address, progress, model, writer, session, source, unit_shards) -> list[dict]:
+    from . import ray_runner
+
+    ledger = ShardLedger(writer, config.fingerprint())
+    layer_names = config.layer_names(model.layers)
+    data_shards: list[DataShard] = []
+    classes: list[str] = []
+    if source is not None:
+        classes = source.classes
+        data_shards = plan_data_shards(len(source), config.selectivity.images_per_shard)
     _clear_foreign_rows(writer, unit_shards)
 
-    done = ledger.done()
+    done = ledger.verified_done()
     pending = [s for s in data_shards + unit_shards if s.id not in done]
     total_units = sum(s.size for s in unit_shards)
     print(
@@ -118,22 +140,12 @@ def _run_locked(config, address, progress, model, writer) -> list[dict]:
         merged = _merge_partial_sums(ledger, data_shards)
         for name in layer_names:
             writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
-    writer.record(
-        "sweep",
-        model.identity(),
-        {
-            **config.to_dict(),
-            "fingerprint": config.fingerprint(),
-            "classes": classes,
-            "shards": len(data_shards) + len(unit_shards),
-        },
-        run_catalog(model, writer),
-        {"reduce": config.reduce},
-    )
+    shards = len(data_shards) + len(unit_shards)
+    session.complete(_record(config, classes=classes, shards=shards), run_catalog(model, writer))
     return run_summary(open_run(config.out))
 
 
-def _check_importance_data(config: SweepConfig, model) -> None:
+def _check_importance_data(config: SweepConfig, model):
     """Before any work: the importance data opens and its classes are the model's (it measures accuracy)."""
     source = open_source(
         config.importance.data, config.importance_image_size(), model.mean, model.std, model.resize_ratio
@@ -143,6 +155,7 @@ def _check_importance_data(config: SweepConfig, model) -> None:
             f"importance.data {config.importance.data}: {len(source.classes)} classes, the model's classifier "
             f"{model.num_classes}: importance measures accuracy, so the classes must be the model's"
         )
+    return source
 
 
 def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard | ImportanceShard]) -> None:

@@ -60,7 +60,9 @@ class ShardRunner:
             reduce=self.config.reduce,
         )
         table = units_table(shard.method, result, self.config.optimization.steps)
-        path = self.writer.write_units(shard.method, shard.layer, table, replace_existing=False)
+        path = self.writer.write_units(
+            shard.method, shard.layer, table, replace_existing=False, command="sweep"
+        )
         info = {
             "rows": table.num_rows,
             "file": path.rsplit("/", 1)[-1],
@@ -68,7 +70,7 @@ class ShardRunner:
             "device": self.device,
             "precision": resolve_precision(self.config.optimization.precision, self.device).used,
         }
-        self.ledger.mark_done(shard.id, info)
+        self.ledger.mark_done(shard.id, info, [path])
         return {"shard": shard.id, **info}
 
     def run_data_shard(self, shard: DataShard) -> dict:
@@ -91,14 +93,14 @@ class ShardRunner:
         )
         if acc.n_images != shard.size:
             raise RuntimeError(f"{shard.id}: saw {acc.n_images} images, expected {shard.size}")
-        self.ledger.save_partial_sums(shard.id, acc)
+        path = self.ledger.save_partial_sums(shard.id, acc)
         info = {
             "images": acc.n_images,
             "seconds": time.monotonic() - started,
             "device": self.device,
             "precision": resolve_precision(cfg.precision, self.device).used,
         }
-        self.ledger.mark_done(shard.id, info)
+        self.ledger.mark_done(shard.id, info, [path])
         return {"shard": shard.id, **info}
 
     def run_importance_shard(self, shard: ImportanceShard) -> dict:
@@ -129,5 +131,5 @@ class ShardRunner:
             "seconds": time.monotonic() - started,
             "device": self.device,
         }
-        self.ledger.mark_done(shard.id, info)
+        self.ledger.mark_done(shard.id, info, [path])
         return {"shard": shard.id, **info}
