@@ -252,9 +252,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="unit importance by ablation: the accuracy drop when a unit's output is zeroed",
         description="For every unit of --layers: the model's accuracy on a seeded, class-balanced subset of "
         "--data with the unit's whole output (a conv channel's map, a neuron) set to 0 (or its mean), "
-        "against the intact model's; written to RUN/importance/. The data's classes must be the model's.",
+        "against the intact model's; written to RUN/importance/. The data's classes must be the model's. "
+        "Into an existing run, the model, layers and image size are the run's unless given.",
     )
-    _add_model_args(p)
+    _add_model_args(p, from_run=True)
     p.add_argument(
         "--data", required=True, help="labelled ImageFolder directory or .beton file (local or s3://)"
     )

@@ -238,3 +238,38 @@ def test_data_of_other_classes_is_refused(image_folder_dir, tmp_path):
 
     with pytest.raises(DataError, match="3 classes, the model's classifier 10"):
         repsub.importance(model=load_model("shallow_cnn", "random"), data=image_folder_dir, progress=False)
+
+
+def test_importance_extends_a_run_with_its_own_model(tmp_path, image_folder_dir, shallow_random):
+    """A run made by selectivity: importance takes its model (weights verified), layers and image size."""
+    import repsub
+    from repsub.cli import main
+
+    weights = tmp_path / "w.pt"
+    torch.save(shallow_random.module.state_dict(), weights)
+    run = tmp_path / "run"
+    repsub.selectivity(
+        model="shallow_cnn", weights=str(weights), data=image_folder_dir, out=run, layers=["conv4", "fc5"],
+        image_size=16, workers=0, progress=False,
+    )  # fmt: skip
+    argv = [
+        "importance",
+        "--out",
+        str(run),
+        "--data",
+        str(image_folder_dir),
+        "--units",
+        "0-1",
+        "--workers",
+        "0",
+    ]
+    assert main([*argv, "--no-progress"]) == 0
+    rows = repsub.open_run(run).importance.to_table().to_pylist()
+    assert sorted((r["layer"], r["unit"]) for r in rows) == [
+        ("conv4", 0),
+        ("conv4", 1),
+        ("fc5", 0),
+        ("fc5", 1),
+    ]
+    config = repsub.open_run(run).manifest["commands"]["importance/zero"]["config"]
+    assert config["image_size"] == 16

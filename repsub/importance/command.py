@@ -17,6 +17,7 @@ import torch
 from ..data.sources import open_source
 from ..data.subset import balanced_subset
 from ..errors import DataError, UsageError
+from ..extend import RunRecord, layers_for_run, load_for_run, selectivity_size_for_run
 from ..models import LoadedModel
 from ..precision import default_device
 from ..provenance import Scope, importance_meaning, ranges_text
@@ -34,8 +35,8 @@ def command_key(ablation: str) -> str:
 
 
 def importance(
-    model: str | LoadedModel | torch.nn.Module = "vgg16",
-    weights: str = "random",
+    model: str | LoadedModel | torch.nn.Module | None = None,
+    weights: str | None = None,
     data: str | os.PathLike = "",
     out: str | os.PathLike | None = None,
     layers: list[str] | None = None,
@@ -44,7 +45,7 @@ def importance(
     ablation: str = "zero",
     image_size: int | None = None,
     batch_size: int = 64,
-    seed: int = 0,
+    seed: int | None = None,
     device: str | None = None,
     workers: int = 2,
     progress: bool = True,
@@ -57,17 +58,22 @@ def importance(
     or .beton whose classes are the model's): `images` (default all) is a seeded, class-balanced subset.
     `ablation`: "zero" (the unit's whole output set to 0) or "mean" (to its mean over those images).
     Returns the importance table (with its `layer` column) and writes it into the run `out` if given.
+    Into an existing run, what is not given is the run's, as for selectivity and visualize (repsub.extend):
+    its model (re-created, weights verified by hash), seed, layers and image size (its selectivity's).
     Writing into `out` holds its lock and refuses importance from other data, image count or image size beside
     the run's unless `allow_mixed`; `force_unlock` removes a lock whose holder is gone."""
-    from ..api import _as_model, _check_common, run_catalog  # the API's model resolution and checks, shared
+    from ..api import _check_common, run_catalog  # the API's checks, shared
 
     if ablation not in ABLATIONS:
         raise UsageError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
     _check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed, images=images)
     device = device or default_device()
-    loaded = _as_model(model, weights, seed, device, layers, image_size, mean, std)
-    chosen = loaded.select(layers)
-    size = image_size or loaded.image_size
+    record = RunRecord.read(out)
+    run_size = record.selectivity_image_size() or record.settings().get("image_size")
+    loaded, seed, reuse = load_for_run(record, model, weights, seed, device, image_size, mean, std, run_size)
+    chosen = loaded.select(layers_for_run(record, layers, reuse, [layer.name for layer in loaded.layers]))
+    size = image_size or selectivity_size_for_run(record, reuse) or loaded.image_size
+    record.say()
     check_image_size(loaded, size)
     source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) != loaded.num_classes:
