@@ -12,6 +12,11 @@
    from navigation to a usable gallery (the explorer's first page of thumbnails decoded), then the time a
    filter and a unit's detail take to appear.
 Goals (issue 12): report.html under 60 MB, open in under 5 s.
+
+The run also holds importance rows (issue 14: both ablations for every unit, as `repsub importance` writes
+them). `--light` writes the same run without images, class means and layer activations (a minute, not an
+hour) and times only the reading and the statistics: the RS statistics and importance against RS and
+selectivity (12 Spearman rhos with 1,000 bootstrap resamples per layer and ablation).
 """
 
 from __future__ import annotations
@@ -64,14 +69,34 @@ def png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def generate_run(out: Path) -> Path:
+def importance_rows(rng: np.random.Generator, layer_units: int, ablation: str) -> pa.Table:
+    """Importance rows of one layer: accuracy drops of a few of 50,000 images (many ties), loss increases."""
+    drop = (
+        np.round(rng.exponential(2e-4, layer_units) * 50_000) / 50_000
+        - rng.binomial(1, 0.1, layer_units) * 2e-5
+    )
+    return pa.table({
+        "unit": pa.array(np.arange(layer_units), pa.int32()),
+        "n_images": pa.array(np.full(layer_units, 50_000), pa.int64()),
+        "baseline_accuracy": pa.array(np.full(layer_units, 0.716), pa.float64()),
+        "accuracy_drop": pa.array(drop, pa.float64()),
+        "loss_increase": pa.array(rng.exponential(1e-3, layer_units), pa.float64()),
+        "class_accuracy_drop": pa.array([rng.normal(0, 0.01, 1000).round(3) for _ in range(layer_units)],
+                                        pa.list_(pa.float64())),
+        "ablation": pa.array([ablation] * layer_units, pa.string()),
+        "command": pa.array([f"importance/{ablation}"] * layer_units, pa.string()),
+    })  # fmt: skip
+
+
+def generate_run(out: Path, light: bool = False) -> Path:
     if (out / "manifest.json").is_file():
         return out
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    pictures = [png(image_like(rng)) for _ in range(DISTINCT_IMAGES)]
-    print(f"generated {DISTINCT_IMAGES} distinct images in {time.perf_counter() - started:.0f} s, "
-          f"{np.mean([len(p) for p in pictures]) / 1024:.0f} KiB each on average")  # fmt: skip
+    pictures = [None if light else png(image_like(rng)) for _ in range(DISTINCT_IMAGES)]
+    if not light:
+        print(f"generated {DISTINCT_IMAGES} distinct images in {time.perf_counter() - started:.0f} s, "
+              f"{np.mean([len(p) for p in pictures]) / 1024:.0f} KiB each on average")  # fmt: skip
     writer = RunWriter(out)
     for depth, (layer, n) in enumerate(VGG16):
         means = rng.gamma(0.5, 1.0, size=(n, 1000)) * rng.uniform(0.2, 2.0, size=(n, 1))
@@ -86,7 +111,7 @@ def generate_run(out: Path) -> Path:
             "unit": pa.array(np.arange(n), pa.int32()),
             "selectivity": pa.array(selectivity, pa.float64()),
             "top_class": pa.array(np.where(dead, -1, top), pa.int32()),
-            "class_means": pa.array(list(means), pa.list_(pa.float64())),
+            "class_means": pa.array([[]] * n if light else list(means), pa.list_(pa.float64())),
             "n_images": pa.array(np.full(n, 50_000), pa.int64()),
             "dead": pa.array(dead, pa.bool_()),
         }))  # fmt: skip
@@ -106,22 +131,87 @@ def generate_run(out: Path) -> Path:
                     "method": [method] * len(units),
                     "unit": pa.array(units, pa.int32()),
                     "activation": pa.array(own, pa.float32()),
-                    "layer_activations": pa.array(list(acts), pa.list_(pa.float32())),
+                    "layer_activations": pa.array([[]] * len(units) if light else list(acts),
+                                                  pa.list_(pa.float32())),
                     "rs": pa.array(rs, pa.float64()),
                     "rs_ties": pa.array(ties, pa.float64()),
                     "status": pa.array(np.where(own > 0, "ok", "no_response")),
                     "objective_start": pa.array(rng.normal(size=len(units)), pa.float32()),
                     "objective_final": pa.array(own, pa.float32()),
-                    "image": pa.array([pictures[i] for i in chosen], pa.binary()),
+                    "image": pa.array([pictures[i] for i in chosen], pa.binary()),  # None when light
                     "seed": pa.array(units, pa.int64()),
                     "steps": pa.array(np.full(len(units), 256), pa.int32()),
                 }), replace_existing=False)  # fmt: skip
-        print(f"  wrote {layer}: {n} units, AM and IAM ({time.perf_counter() - started:.0f} s)", flush=True)
+        for ablation in ("zero", "mean"):
+            writer.write_table("importance", layer, importance_rows(rng, n, ablation))
+        print(f"  wrote {layer}: {n} units, AM, IAM and importance ({time.perf_counter() - started:.0f} s)",
+              flush=True)  # fmt: skip
     config = {"data": {"classes": [f"n{i:08d}" for i in range(1000)]}}
     writer.record("selectivity", IDENTITY, config, CATALOG, {"reduce": "mean"})
     writer.record("visualize/am", IDENTITY, {}, CATALOG, {"reduce": "mean"})
     writer.record("visualize/iam", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+    for ablation in ("zero", "mean"):
+        writer.record(f"importance/{ablation}", IDENTITY, {"ablation": ablation}, CATALOG, {"reduce": "mean"})
     return out
+
+
+def ranking_bootstrap(x, y, rng, resamples, confidence=0.95):
+    """The bootstrap as it was before the counts (repsub.analysis.stats): scipy's rankdata on each resample.
+    The same draws, the same interval: the baseline of `--light`'s comparison."""
+    from scipy import stats
+
+    n = len(x)
+    if n < 3 or resamples < 1:
+        return np.nan, np.nan, 0
+    rhos = []
+    for start in range(0, resamples, 100):
+        idx = np.stack([rng.integers(0, n, size=n) for _ in range(min(100, resamples - start))])
+        xr, yr = stats.rankdata(x[idx], axis=1), stats.rankdata(y[idx], axis=1)
+        xr -= xr.mean(axis=1, keepdims=True)
+        yr -= yr.mean(axis=1, keepdims=True)
+        denom = np.sqrt((xr * xr).sum(axis=1) * (yr * yr).sum(axis=1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = (xr * yr).sum(axis=1) / denom
+        rho[denom == 0] = np.nan
+        rhos.append(np.clip(rho, -1.0, 1.0))
+    rho = np.concatenate(rhos)
+    rho = rho[np.isfinite(rho)]
+    if not rho.size:
+        return np.nan, np.nan, 0
+    low, high = np.percentile(rho, [100 * (1 - confidence) / 2, 100 - 100 * (1 - confidence) / 2])
+    return float(low), float(high), int(rho.size)
+
+
+def time_statistics(run: Path, rounds: int = 2) -> None:
+    """The statistics with the bootstrap by counts and by ranking each resample, alternately."""
+    from repsub.analysis import compute_stats, load_run_data
+    from repsub.analysis import importance_stats as importance_module
+    from repsub.analysis import stats as stats_module
+    from repsub.analysis.importance_stats import compute_importance_stats
+    from repsub.run import open_run
+
+    started = time.perf_counter()
+    data = load_run_data(open_run(run))
+    print(f"load {time.perf_counter() - started:.1f} s")
+    counts = stats_module.bootstrap_spearman
+    results = {}
+    for _ in range(rounds):
+        for name, bootstrap in (("counts", counts), ("ranking each resample", ranking_bootstrap)):
+            stats_module.bootstrap_spearman = importance_module.bootstrap_spearman = bootstrap
+            started = time.perf_counter()
+            rs = compute_stats(data)
+            middle = time.perf_counter()
+            importance = compute_importance_stats(data)
+            done = time.perf_counter()
+            results[name] = (rs, importance)
+            print(f"{name}: RS statistics {middle - started:.1f} s ({rs.num_rows} rows), importance statistics "
+                  f"{done - middle:.1f} s ({importance.num_rows} rows), 1,000 resamples each", flush=True)  # fmt: skip
+    stats_module.bootstrap_spearman = importance_module.bootstrap_spearman = counts
+    for i, what in enumerate(("RS", "importance")):
+        a, b = (results[name][i] for name in results)
+        gap = max(np.nanmax(np.abs(a.column(c).to_numpy() - b.column(c).to_numpy()), initial=0)
+                  for c in ("rho_ci_low", "rho_ci_high"))  # fmt: skip
+        print(f"{what} intervals: largest difference between the two {gap:.1e}")
 
 
 def time_report(run: Path, out: Path) -> Path:
@@ -134,12 +224,15 @@ def time_report(run: Path, out: Path) -> Path:
     data = load_run_data(open_run(run))
     loaded = time.perf_counter()
     compute_stats(data)
+    from repsub.analysis.importance_stats import compute_importance_stats
+
+    compute_importance_stats(data)
     stats = time.perf_counter()
     rows = sum(len(r.units) for r in data.rows.values())
     side = thumbnail_side(rows, image_side(data))
     thumbs = thumbnails(data, side)
     thumbed = time.perf_counter()
-    print(f"stages: load {loaded - started:.1f} s, statistics {stats - loaded:.1f} s, "
+    print(f"stages: load {loaded - started:.1f} s, statistics (RS and importance) {stats - loaded:.1f} s, "
           f"{len(thumbs)} thumbnails of {side} px {thumbed - stats:.1f} s")  # fmt: skip
     started = time.perf_counter()
     page = build_report(run, out)[0]
@@ -189,7 +282,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/repsub-bench"))
     parser.add_argument("--opens", type=int, default=3)
+    parser.add_argument("--light", action="store_true", help="no images: time the statistics only")
     args = parser.parse_args()
+    if args.light:
+        time_statistics(generate_run(args.cache / "report-scale-vgg16-light" / "run", light=True))
+        return
     run = generate_run(args.cache / "report-scale-vgg16" / "run")
     page = time_report(run, args.cache / "report-scale-vgg16" / "report")
     time_open(page, args.opens)

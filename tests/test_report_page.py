@@ -228,3 +228,96 @@ def test_statistics_row_links_to_its_units(real_page, browser):
     browser.wait_for("document.getElementById('match-count').textContent.startsWith('128 of')")
     shown = {(d["layer"], d["method"]) for d in (describe(browser, c["row"]) for c in cards(browser))}
     assert shown == {("fc5", "iam")} and browser.evaluate("location.hash") == "#explorer"
+
+
+# ---------------------------------------------------------------- importance by ablation (issue 14)
+
+
+@pytest.fixture(scope="module")
+def importance_page(tmp_path_factory):
+    from tests.importance_helpers import importance_run
+
+    root = tmp_path_factory.mktemp("importance_page")
+    return build_report(importance_run(root / "run"), root / "out", resamples=20)[0], root / "run"
+
+
+def test_sorting_and_filtering_by_importance(importance_page, browser):
+    from tests.importance_helpers import stored_importance
+
+    page, run_dir = importance_page
+    imp = stored_importance(run_dir)
+    units = stored_units(run_dir)
+    open_page(browser, page)
+    # Sort by importance (the zero ablation: the first in the list), descending, by keyboard.
+    sorts = browser.evaluate("Array.from(document.querySelectorAll('#f-sort option')).map((o) => o.value)")
+    focus_and_press(browser, "f-sort", *["ArrowDown"] * sorts.index("importance"))
+    focus_and_press(browser, "f-order", "ArrowDown")
+    rows = [describe(browser, r) for r in browser.evaluate("window.repsubExplorer.filtered()")]
+    assert len(rows) == len(units)
+    expected = [imp.get((d["layer"], "zero", d["unit"]), {}).get("accuracy_drop") for d in rows]
+    shown = [d["importance"] for d in rows]
+    for got, want in zip(shown, expected, strict=True):  # the stored value, rounded to 4 digits
+        assert (got is None and (want is None or math.isnan(want))) or got == pytest.approx(want, rel=1e-3)
+    known = [v for v in shown if v is not None]
+    assert known == sorted(known, reverse=True) and shown[: len(known)] == known  # missing last
+    assert len(known) < len(shown)  # units without a zero ablation (or a NaN drop) exist
+    first = cards(browser)[0]
+    assert f"importance {shown[0]:#.4g}," in first["label"]  # JavaScript's toPrecision(4)
+    # The mean ablation: conv units 0-39 only have one; the sort follows it.
+    focus_and_press(browser, "f-ablation", "ArrowDown")
+    rows = [describe(browser, r) for r in browser.evaluate("window.repsubExplorer.filtered()")]
+    known = [d["importance"] for d in rows if d["importance"] is not None]
+    assert len(known) == sum(1 for k in units if k[0] == "conv" and k[2] < 40)
+    assert known == sorted(known, reverse=True)
+    # A minimum accuracy drop, typed as a user does.
+    browser.click_element("#f-imp-min")
+    browser.type_text("0.2")
+    want = [k for k in units if (imp.get((k[0], "mean", k[2])) or {}).get("accuracy_drop", -1) >= 0.2 - 1e-9]
+    browser.wait_for(f"document.getElementById('match-count').textContent.startsWith('{len(want)} of')")
+    got = {(d["layer"], d["method"], d["unit"]) for d in map(lambda r: describe(browser, r),
+                                                               browser.evaluate("window.repsubExplorer.filtered()"))}  # fmt: skip
+    assert got == set(want) and len(want) > 0
+    browser.click_element("#f-reset")
+
+
+def test_unit_detail_shows_importance(importance_page, browser):
+    from tests.importance_helpers import stored_importance
+
+    page, run_dir = importance_page
+    imp = stored_importance(run_dir)
+    open_page(browser, page, "#unit=conv/9/iam")
+    cells = browser.evaluate("""Object.fromEntries(Array.from(document.querySelectorAll("#detail-importance tr"))
+        .map((tr) => [tr.cells[0].textContent, tr.cells[1].textContent]))""")
+    for ablation in ("zero", "mean"):
+        row = imp[("conv", ablation, 9)]
+        assert float(cells[f"{ablation}: accuracy drop"]) == pytest.approx(row["accuracy_drop"], rel=1e-3)
+        assert float(cells[f"{ablation}: loss increase"]) == pytest.approx(row["loss_increase"], rel=1e-3)
+        assert cells[f"{ablation}: baseline accuracy, images"] == "0.7500, 40"
+        drops = row["class_accuracy_drop"]
+        top = sorted((c for c in range(len(drops)) if not math.isnan(drops[c])), key=lambda c: -drops[c])
+        assert cells[f"{ablation}: largest class drops"].split("; ")[0].startswith(f"class {top[0]} ")
+        assert len(cells[f"{ablation}: largest class drops"].split("; ")) == 3  # class 3 had no images
+    browser.key("Escape")
+
+
+def test_importance_table_on_the_page(importance_page, browser):
+    page, _ = importance_page
+    stats = pq.read_table(page.parent / "importance_stats.parquet").to_pylist()
+    open_page(browser, page)
+    shown = browser.evaluate("""Array.from(document.querySelectorAll("#importance-stats tbody tr")).map((tr) =>
+        [tr.dataset.layer, tr.dataset.ablation, tr.dataset.measure, Array.from(tr.cells).map((c) => c.textContent)])""")
+    assert len(shown) == len({(r["layer"], r["ablation"], r["measure"]) for r in stats})
+    for layer, ablation, measure, cells in shown:
+        mine = {
+            r["against"]: r
+            for r in stats
+            if (r["layer"], r["ablation"], r["measure"]) == (layer, ablation, measure)
+        }
+        for i, against in enumerate(("rs_am", "rs_iam", "selectivity")):
+            rho, n = cells[6 + 3 * i], cells[8 + 3 * i]
+            row = mine[against]
+            assert rho == ("nan" if math.isnan(row["spearman_rho"]) else f"{row['spearman_rho']:.3f}")
+            assert n.split()[0] == str(row["n_included"])
+    images = browser.evaluate("""Array.from(document.querySelectorAll("img.figure")).filter((i) =>
+        i.alt.startsWith("Spearman rho of importance")).map((i) => i.naturalWidth)""")
+    assert len(images) == 3 and all(w > 100 for w in images)

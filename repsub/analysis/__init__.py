@@ -1,11 +1,15 @@
 """The analysis of a run, in one package: what `repsub report`, `repsub summary` and `Run.stats()` share.
 
+options     the statistics' options and defaults (light: the command line's help reads them)
 layers      the run's layers (depth, how each is read) from its manifest's catalog
-load        reading the tables (one rule for duplicate rows) into one joined frame of units
-exclusion   which units enter the RS statistics, and why the others are left out
+tables      reading a table with one rule for duplicate rows
+load        the tables joined into one frame of units
+importance  the importance-by-ablation table (when the run has one)
+exclusion   which units enter the statistics, and why the others are left out
 coverage    what the run lacks compared with the catalog
 stats       the statistics per layer and method (one implementation)
-summary     the statistics as a text table (`repsub summary`, demo, sweep)
+importance_stats  importance against RS and selectivity per layer and ablation
+summary     the statistics as text tables (`repsub summary`, demo, sweep)
 figures     the paper's figures (matplotlib, files named by what they show)
 thumbnails  small images for the page's gallery
 explorer    the data of the page's unit explorer
@@ -13,23 +17,33 @@ page        the self-contained HTML page (with report.css, explorer.js)
 report      writing it all (`repsub report`); commands: the CLI's options
 """
 
-from .load import FRAME_SCHEMA, RunData, load_run_data, unit_frame
-from .report import build_report, write_report
-from .stats import STATS_SCHEMA, StatsOptions, compute_stats
-from .summary import format_summary, format_table, run_summary, summary_rows
+# Names resolved on first use, so that importing a light module of the package (options, commands) does not
+# import pyarrow, scipy and matplotlib.
+_EXPORTS = {
+    "FRAME_SCHEMA": "load",
+    "RunData": "load",
+    "load_run_data": "load",
+    "unit_frame": "load",
+    "build_report": "report",
+    "write_report": "report",
+    "STATS_SCHEMA": "stats",
+    "compute_stats": "stats",
+    "StatsOptions": "options",
+    "IMPORTANCE_STATS_SCHEMA": "importance_stats",
+    "compute_importance_stats": "importance_stats",
+    "format_summary": "summary",
+    "format_table": "summary",
+    "run_summary": "summary",
+    "summary_rows": "summary",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "FRAME_SCHEMA",
-    "STATS_SCHEMA",
-    "RunData",
-    "StatsOptions",
-    "build_report",
-    "compute_stats",
-    "format_summary",
-    "format_table",
-    "load_run_data",
-    "run_summary",
-    "summary_rows",
-    "unit_frame",
-    "write_report",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,18 +1,27 @@
-"""The `repsub report` and `repsub summary` commands: their options and what they print."""
+"""The `repsub report` and `repsub summary` commands: their options and what they print.
+
+Building the parsers imports nothing heavy (the options' defaults come from repsub.analysis.options): the
+command functions import what they run, so `repsub --help` starts fast (tests/test_cli_startup.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..run import open_run
-from .report import STATS_FILE, build_report
-from .stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, DEFAULT_SEED, HIGH_SELECTIVITY, LOW_SELECTIVITY
-from .summary import format_summary, run_summary
+from .options import BOOTSTRAP_RESAMPLES, CONFIDENCE, DEFAULT_SEED, HIGH_SELECTIVITY, LOW_SELECTIVITY
 
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `report` subcommand to an argparse subparsers object; returns its parser."""
-    p = subparsers.add_parser("report", help="statistics, the paper's figures and an HTML report of a run")
+    p = subparsers.add_parser(
+        "report",
+        help="statistics, the paper's figures and an HTML report of a run",
+        description="Write DIR/stats.parquet (per layer and method: selectivity, RS, Spearman rho of RS against "
+        "selectivity with a bootstrap interval, over the units that are alive and whose optimization drove "
+        "them; the others counted by reason), importance_stats.parquet for a run with importance, the "
+        "figures (figures/*.png) and report.html (self-contained, with a unit explorer). Written whole or "
+        "not at all.",
+    )
     p.add_argument("run", metavar="RUN", help="run directory (or URI)")
     p.add_argument(
         "--out", default=None, help="output directory (default RUN/report; required for a run at a URI)"
@@ -40,6 +49,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_report(args) -> None:
     """Run `repsub report` from parsed arguments; prints where the report is and what the run lacks."""
+    from .importance_stats import IMPORTANCE_STATS_FILE
+    from .report import STATS_FILE, build_report
+
     path, data, _ = build_report(
         args.run,
         args.out,
@@ -51,17 +63,28 @@ def cmd_report(args) -> None:
     )
     for note in data.coverage.notes[:20]:
         print(f"note: {note if len(note) < 300 else note[:297] + '...'}")
-    print(f"wrote {path} and {path.with_name(STATS_FILE)}")
+    tables = [STATS_FILE] + ([IMPORTANCE_STATS_FILE] if data.importance is not None else [])
+    print(f"wrote {path} and {', '.join(str(path.with_name(name)) for name in tables)}")
 
 
 def add_summary_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "summary",
         help="print the per-layer statistics of a run (the report's, without the bootstrap interval)",
+        description="Print one line per layer: how it is read, units, dead units, mean selectivity and, per "
+        "method, the units in the statistics, mean RS, Spearman rho of RS against selectivity and the units "
+        "left out by reason; for a run with importance, a second table of rho of importance against RS and "
+        "selectivity. The numbers of `repsub report` with its default thresholds, without the interval.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (or URI)")
     return p
 
 
 def cmd_summary(args) -> None:
-    print(format_summary(run_summary(open_run(args.run))))
+    from ..run import open_run
+    from .summary import format_importance_summary, format_summary, run_summaries
+
+    rows, importance = run_summaries(open_run(args.run))
+    print(format_summary(rows))
+    if importance:
+        print("\n" + format_importance_summary(importance))

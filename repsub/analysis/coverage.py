@@ -31,6 +31,7 @@ def check_coverage(
     has_selectivity: bool,
     has_units: bool,
     notes: list[str],
+    importance_layers: set[str] = frozenset(),
 ) -> Coverage:
     """Compare the units present (per layer, and per layer and method) with every unit of the catalog."""
     coverage = Coverage(model=model, notes=list(notes))
@@ -44,7 +45,7 @@ def check_coverage(
                 f"model {model!r}: no catalog in the manifest or this repsub: coverage not checked"
             )
         return coverage
-    present = set(selectivity_units) | {layer for layer, _ in rs_units}
+    present = set(selectivity_units) | {layer for layer, _ in rs_units} | set(importance_layers)
     coverage.missing_layers = [info.name for info in catalog if info.name not in present]
     if coverage.missing_layers:
         coverage.notes.append(f"layers without any result: {', '.join(coverage.missing_layers)}")

@@ -53,3 +53,47 @@ def exclusion_reasons(
     for name, applies in rules:
         reason[(reason == None) & applies] = name  # noqa: E711 (elementwise on an object array)
     return reason
+
+
+# Importance by ablation against RS or selectivity (repsub.analysis.importance_stats): the base is the
+# importance rows of a (layer, ablation); a unit's RS enters as it enters the RS statistics above (its
+# `excluded` reason, computed by exclusion_reasons), its selectivity when it is alive and finite.
+IMPORTANCE_REASONS = {
+    "dead": REASONS["dead"],
+    "no_rs": "no units row of the method for the unit (no RS to correlate)",
+    "no_response": REASONS["no_response"],
+    "nonfinite": REASONS["nonfinite"],
+    "no_selectivity": REASONS["no_selectivity"],
+    "nan_selectivity": REASONS["nan_selectivity"],
+    "nan_importance": "the unit's accuracy drop or loss increase is not a finite number",
+}
+
+
+def importance_reasons(
+    importance: np.ndarray,
+    has_selectivity: np.ndarray,
+    dead: np.ndarray,
+    selectivity: np.ndarray,
+    rs_reason: np.ndarray | None = None,
+    has_rs: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per importance row, why it is left out of a Spearman rho of importance (a key of IMPORTANCE_REASONS),
+    or None. Against selectivity: `rs_reason` and `has_rs` None. Against RS: `has_rs` whether the unit has a
+    units row of the method, `rs_reason` that row's exclusion reason (exclusion_reasons; None if included).
+    The first rule in the order of IMPORTANCE_REASONS that applies wins, so the counts add up."""
+    has_selectivity = np.asarray(has_selectivity, dtype=bool)
+    rules = [("dead", has_selectivity & np.asarray(dead, dtype=bool))]
+    if has_rs is not None:
+        rs_reason = np.asarray(rs_reason, dtype=object)
+        rules.append(("no_rs", ~np.asarray(has_rs, dtype=bool)))
+        # no_response, nonfinite: the units row's own reason (nonfinite also covers an RS that is not finite)
+        rules += [(name, rs_reason == name) for name in STATUS_REASONS]
+    rules += [
+        ("no_selectivity", ~has_selectivity),
+        ("nan_selectivity", ~np.isfinite(np.asarray(selectivity, dtype=np.float64))),
+        ("nan_importance", ~np.isfinite(np.asarray(importance, dtype=np.float64))),
+    ]
+    reason = np.full(len(has_selectivity), None, dtype=object)
+    for name, applies in rules:
+        reason[(reason == None) & applies] = name  # noqa: E711 (elementwise on an object array)
+    return reason

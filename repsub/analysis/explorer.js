@@ -29,6 +29,11 @@
   const colour = (r) => CATEGORY_COLOURS[category(r)] || "#17becf";
   const fixed = (v, d = 3) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
   const sig = (v) => (v === null || v === undefined ? "–" : Number(v).toPrecision(4));
+  // Importance by ablation (null without it): the ablation chosen in the form drives the card, sort and filter.
+  const IMP = D.importance;
+  const ablation = () => (IMP ? $("f-ablation").value : null);
+  const impOf = (r) => (IMP ? U.imp[ablation()].drop[R.unit[r]] : null);
+  const lossOf = (r) => (IMP ? U.imp[ablation()].loss[R.unit[r]] : null);
   const rowsOfUnit = new Map(); // units entry -> its rows, one per method
   for (let r = 0; r < nRows; r++) {
     if (!rowsOfUnit.has(R.unit[r])) rowsOfUnit.set(R.unit[r], []);
@@ -42,6 +47,7 @@
   const num = (id) => { const v = $(id).value.trim(); return v === "" ? null : Number(v); };
   const SORT_KEYS = {
     layer: null, rs: (r) => R.rs[r], selectivity: selOf, activation: (r) => R.act[r], rs_ties: (r) => R.ties[r],
+    importance: impOf, loss_increase: lossOf,
   };
   function byLayer(a, b) {
     return layerOf(a) - layerOf(b) || unitOf(a) - unitOf(b) || R.method[a] - R.method[b];
@@ -50,6 +56,7 @@
     const layer = $("f-layer").value, method = $("f-method").value, status = $("f-status").value;
     const stats = $("f-stats").value;
     const rsMin = num("f-rs-min"), rsMax = num("f-rs-max"), selMin = num("f-sel-min"), selMax = num("f-sel-max");
+    const impMin = IMP ? num("f-imp-min") : null, impMax = IMP ? num("f-imp-max") : null;
     const out = [];
     for (let r = 0; r < nRows; r++) {
       if (layer !== "" && layerOf(r) !== Number(layer)) continue;
@@ -63,6 +70,10 @@
       if (rsMax !== null && !(rs !== null && rs <= rsMax)) continue;
       if (selMin !== null && !(sel !== null && sel >= selMin)) continue;
       if (selMax !== null && !(sel !== null && sel <= selMax)) continue;
+      if (impMin !== null || impMax !== null) {
+        const imp = impOf(r);
+        if (imp === null || (impMin !== null && imp < impMin) || (impMax !== null && imp > impMax)) continue;
+      }
       out.push(r);
     }
     const key = SORT_KEYS[$("f-sort").value];
@@ -105,7 +116,8 @@
       card.style.borderColor = colour(r);
       const what = `${layerName(r)} unit ${unitOf(r)} ${methodOf(r).toUpperCase()}`;
       card.setAttribute("aria-label",
-        `${what}: RS ${fixed(R.rs[r])}, selectivity ${fixed(selOf(r))}, status ${statusOf(r)}` +
+        `${what}: RS ${fixed(R.rs[r])}, selectivity ${fixed(selOf(r))}` +
+        (IMP ? `, importance ${sig(impOf(r))}` : "") + `, status ${statusOf(r)}` +
         (R.excluded[r] >= 0 ? `, left out: ${category(r)}` : ""));
       const data = thumb(r);
       const img = document.createElement("img");
@@ -116,6 +128,7 @@
         ["what", `${layerName(r)} · ${unitOf(r)} · ${methodOf(r).toUpperCase()}`],
         ["", `RS ${fixed(R.rs[r])}`],
         ["", `sel. ${fixed(selOf(r))}`],
+        ...(IMP ? [["imp", `imp. ${sig(impOf(r))}`]] : []),
       ]) {
         const span = document.createElement("span");
         if (cls) span.className = cls;
@@ -251,6 +264,7 @@
       ? `Largest class means (${pairs.length / 2}${nClasses ? ` of ${nClasses}` : ""} classes; mean activation over the class's images)`
       : "No class means in the run";
     $("detail-means").replaceChildren(bars);
+    $("detail-importance").replaceChildren(...importanceDetail(u, layerOf(r)));
     const figures = (rowsOfUnit.get(u) || []).map((m) => {
       const fig = document.createElement("figure");
       fig.dataset.method = methodOf(m);
@@ -279,6 +293,22 @@
     $("detail-next").disabled = position < 0 || position >= filtered.length - 1;
     history.replaceState(null, "", `#unit=${encodeURIComponent(info.name)}/${unitOf(r)}/${methodOf(r)}`);
     if (!dialog.open) dialog.showModal();
+  }
+  function importanceDetail(u, layer) {
+    if (!IMP) return [];
+    const title = document.createElement("h4");
+    title.textContent = "Importance by ablation (accuracy drop: baseline accuracy minus accuracy with the unit ablated)";
+    const rows = [];
+    for (const a of IMP.ablations) {
+      const m = IMP.measured[a][layer] || {};
+      const pairs = U.imp[a].classes[u] || [];
+      const drops = [];
+      for (let i = 0; i < pairs.length; i += 2) drops.push(`${className(pairs[i])} ${sig(pairs[i + 1])}`);
+      rows.push([`${a}: accuracy drop`, sig(U.imp[a].drop[u])], [`${a}: loss increase`, sig(U.imp[a].loss[u])],
+                [`${a}: baseline accuracy, images`, `${sig(m.baseline)}, ${m.images ?? "–"}`],
+                [`${a}: largest class drops`, drops.join("; ") || "–"]);
+    }
+    return [title, table(rows)];
   }
   function step(delta) {
     const position = filtered.indexOf(current);
@@ -322,7 +352,7 @@
     filtered: () => filtered.slice(),
     rowOf,
     describe: (r) => ({ layer: layerName(r), unit: unitOf(r), method: methodOf(r), rs: R.rs[r], selectivity: selOf(r),
-                        status: statusOf(r), category: category(r) }),
+                        status: statusOf(r), category: category(r), importance: impOf(r), loss_increase: lossOf(r) }),
     scatterPoint(r) { // viewport coordinates of a row's point in the scatter, or null when it is not drawn
       const p = points.find((q) => q[0] === r);
       if (!p) return null;

@@ -3,7 +3,8 @@
 Two JSON documents, embedded in the page as `<script type="application/json">` (explorer.js reads them):
 
 - ``EXPLORER_DATA``: columnar arrays. ``units`` (one entry per (layer, unit): selectivity, dead, top class,
-  images in the pass, the largest class means) and ``rows`` (one per units row (layer, method, unit): an
+  images in the pass, the largest class means; with an importance table, ``imp``: per ablation the accuracy
+  drop, loss increase and largest per-class accuracy drops) and ``rows`` (one per units row (layer, method, unit): an
   index into ``units``, RS, rs_ties, activation, status, the exclusion reason, objectives), plus the
   layers, methods, statuses, exclusion reasons, class names and the thumbnail format.
 - ``EXPLORER_THUMBS``: one base64 WebP per row ("" where the row has no image).
@@ -22,10 +23,12 @@ import pyarrow.compute as pc
 
 from ..store import UNIT_STATUSES
 from .exclusion import REASONS
+from .importance import KEYS, MEASURES
 from .layers import class_names
 from .load import RunData, read_rows
 
 TOP_CLASSES = 10  # class means shown in a unit's detail (all of them when the data has this many or fewer)
+TOP_CLASS_DROPS = 5  # per-class accuracy drops shown in a unit's detail (the largest)
 
 
 def _round(values, digits: int = 4) -> list:
@@ -72,6 +75,63 @@ def top_class_means(data: RunData) -> dict[tuple[str, int], tuple[list, float]]:
     return found
 
 
+def top_class_drops(data: RunData) -> dict[tuple[str, str, int], list]:
+    """{(layer, ablation, unit): [class, drop, class, drop, ...] of the TOP_CLASS_DROPS largest drops}."""
+    table, _ = read_rows(data.run, "importance", [*KEYS, "class_accuracy_drop"], KEYS)
+    found: dict[tuple[str, str, int], list] = {}
+    layer, ablation = (np.array(table.column(k).to_pylist(), dtype=object) for k in ("layer", "ablation"))
+    for key in dict.fromkeys(zip(layer.tolist(), ablation.tolist(), strict=True)):
+        part = table.filter(pa.array((layer == key[0]) & (ablation == key[1])))
+        lists = part.column("class_accuracy_drop").combine_chunks()
+        lengths = np.asarray(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False))
+        if not len(lengths) or (lengths != lengths[0]).any() or lengths[0] == 0:
+            continue  # ragged or empty: nothing sensible to show
+        drops = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), np.float64).reshape(
+            len(lengths), -1
+        )
+        k = min(TOP_CLASS_DROPS, drops.shape[1])
+        top = np.argsort(-np.nan_to_num(drops, nan=-np.inf), axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(drops, top, axis=1)
+        for unit, classes, vals in zip(part.column("unit").to_pylist(), top, values, strict=True):
+            found[(*key, unit)] = [
+                x for c, v in zip(classes.tolist(), vals.tolist(), strict=True) if np.isfinite(v)
+                for x in (c, _round([v])[0])
+            ]  # fmt: skip
+    return found
+
+
+def importance_data(
+    data: RunData, unit_keys: list[tuple[str, int]], column
+) -> tuple[dict, dict] | tuple[None, None]:
+    """The explorer's importance: per ablation, per units entry, the accuracy drop, loss increase and largest
+    class drops; and the measurement per ablation and layer (baseline accuracy, images). None without."""
+    importance = data.importance
+    if importance is None:
+        return None, None
+    drops = top_class_drops(data)
+    per_unit = {
+        ablation: {
+            "drop": _round(column(f"importance_{ablation}")),
+            "loss": _round(column(f"loss_increase_{ablation}")),
+            "classes": [drops.get((layer, ablation, unit), []) for layer, unit in unit_keys],
+        }
+        for ablation in importance.ablations
+    }
+    layers = [info.name for info in data.layers]
+    measured = {
+        ablation: {
+            str(layers.index(layer)): {
+                "baseline": _round([float(np.mean(rows.baseline_accuracy))])[0],
+                "images": int(rows.n_images.max()),
+            }
+            for (layer, abl), rows in importance.rows.items()
+            if abl == ablation and len(rows.units)
+        }
+        for ablation in importance.ablations
+    }
+    return per_unit, {"ablations": importance.ablations, "measured": measured, "measures": MEASURES}
+
+
 def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int | None) -> tuple[str, str]:
     """The two JSON documents (module doc): the explorer's data and its thumbnails."""
     frame = data.frame
@@ -101,6 +161,7 @@ def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int 
         "means": [means.get(key, ([], None))[0] for key in unit_keys],
         "mean_all": [means.get(key, ([], None))[1] for key in unit_keys],
     }
+    units["imp"], importance = importance_data(data, unit_keys, column)
     with_method = [i for i, m in enumerate(method_col) if m is not None]
     take = pa.array(with_method, pa.int64())
 
@@ -130,6 +191,7 @@ def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int 
         "statuses": UNIT_STATUSES,
         "reasons": REASONS,
         "classes": class_names(data.run.manifest),
+        "importance": importance,  # null for a run without importance
         "thumb": {"side": thumb_side, "format": "webp", "image_side": image_side},
         "units": units,
         "rows": rows,

@@ -5,6 +5,9 @@ File names say what a figure shows:
 - ``rs_vs_selectivity_<layer>.png``: RS against selectivity, one panel per method (the paper's Figures 1, 4, 5);
   units left out of the statistics (repsub.analysis.exclusion) drawn as grey crosses;
 - ``rho_by_depth.png``: Spearman rho against layer depth with bootstrap intervals (Figures 3b, 6b);
+- ``importance_vs_<rs_am|rs_iam|selectivity>_rho_by_depth.png``: Spearman rho of importance (accuracy drop
+  with the unit ablated) against the unit's RS (AM, IAM) or its selectivity, by depth, one line per ablation
+  (runs with an importance table only);
 - ``substitutes_<layer>_<unit>.png``: a unit's image and the images of the units that respond more to it
   (Figure 2);
 - ``histograms_<layer>.png``: the layer's selectivity and RS histograms.
@@ -27,6 +30,7 @@ from matplotlib.figure import Figure
 
 from ..errors import RunError, UsageError
 from ..store import decode_png
+from .importance_stats import against_label
 from .layers import SIGNED_NOTE
 from .load import RunData, read_rows
 from .stats import StatsOptions
@@ -35,8 +39,11 @@ DPI = 100
 GRID_MAX_SUBSTITUTES = 11  # images shown next to the unit in the Figure-2 grid (most active first)
 GRID_COLUMNS = 6
 METHOD_COLOURS = {"am": "tab:blue", "iam": "tab:orange"}
+ABLATION_COLOURS = {"zero": "tab:purple", "mean": "tab:brown"}
+IMPORTANCE_MEASURE = "accuracy_drop"  # the measure the importance figures draw (repsub.analysis.importance)
 RHO_BY_DEPTH = "rho_by_depth.png"
-FIGURE_PATTERNS = ("rs_vs_selectivity_*.png", "rho_by_depth.png", "substitutes_*.png", "histograms_*.png")
+FIGURE_PATTERNS = ("rs_vs_selectivity_*.png", "rho_by_depth.png", "substitutes_*.png", "histograms_*.png",
+                   "importance_vs_*_rho_by_depth.png")  # fmt: skip
 
 
 def safe_name(text: str) -> str:
@@ -46,6 +53,10 @@ def safe_name(text: str) -> str:
 
 def scatter_name(layer: str) -> str:
     return f"rs_vs_selectivity_{safe_name(layer)}.png"
+
+
+def importance_rho_name(against: str) -> str:
+    return f"importance_vs_{safe_name(against)}_rho_by_depth.png"
 
 
 def histograms_name(layer: str) -> str:
@@ -118,16 +129,46 @@ def rho_by_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
     rows = [r for r in stats.to_pylist() if r["method"] is not None]
     if not rows:
         return None
+    series = [
+        (method.upper(), METHOD_COLOURS.get(method, "tab:green"), [r for r in rows if r["method"] == method])
+        for method in dict.fromkeys(r["method"] for r in rows)
+    ]
+    return _draw_rho_by_depth(data, series, "Spearman rho (RS vs selectivity)", path)
+
+
+def importance_rho_by_depth(
+    data: RunData, importance_stats: pa.Table, against: str, path: Path
+) -> Path | None:
+    """Spearman rho of importance (accuracy drop) against `against` (rs_am, rs_iam, selectivity) per layer,
+    one line per ablation, with bootstrap intervals."""
+    rows = [
+        r
+        for r in importance_stats.to_pylist()
+        if r["against"] == against and r["measure"] == IMPORTANCE_MEASURE
+    ]
+    if not rows:
+        return None
+    series = [
+        (f"{ablation} ablation", ABLATION_COLOURS.get(ablation, "tab:green"),
+         [r for r in rows if r["ablation"] == ablation])
+        for ablation in dict.fromkeys(r["ablation"] for r in rows)
+    ]  # fmt: skip
+    return _draw_rho_by_depth(data, series, f"Spearman rho (importance vs {against_label(against)})", path)
+
+
+def _draw_rho_by_depth(
+    data: RunData, series: list[tuple[str, str, list[dict]]], ylabel: str, path: Path
+) -> Path:
+    """Lines of statistics rows (layer, spearman_rho, rho_ci_low, rho_ci_high) against layer depth."""
     layers = [info.name for info in data.layers]
     # Catalog depth when every layer has one (gaps show the layers the run lacks), else the order.
     known = all(info.depth is not None for info in data.layers)
     position = {info.name: info.depth if known else i for i, info in enumerate(data.layers)}
     fig = Figure(figsize=(max(5.0, 0.55 * len(layers) + 2.5), 3.8), layout="constrained")
     ax = fig.subplots()
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    offsets = np.linspace(-0.12, 0.12, len(methods)) if len(methods) > 1 else [0.0]
-    for offset, method in zip(offsets, methods, strict=True):
-        mine = [r for r in rows if r["method"] == method and _finite(r["spearman_rho"])]
+    offsets = np.linspace(-0.12, 0.12, len(series)) if len(series) > 1 else [0.0]
+    for offset, (label, colour, rows) in zip(offsets, series, strict=True):
+        mine = [r for r in rows if _finite(r["spearman_rho"])]
         if not mine:
             continue
         xs = np.array([position[r["layer"]] + offset for r in mine])
@@ -138,10 +179,7 @@ def rho_by_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
         high = np.array(
             [r["rho_ci_high"] if _finite(r["rho_ci_high"]) else v for r, v in zip(mine, rho, strict=True)]
         )
-        colour = METHOD_COLOURS.get(method, "tab:green")
-        ax.errorbar(
-            xs, rho, yerr=[rho - low, high - rho], fmt="-", color=colour, capsize=3, label=method.upper()
-        )
+        ax.errorbar(xs, rho, yerr=[rho - low, high - rho], fmt="-", color=colour, capsize=3, label=label)
         signed = np.array([data.layer(r["layer"]).signed for r in mine])
         ax.scatter(xs[~signed], rho[~signed], color=colour, zorder=3)
         ax.scatter(xs[signed], rho[signed], facecolors="white", edgecolors=colour, zorder=3)
@@ -149,7 +187,7 @@ def rho_by_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
     ax.set_xticks([position[n] for n in layers])
     ax.set_xticklabels([f"{n}*" if data.layer(n).signed else n for n in layers], rotation=45, ha="right")
     ax.set_xlabel("layer (depth order; * signed values, hollow marker)")
-    ax.set_ylabel("Spearman rho (RS vs selectivity)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-1.05, 1.05)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()

@@ -1,22 +1,18 @@
-"""Reading a run for analysis: its tables with one rule for duplicate rows, joined into one frame of units.
-
-**Duplicate rows.** A (layer, unit) of the selectivity table, or a (layer, method, unit) of the units table,
-can have more than one row when files overlap (a rewrite interrupted between writing its file and removing
-the unit's old rows, or files copied in by hand). Every reader here keeps the row of the most recently
-modified file (then the last path in sort order), as a rerun replaces a unit's result, and says how many
-rows it left out.
+"""Reading a run for analysis: its tables with one rule for duplicate rows (repsub.analysis.tables), joined
+into one frame of units.
 
 **The frame** (`unit_frame`) has one row per units row (layer, method, unit) joined with the unit's
-selectivity row, then one row (method null) per selectivity row that no method has: FRAME_SCHEMA. `depth`
-and `read` come from the run's catalog (repsub.analysis.layers), `status` from the units table (derived for
-version 1 runs by repsub.store.units_status) and `excluded` says why a row is left out of the RS statistics
-(repsub.analysis.exclusion; null when it enters them).
+selectivity row and its importance (one column per ablation and measure), then one row (method null) per
+unit that only the selectivity or importance table has: FRAME_SCHEMA. `depth` and `read` come from the run's
+catalog (repsub.analysis.layers), `status` from the units table (derived for version 1 runs by
+repsub.store.units_status) and `excluded` says why a row is left out of the RS statistics
+(repsub.analysis.exclusion; null when it enters them). The importance columns are null for a run without
+the importance table (repsub.analysis.importance).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,14 +20,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from ..errors import RunError, UsageError
-from ..optimize import METHODS
+from ..errors import UsageError
 from ..store import units_status
+from .coverage import EXPECTED_METHODS as METHODS
 from .coverage import Coverage, check_coverage
 from .exclusion import exclusion_reasons
+from .importance import FRAME_COLUMNS as IMPORTANCE_COLUMNS
+from .importance import Importance, read_importance
 from .layers import LayerInfo, catalog_layers, run_layers
+from .tables import FILENAME, read_rows
 
-FILENAME = "__filename"  # pyarrow's per-row source file column
+__all__ = ["FILENAME", "FRAME_SCHEMA", "RunData", "load_run_data", "read_rows", "unit_frame"]
+
 UNITS_COLUMNS = ["layer", "method", "unit", "activation", "rs", "rs_ties", "status", "objective_start",
                  "objective_final", "seed", "steps"]  # fmt: skip
 SELECTIVITY_COLUMNS = ["layer", "unit", "selectivity", "dead", "top_class", "n_images"]
@@ -51,6 +51,8 @@ FRAME_SCHEMA = pa.schema([
     ("dead", pa.bool_()),
     ("top_class", pa.int32()),
     ("n_images", pa.int64()),
+    # accuracy drop (importance) and loss increase with the unit ablated, per ablation; null without a row
+    *((name, pa.float64()) for name in IMPORTANCE_COLUMNS),
     ("objective_start", pa.float32()),
     ("objective_final", pa.float32()),
     ("seed", pa.int64()),
@@ -60,65 +62,6 @@ OPTIONAL_COLUMNS = {
     "class_means": ("selectivity", pa.list_(pa.float64())),
     "layer_activations": ("units", pa.list_(pa.float32())),
 }
-
-
-def read_rows(
-    run, table: str, columns: list[str], keys: list[str], where: ds.Expression | None = None
-) -> tuple[pa.Table | None, list[str]]:
-    """`columns` of a table (None if the run has no such table), one row per `keys`, with notes on the
-    duplicate rows left out. The source file of each row is kept in the FILENAME column."""
-    dataset = getattr(run, table)
-    if dataset is None:
-        return None, []
-    try:
-        rows = dataset.to_table(columns=[*columns, FILENAME], filter=where)
-    except (pa.ArrowException, OSError) as err:
-        raise RunError(f"{run.uri}: cannot read the {table} table: {err}") from err
-    return drop_duplicates(rows, keys, dataset.filesystem, table)
-
-
-def _codes(column: pa.ChunkedArray) -> np.ndarray:
-    if pa.types.is_integer(column.type):
-        return np.asarray(column.to_numpy(), dtype=np.int64)
-    return np.asarray(pc.dictionary_encode(column.combine_chunks()).indices.to_numpy(zero_copy_only=False))
-
-
-def _same_key_as_previous(key_codes: list[np.ndarray], order: np.ndarray) -> np.ndarray:
-    """For rows taken in `order` (from the second on): whether the row has the previous row's key."""
-    same = np.ones(len(order) - 1, dtype=bool)
-    for codes in key_codes:
-        same &= codes[order][1:] == codes[order][:-1]
-    return same
-
-
-def drop_duplicates(rows: pa.Table, keys: list[str], fs, table: str) -> tuple[pa.Table, list[str]]:
-    """One row per key: the row of the most recently modified file, then of the last path (module doc)."""
-    if rows.num_rows < 2:
-        return rows, []
-    key_codes = [_codes(rows.column(k)) for k in keys]
-    order = np.lexsort(key_codes[::-1])
-    same = _same_key_as_previous(key_codes, order)
-    if not same.any():
-        return rows, []
-    files = rows.column(FILENAME).to_pylist()
-    involved = sorted({files[i] for i in order[1:][same]} | {files[i] for i in order[:-1][same]})
-    try:
-        modified = {info.path: info.mtime_ns or 0 for info in fs.get_file_info(involved)}
-    except OSError as err:
-        raise RunError(f"cannot read the modification times of {table} files {involved}: {err}") from err
-    newest = {path: rank for rank, path in enumerate(sorted(involved, key=lambda p: (modified.get(p, 0), p)))}
-    rank = np.array([newest.get(f, -1) for f in files])
-    # Rows by key, newest file first; keep the first of each key.
-    order = np.lexsort([-rank, *key_codes[::-1]])
-    kept = np.sort(order[np.r_[True, ~_same_key_as_previous(key_codes, order)]])
-    dropped = Counter(
-        tuple(rows.column(k)[int(i)].as_py() for k in keys[:-1]) for i in np.setdiff1d(order, kept)
-    )
-    notes = [
-        f"{table} {' '.join(map(str, group))}: {count} duplicate row(s) left out (the newest file's row is kept)"
-        for group, count in sorted(dropped.items())
-    ]
-    return rows.take(pa.array(kept)), notes
 
 
 @dataclass
@@ -167,6 +110,7 @@ class RunData:
     kept_files: dict[tuple[str, str, int], str] = field(
         default_factory=dict
     )  # units keys that had duplicates
+    importance: Importance | None = None  # the importance table (repsub.analysis.importance); None without
 
     def layer(self, name: str) -> LayerInfo:
         return next(info for info in self.layers if info.name == name)
@@ -211,6 +155,7 @@ def join_frame(
     selectivity: pa.Table | None,
     layers: list[LayerInfo],
     extra: dict[str, pa.ChunkedArray] | None = None,
+    importance: Importance | None = None,
 ) -> pa.Table:
     """The frame (FRAME_SCHEMA, plus `extra` columns already aligned per units row / selectivity row) from
     deduplicated tables, sorted by layer depth, method and unit."""
@@ -221,8 +166,12 @@ def join_frame(
     matched = [sel_row.get(key) for key in _keys(units)]  # each units row's selectivity row, or None
     used = set(matched)
     sel_only = [i for i in range(sel.num_rows) if i not in used]
+    known = set(_keys(units)) | set(sel_row)
+    importance_only = (
+        [] if importance is None else [k for k in dict.fromkeys(_keys(importance.table)) if k not in known]
+    )
     take_matched, take_only = pa.array(matched, pa.int64()), pa.array(sel_only, pa.int64())
-    n_only = len(sel_only)
+    n_only = len(sel_only) + len(importance_only)
 
     def from_units(column: pa.ChunkedArray | pa.Array, type_: pa.DataType) -> pa.ChunkedArray:
         column = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column], type_)
@@ -230,7 +179,8 @@ def join_frame(
 
     def from_selectivity(column: pa.ChunkedArray, type_: pa.DataType) -> pa.ChunkedArray:
         column = column.cast(type_)
-        return pa.chunked_array([*column.take(take_matched).chunks, *column.take(take_only).chunks], type_)
+        taken = [*column.take(take_matched).chunks, *column.take(take_only).chunks]
+        return pa.chunked_array([*taken, pa.nulls(len(importance_only), type_)], type_)
 
     has_sel = np.array([i is not None for i in matched], dtype=bool)
     status = units_status(units) if units.num_rows else pa.array([], pa.string())
@@ -244,21 +194,28 @@ def join_frame(
     )
     position = {info.name: i for i, info in enumerate(layers)}
     info_of = {info.name: info for info in layers}
-    layer_names = units.column("layer").to_pylist() + sel.column("layer").take(take_only).to_pylist()
+    layer_names = (
+        units.column("layer").to_pylist()
+        + sel.column("layer").take(take_only).to_pylist()
+        + [layer for layer, _ in importance_only]
+    )
+    unit_numbers = (
+        units.column("unit").to_pylist()
+        + sel.column("unit").take(take_only).to_pylist()
+        + [unit for _, unit in importance_only]
+    )
     columns: dict[str, pa.ChunkedArray | pa.Array] = {
         "layer": pa.array(layer_names, pa.string()),
         "depth": pa.array([info_of[n].depth if n in info_of else None for n in layer_names], pa.int32()),
         "read": pa.array([info_of[n].read if n in info_of else None for n in layer_names], pa.string()),
-        "unit": pa.chunked_array(
-            [
-                *units.column("unit").cast(pa.int32()).chunks,
-                *sel.column("unit").take(take_only).cast(pa.int32()).chunks,
-            ],
-            pa.int32(),
-        ),
+        "unit": pa.array(unit_numbers, pa.int32()),
         "status": from_units(status, pa.string()),
         "excluded": from_units(pa.array(reasons.tolist(), pa.string()), pa.string()),
     }
+    if importance is not None:
+        columns.update(importance.lookup(layer_names, unit_numbers))
+    else:
+        columns.update({name: pa.nulls(len(layer_names), pa.float64()) for name in IMPORTANCE_COLUMNS})
     for name in FRAME_SCHEMA.names:
         if name in columns:
             continue
@@ -278,7 +235,7 @@ def join_frame(
     frame = pa.table([columns[name] for name in schema.names], schema=schema)
     method_rank = {m: i for i, m in enumerate(_order_methods(set(units.column("method").to_pylist())))}
     order = np.lexsort([
-        np.asarray(frame.column("unit").to_numpy(), dtype=np.int64),
+        np.asarray(unit_numbers, dtype=np.int64),
         np.array([method_rank.get(m, len(method_rank)) for m in frame.column("method").to_pylist()]),
         np.array([position.get(n, len(position)) for n in layer_names]),
     ])  # fmt: skip
@@ -309,8 +266,9 @@ def unit_frame(
     sel_columns = SELECTIVITY_COLUMNS + (["class_means"] if class_means else [])
     units, unit_notes = read_rows(run, "units", units_columns, ["layer", "method", "unit"], unit_where)
     sel, sel_notes = read_rows(run, "selectivity", sel_columns, ["layer", "unit"], where)
+    importance = read_importance(run, where)
     # A notebook shows warnings: overlapping files are worth knowing about.
-    for note in sel_notes + unit_notes:
+    for note in sel_notes + unit_notes + (importance.notes if importance else []):
         warnings.warn(f"{run.uri}: {note}", stacklevel=3)
     extra = {}
     for name, wanted, table in (
@@ -320,9 +278,9 @@ def unit_frame(
         if wanted:
             empty = pa.chunked_array([], OPTIONAL_COLUMNS[name][1])
             extra[name] = table.column(name) if table is not None else empty
-    present = _present_layers(units, sel)
-    frame = join_frame(units, sel, run_layers(catalog, present), extra)
-    if methods is not None:  # rows of the methods asked for only (not the selectivity-only rows)
+    present = _present_layers(units, sel, importance.table if importance else None)
+    frame = join_frame(units, sel, run_layers(catalog, present), extra, importance)
+    if methods is not None:  # rows of the methods asked for (not the selectivity- or importance-only rows)
         frame = frame.filter(pc.is_valid(frame.column("method")))
     return frame
 
@@ -349,8 +307,10 @@ def _partition_layers(dataset: ds.Dataset | None) -> list[str]:
 
 def check_names(run, catalog: list[LayerInfo], layers, methods) -> None:
     if layers is not None:
-        valid = list(dict.fromkeys([*(i.name for i in catalog), *_partition_layers(run.selectivity),
-                                    *_partition_layers(run.units)]))  # fmt: skip
+        tables = (run.selectivity, run.units, getattr(run, "importance", None))
+        valid = list(
+            dict.fromkeys([*(i.name for i in catalog), *(n for t in tables for n in _partition_layers(t))])
+        )
         unknown = [name for name in layers if name not in valid]
         if unknown:
             raise UsageError(f"{run.uri}: unknown layer(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
@@ -365,8 +325,10 @@ def load_run_data(run) -> RunData:
     catalog, source = catalog_layers(run.manifest)
     units, unit_notes = read_rows(run, "units", UNITS_COLUMNS, ["layer", "method", "unit"])
     sel, sel_notes = read_rows(run, "selectivity", SELECTIVITY_COLUMNS, ["layer", "unit"])
-    layers = run_layers(catalog, _present_layers(sel, units))
-    frame = join_frame(units, sel, layers)
+    importance = read_importance(run)
+    importance_table = importance.table if importance else None
+    layers = run_layers(catalog, _present_layers(sel, units, importance_table))
+    frame = join_frame(units, sel, layers, importance=importance)
 
     selectivity: dict[str, LayerSelectivity] = {}
     if sel is not None:
@@ -382,7 +344,7 @@ def load_run_data(run) -> RunData:
     methods = _order_methods({m for _, m in rows})
     kept_files = _kept_files(units, unit_notes)
     model = (run.manifest.get("model") or {}).get("model")
-    notes = sel_notes + unit_notes
+    notes = sel_notes + unit_notes + (importance.notes if importance else [])
     if source == "model registry":
         notes.append("the manifest has no layer catalog (a run written before it did): layers read from "
                      "this repsub's model registry")  # fmt: skip
@@ -394,8 +356,11 @@ def load_run_data(run) -> RunData:
         sel is not None,
         units is not None,
         notes,
+        importance_layers=set(_present_layers(importance_table)),
     )
-    return RunData(run, catalog, source, layers, frame, selectivity, rows, methods, coverage, kept_files)
+    return RunData(
+        run, catalog, source, layers, frame, selectivity, rows, methods, coverage, kept_files, importance
+    )
 
 
 def _method_rows(frame: pa.Table) -> dict[tuple[str, str], MethodRows]:

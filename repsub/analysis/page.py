@@ -1,8 +1,9 @@
 """The report page: one self-contained HTML file (figures, data, style and script inline; no network).
 
-Sections: the run's facts, what it lacks, the statistics table, the unit explorer (filters, a scatter of RS
-against selectivity whose points open their unit, a gallery of thumbnails a page at a time, a unit's detail
-in a dialog; explorer.js), then the paper's figures.
+Sections: the run's facts, what it lacks, the statistics table, importance by ablation (its table and
+figures, for a run with an importance table), the unit explorer (filters, a scatter of RS against
+selectivity whose points open their unit, a gallery of thumbnails a page at a time, a unit's detail in a
+dialog; explorer.js), then the paper's figures.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..store import UNIT_STATUSES
-from .exclusion import REASONS
+from .exclusion import IMPORTANCE_REASONS, REASONS
 from .figures import GridChoice
+from .importance import MEASURES
+from .importance_stats import IMPORTANCE_STATS_FILE, against_label, against_names
 from .layers import SIGNED_NOTE
 from .load import RunData
 from .stats import StatsOptions, left_out
@@ -114,6 +117,76 @@ def stats_table(stats: pa.Table, data: RunData) -> str:
     return f'<table id="layer-stats"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def _ci(low, high) -> str:
+    return "&ndash;" if low is None or math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
+
+
+def importance_table(importance: pa.Table, data: RunData) -> str:
+    """One row per layer, ablation and measure; per relation (against): rho, its interval, the units in it."""
+    againsts = against_names(data)
+    head = ['<th scope="col">layer</th><th scope="col">ablation</th>',
+            '<th scope="col" title="accuracy_drop: the importance; loss_increase: the finer second measure">measure</th>',
+            '<th scope="col" title="importance rows of the layer and ablation">units</th>',
+            '<th scope="col" title="images of the measurement">images</th>',
+            '<th scope="col" title="accuracy of the intact network on those images">baseline acc.</th>',
+            *(f'<th scope="col" colspan="3">vs {esc(against_label(a))}</th>' for a in againsts)]  # fmt: skip
+    sub = "<th></th>" * 6 + "".join(
+        '<th scope="col" title="Spearman rho of importance with it (hover: p-value)">rho</th>'
+        '<th scope="col" title="percentile bootstrap interval of rho">95% CI</th>'
+        '<th scope="col" title="units in rho; hover: the others by reason">n</th>'
+        for _ in againsts
+    )
+    grouped: dict[tuple, dict[str, dict]] = {}
+    for row in importance.to_pylist():
+        grouped.setdefault((row["layer"], row["ablation"], row["measure"]), {})[row["against"]] = row
+    body = []
+    for (layer, ablation, measure), by_against in grouped.items():
+        first = next(iter(by_against.values()))
+        cells = [f'<th scope="row">{esc(layer)}</th><td>{esc(ablation)}</td>',
+                 f'<td title="{esc(MEASURES[measure])}">{esc(measure.replace("_", " "))}</td>',
+                 f"<td>{first['units']}</td><td>{first['n_images']}</td>",
+                 f"<td>{_fmt(first['baseline_accuracy'], '')}</td>"]  # fmt: skip
+        for against in againsts:
+            row = by_against.get(against)
+            if row is None:
+                cells.append("<td>&ndash;</td>" * 3)
+                continue
+            out = {r: row[f"excluded_{r}"] for r in IMPORTANCE_REASONS if row[f"excluded_{r}"]}
+            why = "; ".join(f"{r}: {n} ({IMPORTANCE_REASONS[r]})" for r, n in out.items()) or "none left out"
+            cells.append(
+                f'<td title="p = {_fmt(row["spearman_p"], "spearman_p")}">{_fmt(row["spearman_rho"], "")}</td>'
+                f"<td>{_ci(row['rho_ci_low'], row['rho_ci_high'])}</td>"
+                f'<td class="left-out" title="{esc(why)}">{row["n_included"]}'
+                + (f" ({sum(out.values())} out)" if out else "")
+                + "</td>"
+            )
+        attrs = f'data-layer="{esc(layer)}" data-ablation="{esc(ablation)}" data-measure="{esc(measure)}"'
+        body.append(f"<tr {attrs}>{''.join(cells)}</tr>")
+    return (
+        f'<table id="importance-stats"><thead><tr>{"".join(head)}</tr><tr>{sub}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def importance_section(importance: pa.Table | None, data: RunData, figures: dict) -> list[str]:
+    """The importance statistics and their figures; nothing for a run without importance."""
+    if importance is None:
+        return []
+    out = [
+        '<h2 id="importance">Importance by ablation</h2>',
+        "<p>A unit's <em>importance</em> is its <strong>accuracy drop</strong>: the network's accuracy minus "
+        "its accuracy with the unit ablated (zero: its output set to 0; mean: to its mean over the data); "
+        "<em>loss increase</em> is the mean cross-entropy gained, the finer second measure. Spearman rho of "
+        "importance with the unit's RS (AM, IAM) and with its selectivity, over the units the RS statistics "
+        "include (for selectivity: alive, finite); hover a count for the units left out and why. All rows: "
+        f"<code>{IMPORTANCE_STATS_FILE}</code>.</p>",
+        importance_table(importance, data),
+    ]
+    for against, path in figures.get("importance", {}).items():
+        out.append(_img(path, f"Spearman rho of importance against {against_label(against)} by layer depth"))
+    return out
+
+
 def _options(values: list[tuple[str, str]], label_all: str | None = "all") -> str:
     options = [f'<option value="">{esc(label_all)}</option>'] if label_all else []
     return "".join(options + [f'<option value="{esc(v)}">{esc(text)}</option>' for v, text in values])
@@ -148,10 +221,21 @@ def explorer_section(data: RunData, data_json: str | None, thumbs_json: str | No
     ]
     sorts = [("layer", "layer and unit"), ("rs", "RS"), ("selectivity", "selectivity"),
              ("activation", "own activation"), ("rs_ties", "rs_ties")]  # fmt: skip
+    importance = ""
+    if data.importance is not None:
+        sorts += [("importance", "importance (accuracy drop)"), ("loss_increase", "loss increase")]
+        ablations = [(a, f"{a} ablation") for a in data.importance.ablations]
+        importance = f"""
+  <label>importance of <select id="f-ablation">{_options(ablations, None)}</select></label>
+  <fieldset><legend>importance (accuracy drop)</legend>
+    <label>min <input id="f-imp-min" type="number" step="0.001" inputmode="decimal"></label>
+    <label>max <input id="f-imp-max" type="number" step="0.001" inputmode="decimal"></label>
+  </fieldset>"""
     return f"""
 <p class="small">Every units row (a unit of a layer, with one method's image). Filter and sort them; click a
 card or a point of the scatter (or press Enter on a focused card) to see the unit: its AM and IAM images,
-selectivity, largest class means, RS and status. Thumbnails are {thumb_side} px.</p>
+selectivity, largest class means, RS and status{", and its importance by ablation" if importance else ""}.
+Thumbnails are {thumb_side} px.</p>
 <form id="filters" role="search" aria-label="filter the units">
   <label>layer <select id="f-layer">{_options(layers)}</select></label>
   <label>method <select id="f-method">{_options(methods)}</select></label>
@@ -164,7 +248,7 @@ selectivity, largest class means, RS and status. Thumbnails are {thumb_side} px.
   <fieldset><legend>selectivity</legend>
     <label>min <input id="f-sel-min" type="number" step="0.01" inputmode="decimal"></label>
     <label>max <input id="f-sel-max" type="number" step="0.01" inputmode="decimal"></label>
-  </fieldset>
+  </fieldset>{importance}
   <label>sort by <select id="f-sort">{_options(sorts, None)}</select></label>
   <label>order <select id="f-order"><option value="asc">ascending</option>
     <option value="desc">descending</option></select></label>
@@ -194,6 +278,7 @@ selectivity, largest class means, RS and status. Thumbnails are {thumb_side} px.
   <div id="detail-selectivity"></div>
   <h4 id="detail-means-title"></h4>
   <div id="detail-means"></div>
+  <div id="detail-importance"></div>
   <p id="detail-note" class="small"></p>
   <div class="detail-nav">
     <button type="button" id="detail-prev">previous unit</button>
@@ -234,9 +319,11 @@ def render_page(
     figures: dict,
     explorer: tuple[str, str] | None,
     thumb_side: int,
+    importance: pa.Table | None = None,
 ) -> str:
     """The whole page. `figures`: {'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer:
-    path}, 'hist': {layer: path}}; `explorer`: the two JSON documents of repsub.analysis.explorer or None."""
+    path}, 'hist': {layer: path}, 'importance': {against: path}}; `explorer`: the two JSON documents of
+    repsub.analysis.explorer or None; `importance`: the importance statistics, None without."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -260,6 +347,7 @@ def render_page(
         '<dl class="facts small" id="reasons">'
         + "".join(f"<dt>{esc(r.replace('_', ' '))}</dt><dd>{esc(text)}</dd>" for r, text in REASONS.items())
         + "</dl>",
+        *importance_section(importance, data, figures),
         '<h2 id="explorer">Units</h2>',
         explorer_section(data, *(explorer or (None, None)), thumb_side),
         "<h2>Spearman rho against layer depth</h2>",

@@ -1,6 +1,8 @@
 """`repsub report RUN`: the statistics, the paper's figures and the unit explorer of a run, written into DIR.
 
     DIR/stats.parquet     one row per layer and method (repsub.analysis.stats), options in its metadata
+    DIR/importance_stats.parquet   importance against RS and selectivity (repsub.analysis.importance_stats),
+                          for a run with an importance table only
     DIR/figures/*.png     the figures (repsub.analysis.figures)
     DIR/report.html       self-contained: figures, data, style and script inline, no external resource
 
@@ -28,11 +30,19 @@ from .figures import (
     choose_grid_unit,
     histograms,
     histograms_name,
+    importance_rho_by_depth,
+    importance_rho_name,
     rho_by_depth,
     rs_vs_selectivity,
     scatter_name,
     substitutes_name,
     substitution_grid,
+)
+from .importance_stats import (
+    IMPORTANCE_STATS_FILE,
+    against_names,
+    compute_importance_stats,
+    importance_metadata,
 )
 from .load import RunData, load_run_data
 from .page import render_page
@@ -91,6 +101,7 @@ def build_report(
     out = Path(out_dir) if out_dir is not None else default_out(run_uri)
     data = load_run_data(open_run(run_uri))
     stats = compute_stats(data, options)
+    importance = compute_importance_stats(data, options) if data.importance is not None else None
     grid_unit = choose_grid_unit(data, options, unit)  # a bad --unit fails before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -99,10 +110,13 @@ def build_report(
         raise RunError(f"cannot create the report directory {out}: {err}") from err
     try:
         (staging / FIGURES_DIR).mkdir()
-        figures = _draw_figures(data, stats, options, grid_unit, staging / FIGURES_DIR)
+        figures = _draw_figures(data, stats, importance, options, grid_unit, staging / FIGURES_DIR)
         explorer, side = _explorer(data)
-        page = render_page(data, stats, options, figures, explorer, side)
+        page = render_page(data, stats, options, figures, explorer, side, importance)
         pq.write_table(stats.replace_schema_metadata(stats_metadata(data, options)), staging / STATS_FILE)
+        if importance is not None:
+            meta = importance_metadata(data, options)
+            pq.write_table(importance.replace_schema_metadata(meta), staging / IMPORTANCE_STATS_FILE)
         (staging / HTML_FILE).write_text(page, encoding="utf-8")
         _commit(staging, out)
     finally:
@@ -119,10 +133,22 @@ def _explorer(data: RunData) -> tuple[tuple[str, str] | None, int]:
     return explorer_data(data, thumbnails(data, side), side, original), side
 
 
-def _draw_figures(data: RunData, stats: pa.Table, options: StatsOptions, grid_unit, folder: Path) -> dict:
-    """{'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer: path}, 'hist': {layer: path}}."""
-    figures: dict = {"scatter": {}, "hist": {}, "grid": None}
+def _draw_figures(
+    data: RunData,
+    stats: pa.Table,
+    importance: pa.Table | None,
+    options: StatsOptions,
+    grid_unit,
+    folder: Path,
+) -> dict:
+    """{'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer: path}, 'hist': {layer: path},
+    'importance': {against: path}}."""
+    figures: dict = {"scatter": {}, "hist": {}, "grid": None, "importance": {}}
     figures["depth"] = rho_by_depth(data, stats, folder / RHO_BY_DEPTH)
+    for against in against_names(data) if importance is not None else []:
+        path = importance_rho_by_depth(data, importance, against, folder / importance_rho_name(against))
+        if path is not None:
+            figures["importance"][against] = path
     for info in data.layers:
         path = rs_vs_selectivity(data, info.name, options, folder / scatter_name(info.name))
         if path is not None:
@@ -138,6 +164,8 @@ def _draw_figures(data: RunData, stats: pa.Table, options: StatsOptions, grid_un
 
 def _commit(staging: Path, out: Path) -> None:
     """Move the new report into place: figures (the old ones removed), statistics, then the page."""
+    if not (staging / IMPORTANCE_STATS_FILE).exists():  # the run no longer has importance
+        (out / IMPORTANCE_STATS_FILE).unlink(missing_ok=True)
     figures = out / FIGURES_DIR
     figures.mkdir(exist_ok=True)
     for pattern in (*FIGURE_PATTERNS, *OLD_FIGURE_PATTERNS):  # figures of layers no longer in the run
@@ -146,4 +174,6 @@ def _commit(staging: Path, out: Path) -> None:
     for made in (staging / FIGURES_DIR).iterdir():
         made.replace(figures / made.name)
     (staging / STATS_FILE).replace(out / STATS_FILE)
+    if (staging / IMPORTANCE_STATS_FILE).exists():
+        (staging / IMPORTANCE_STATS_FILE).replace(out / IMPORTANCE_STATS_FILE)
     (staging / HTML_FILE).replace(out / HTML_FILE)

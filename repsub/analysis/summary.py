@@ -3,6 +3,10 @@
 Per layer: how it is read, units, dead units, mean selectivity; per method m: ``n_m`` (units in the RS
 statistics), ``mean_rs_m``, ``spearman_m`` (rho of RS against selectivity) and ``left_out_m`` (the units
 left out, by reason). The same numbers as the report's table; the summary skips only the bootstrap interval.
+
+A run with an importance table gets a second table (`importance_summary_rows`): one line per layer, ablation
+and measure, with Spearman rho of importance against each relation (``rho_rs_am``, ``rho_rs_iam``,
+``rho_selectivity``) and the units in it (``n_...``), as in importance_stats.parquet.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import math
 
 import pyarrow as pa
 
+from .importance_stats import compute_importance_stats
 from .load import load_run_data
 from .stats import StatsOptions, compute_stats, left_out
 
@@ -46,9 +51,39 @@ def summary_rows(stats: pa.Table) -> list[dict]:
     return list(by_layer.values())
 
 
+IMPORTANCE_LEGEND = (
+    "importance: accuracy_drop (accuracy minus accuracy with the unit ablated) or loss_increase; rho: Spearman "
+    "of importance with RS (AM, IAM) or selectivity; n: units in it (RS: as above; selectivity: alive, finite)"
+)
+
+
 def run_summary(run, options: StatsOptions = SUMMARY_OPTIONS) -> list[dict]:
     """The summary rows of an opened run (repsub.open_run)."""
     return summary_rows(compute_stats(load_run_data(run), options))
+
+
+def run_summaries(run, options: StatsOptions = SUMMARY_OPTIONS) -> tuple[list[dict], list[dict]]:
+    """The summary rows and the importance summary rows (empty without importance), from one reading."""
+    data = load_run_data(run)
+    importance = importance_summary_rows(compute_importance_stats(data, options)) if data.importance else []
+    return summary_rows(compute_stats(data, options)), importance
+
+
+def importance_summary_rows(importance: pa.Table) -> list[dict]:
+    """One dict per layer, ablation and measure from the importance statistics (repsub.analysis.importance_stats)."""
+    lines: dict[tuple, dict] = {}
+    for row in importance.to_pylist():
+        line = lines.setdefault(
+            (row["layer"], row["ablation"], row["measure"]),
+            {key: row[key] for key in ("layer", "ablation", "measure", "units", "baseline_accuracy")},
+        )
+        line[f"rho_{row['against']}"] = row["spearman_rho"]
+        line[f"n_{row['against']}"] = row["n_included"]
+    return list(lines.values())
+
+
+def format_importance_summary(rows: list[dict]) -> str:
+    return format_table(rows) + "\n" + IMPORTANCE_LEGEND if rows else ""
 
 
 def format_summary(rows: list[dict]) -> str:
