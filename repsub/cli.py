@@ -346,40 +346,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_layers(args) -> None:
-    from .models import model_catalog
+    from . import catalog_index
 
-    if args.list_models:
-        _list_models(args.json)
-        return
-    if not args.model:
+    if not args.list_models and not args.model:
         raise UsageError("give --model NAME (or --list-models)")
-    found = model_catalog(args.model, weights=args.weights)
-    layers = found.readable_modules() if args.modules else found.layers
+    # The shipped index answers the common questions without importing torch; the rest is built live.
+    index = catalog_index.load() if args.weights == "random" and not args.modules else None
+    if args.list_models:
+        _list_models(index["models"] if index else catalog_index.model_rows(), args.json)
+        return
+    if index and args.model in index["catalogs"]:
+        rows = index["catalogs"][args.model]
+    else:
+        from .models import model_catalog
+
+        found = model_catalog(args.model, weights=args.weights)
+        rows = catalog_index.layer_rows(found.readable_modules() if args.modules else found.layers)
     if args.json:
         keys = ("name", "units", "module", "kind", "read")
-        print(json.dumps([{key: getattr(layer, key) for key in keys} for layer in layers]))
+        print(json.dumps([{key: row[key] for key in keys} for row in rows]))
         return
-    rows = [("layer", "units", "kind", "read", "module")]
-    rows += [
-        (layer.name, str(layer.units), layer.kind, layer.describe_read(), layer.module) for layer in layers
-    ]
-    w = [max(len(row[i]) for row in rows) for i in range(4)]
-    for name, units, kind, read, module in rows:
+    table = [("layer", "units", "kind", "read", "module")]
+    table += [(r["name"], str(r["units"]), r["kind"], r["read_text"], r["module"]) for r in rows]
+    w = [max(len(row[i]) for row in table) for i in range(4)]
+    for name, units, kind, read, module in table:
         print(f"{name:<{w[0]}}  {units:>{w[1]}}  {kind:<{w[2]}}  {read:<{w[3]}}  {module}")
-    print(f"{'total':<{w[0]}}  {sum(layer.units for layer in layers):>{w[1]}}")
+    print(f"{'total':<{w[0]}}  {sum(r['units'] for r in rows):>{w[1]}}")
 
 
-def _list_models(as_json: bool) -> None:
-    from .models import MODELS
-    from .models.weights import weights_names
-
-    models = [
-        {"name": spec.name, "family": spec.family, "image_size": spec.preprocessing.image_size,
-         "classes": spec.num_classes, "description": spec.description,
-         "weights": ["random", *(["imagenet", *weights_names(spec.weights_enum)] if spec.weights_enum else [])],
-         }
-        for spec in MODELS.values()
-    ]  # fmt: skip
+def _list_models(models: list[dict], as_json: bool) -> None:
     if as_json:
         print(json.dumps(models))
         return

@@ -18,13 +18,14 @@ from __future__ import annotations
 import io
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 from PIL import Image
 
-from .selectivity import selectivity_index
+if TYPE_CHECKING:
+    import torch
 
 LAYER_PARTITION = pa.schema([("layer", pa.string())])
 
@@ -114,6 +115,8 @@ UNIT_STATUSES = {
 
 def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:
     """The selectivity rows of one layer, from its class means [C, N]."""
+    from .selectivity import selectivity_index  # torch: not for readers of a run
+
     result = selectivity_index(class_means)
     means = class_means.cpu().numpy().T  # [N, C]
     return pa.table({

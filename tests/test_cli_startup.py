@@ -112,3 +112,18 @@ def test_prepare_keeps_its_options(capsys):
     real = argparse.ArgumentParser().add_subparsers()
     add_prepare_parser(real)
     assert help_line == next(a.help for a in real._choices_actions if a.dest == "prepare")
+
+
+@pytest.mark.parametrize("argv", [["layers", "--model", "vgg16"], ["layers", "--list-models", "--json"]])
+def test_layers_answers_from_the_shipped_index_without_torch(argv):
+    found = imported_after(f"""
+import contextlib, io
+from repsub.cli import main
+text = io.StringIO()
+with contextlib.redirect_stdout(text):
+    code = main({argv!r})
+out = [code, text.getvalue()]
+""")
+    code, text = found["out"]
+    assert code == 0 and found["heavy"] == [], f"repsub {' '.join(argv)} imported {found['heavy']}"
+    assert ("conv5_3" in text and "fc8" in text) if "--model" in argv else '"resnet18"' in text
