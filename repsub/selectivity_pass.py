@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 
 import torch
@@ -10,8 +9,10 @@ from tqdm.auto import tqdm
 
 from .capture import LayerReader
 from .models import LoadedModel, UnitLayer
-from .precision import Precision, as_input, prepare_for_speed
+from .precision import Precision, as_input, autocast_ready, prepare_for_speed
 from .selectivity import ClassMeanAccumulator
+
+FP32 = Precision("fp32", "fp32", "default")
 
 
 @torch.no_grad()
@@ -34,13 +35,14 @@ def accumulate_class_sums(
     count) sizes the progress bar. `on_batch(activations, labels)` sees each batch's unit activations
     {layer: [B, N]} (e.g. to store them per image: repsub.activations.ActivationWriter.add).
     """
-    reader = LayerReader(model.module, layers, reduce=reduce)
+    precision = precision or FP32
     channels_last = prepare_for_speed(model.module, device)
+    reader = LayerReader(autocast_ready(model.module, precision), layers, reduce=reduce)
     accumulator = ClassMeanAccumulator({layer.name: layer.units for layer in layers}, num_classes, device)
     with tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress) as bar:
         for images, labels in batches:
             images = as_input(images.to(device, non_blocking=True), channels_last)
-            with precision.autocast(device) if precision is not None else contextlib.nullcontext():
+            with precision.autocast(device):
                 activations = reader(images)
             accumulator.add(activations, labels)
             if on_batch is not None:

@@ -218,3 +218,24 @@ def test_progress_shows_whole_units(shallow_random, capsys):
         bar.units_done(4)
     shown = capsys.readouterr().err
     assert "4/10 units" in shown and "4.0" not in shown
+
+
+def test_bf16_iam_steps_agree_with_fp32(vgg16_random):
+    """As test_bf16_steps_agree_with_fp32, for IAM (every unit of the layer in the objective: no shortcut)."""
+    layer = vgg16_random.layer("conv3_1")
+    settings = OptimSettings(steps=12, image_size=32, batch_size=24)
+    fp32, bf16 = (
+        optimize_units(
+            vgg16_random, layer, list(range(24)), "iam", replace(settings, precision=p), progress=False
+        )
+        for p in ("fp32", "bf16")
+    )
+    assert stats.spearmanr(fp32.rs, bf16.rs).statistic >= 0.95
+    assert abs(fp32.rs.mean() - bf16.rs.mean()) <= 0.01
+    assert (bf16.status != "ok").sum() <= (fp32.status != "ok").sum()
+    # IAM objectives straddle zero: compare their ranks, and their medians on the scale of their spread.
+    assert stats.spearmanr(fp32.objective_final, bf16.objective_final).statistic >= 0.95
+    assert (
+        abs(np.median(bf16.objective_final) - np.median(fp32.objective_final))
+        <= 0.05 * fp32.objective_final.std()
+    )

@@ -21,9 +21,10 @@ import torch
 from ..capture import REDUCTIONS, LayerReader
 from ..errors import UsageError
 from ..models import LoadedModel, UnitLayer
-from ..precision import PRECISIONS, Precision, as_input, prepare_for_speed, resolve_precision
+from ..precision import PRECISIONS, Precision, as_input, exact_fp32, prepare_for_speed, resolve_precision
 from ..rs import representative_substitution, rs_ties
 from .objectives import METHODS, OWN_TERMS, climbed
+from .own_unit import OwnUnit
 from .param import PARAMETERIZATIONS
 from .progress import UnitProgress
 from .transforms import RandomAffine
@@ -52,11 +53,14 @@ class OptimSettings:
                 raise UsageError(
                     f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; valid: {', '.join(valid)}"
                 )
+        from ..validate import check_int, check_number
+
         for name in ("steps", "image_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.lr == float("inf"):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+            check_int(getattr(self, name), f"--{name.replace('_', '-')}", 1)
+        check_number(self.lr, "--lr", positive=True)
+        for name, limit in (("jitter", 0.5), ("scale", 0.99), ("rotate", 180.0)):  # beyond: no image left
+            if check_number(getattr(self, name), name) > limit:
+                raise UsageError(f"{name} must be at most {limit}, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,19 +125,33 @@ def _optimize_batch(
     recorded = METHODS[method]
 
     def evaluate(images: torch.Tensor) -> torch.Tensor:
-        """The recorded layer activations of images, fp32, no transforms."""
-        with torch.no_grad():
+        """The recorded layer activations of images: exact fp32 (no TF32, fixed cuDNN algorithms), no
+        transforms."""
+        with torch.no_grad(), exact_fp32():
             return reader(as_input(normalize(images), channels_last))[layer.name].to(torch.float32)
 
     with torch.no_grad():
         objective_start = recorded(evaluate(image()), unit_index)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
+    own_unit = OwnUnit.find(model.module, layer, len(units)) if method == "am" else None
+    own_index = torch.zeros_like(unit_index)  # each image's own unit is unit 0 of OwnUnit's one-unit layer
+
+    def climb(warped: torch.Tensor) -> torch.Tensor:
+        """The objective the optimizer climbs, per image: [B]."""
+        index = unit_index
+        with precision.autocast(device):
+            if own_unit is not None:  # [B, 1] each
+                (post, pre), index = own_unit.read(warped, unit_index, reduce), own_index
+            elif settings.own_term == "post":  # no pre-activation: exactly the plain objective's forward
+                post, pre = reader(warped)[layer.name], None
+            else:
+                posts, pres = reader.read(warped)
+                post, pre = posts[layer.name], pres.get(layer.name)
+        return climbed(method, post, pre, index, settings.own_term)
+
     for step in range(settings.steps):
         optimizer.zero_grad(set_to_none=True)
-        warped = as_input(normalize(warp(image(), step)), channels_last)
-        with precision.autocast(device):
-            post, pre = reader.read(warped)
-        objective = climbed(method, post[layer.name], pre.get(layer.name), unit_index, settings.own_term)
+        objective = climb(as_input(normalize(warp(image(), step)), channels_last))
         (-objective.sum()).backward()
         optimizer.step()
         progress.step(len(units))

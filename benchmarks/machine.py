@@ -1,0 +1,20 @@
+"""The benchmarks' machine is shared: wait for a quiet moment before a measured round, say the load."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(max_load: float | None, patience: float = 1800) -> float:
+    """Wait (at most `patience` seconds) until the 1-minute load average is below `max_load` (None: no wait).
+    Returns the load average the measurement starts at."""
+    waited = 0.0
+    while max_load is not None and load_average() >= max_load and waited < patience:
+        time.sleep(15)
+        waited += 15
+    return load_average()
