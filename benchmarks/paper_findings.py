@@ -13,6 +13,10 @@ paper's four findings checked as statements:
 3. MLP: RS similar across layers;
 4. IAM gives lower RS than AM.
 
+and, with every unit's importance by ablation (zeroed, accuracy drop on the held-out digits), the paper's
+thesis: (5) units with high RS (replaceable) are the less important ones, rho(RS, importance) < 0; (6)
+selective units are not the important ones, rho(selectivity, importance) never above 0.
+
     .venv/bin/python -m benchmarks.paper_findings                    # the full run (~15 min on 2 cores)
     .venv/bin/python -m benchmarks.paper_findings --own-terms hybrid,post   # also the unfixed optimization
 
@@ -106,7 +110,14 @@ def run_model(model: str, settings: Settings, train: Path, val: Path, own_term: 
             model=loaded, method=method, out=run, settings=optim, units=settings.units, seed=settings.seed,
             device="cpu", progress=False,
         )  # fmt: skip
-    return {"run": run, "seconds": time.monotonic() - started, **facts}
+    optimized = time.monotonic()
+    repsub.importance(
+        model=loaded, data=val, out=run, units=settings.units, image_size=IMAGE_SIZE, batch_size=128,
+        device="cpu", workers=0, progress=False,
+    )  # fmt: skip
+    return {
+        "run": run, "seconds": optimized - started, "importance_seconds": time.monotonic() - optimized, **facts,
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------ reading the results
@@ -146,6 +157,45 @@ def layer_results(model: str, run_dir: Path, resamples: int) -> list[LayerResult
             ci=(row["rho_ci_low"], row["rho_ci_high"]), n=row["n_included"],
         ))  # fmt: skip
     return out
+
+
+@dataclass
+class ImportanceResult:
+    """One layer's rho of importance (zero ablation, held-out digits) against RS or selectivity."""
+
+    model: str
+    layer: str
+    depth: int
+    read: str
+    measure: str  # accuracy_drop (the paper's importance) or loss_increase
+    against: str  # rs_am, rs_iam, selectivity
+    baseline_accuracy: float
+    mean_importance: float
+    rho: float
+    ci: tuple[float, float]
+    n: int
+
+
+def importance_results(model: str, run_dir: Path, resamples: int) -> list[ImportanceResult]:
+    """The report's importance statistics of a run (repsub.analysis.importance_stats), zero ablation."""
+    rows = repsub.open_run(run_dir).importance_stats(resamples=resamples).to_pylist()
+    return [
+        ImportanceResult(
+            model=model,
+            layer=row["layer"],
+            depth=row["depth"],
+            read=row["read"],
+            measure=row["measure"],
+            against=row["against"],
+            baseline_accuracy=row["baseline_accuracy"],
+            mean_importance=row["mean_importance"],
+            rho=row["spearman_rho"],
+            ci=(row["rho_ci_low"], row["rho_ci_high"]),
+            n=row["n_included"],
+        )  # fmt: skip
+        for row in rows
+        if row["ablation"] == "zero"
+    ]
 
 
 def paired_iam_below_am(run_dir: Path) -> dict[str, tuple[int, int]]:
@@ -227,6 +277,34 @@ def check_findings(results: list[LayerResult], pairs: dict[str, tuple[int, int]]
     return findings
 
 
+def check_thesis(importance: list[ImportanceResult]) -> list[Finding]:
+    """The paper's thesis on importance (accuracy drop when the unit is zeroed), over the hidden layers of
+    both models: (5) replaceable units (high RS) are the less important ones; (6) selective units are not
+    the important ones."""
+    hidden = [r for r in importance if r.measure == "accuracy_drop" and r.read != "logits"]
+
+    def listed(rows: list[ImportanceResult]) -> str:
+        return ", ".join(f"{r.model} {r.layer} {r.rho:+.2f} [{r.ci[0]:+.2f}, {r.ci[1]:+.2f}]" for r in rows)
+
+    findings = []
+    for against in ("rs_am", "rs_iam"):
+        rows = [r for r in hidden if r.against == against and not math.isnan(r.rho)]
+        below = sum(r.ci[1] < 0 for r in rows)
+        findings.append(Finding(
+            5, f"{against.removeprefix('rs_').upper()}: rho(RS, importance) < 0 in every hidden layer "
+            f"(high RS, less important); CI below 0 in {below} of {len(rows)}",
+            all(r.rho < 0 for r in rows) if rows else None, listed(rows),
+        ))  # fmt: skip
+    rows = [r for r in hidden if r.against == "selectivity" and not math.isnan(r.rho)]
+    above = [r for r in rows if r.ci[0] > 0]
+    findings.append(Finding(
+        6, "rho(selectivity, importance) is not positive in any hidden layer (its CI never above 0): selective "
+        f"units are not the important ones; CI above 0 in {len(above)} of {len(rows)}",
+        not above if rows else None, listed(rows),
+    ))  # fmt: skip
+    return findings
+
+
 # ------------------------------------------------------------------ printing
 
 
@@ -242,19 +320,48 @@ def format_results(results: list[LayerResult]) -> str:
     return "\n".join(lines)
 
 
+def format_importance(importance: list[ImportanceResult]) -> str:
+    """Per model and layer: baseline accuracy, mean importance and rho against RS (AM, IAM) and selectivity,
+    for each measure."""
+    head = f"{'model':<12} {'layer':<6} {'measure':<14} {'base acc':>8} {'mean':>8} {'n':>5}  " + "  ".join(
+        f"{'rho vs ' + a:<27}" for a in ("rs_am", "rs_iam", "selectivity")
+    )
+    lines = [head]
+    keys = dict.fromkeys((r.model, r.layer, r.measure) for r in importance)
+    for model, layer, measure in keys:
+        rows = {r.against: r for r in importance if (r.model, r.layer, r.measure) == (model, layer, measure)}
+        first = next(iter(rows.values()))
+        cells = []
+        for against in ("rs_am", "rs_iam", "selectivity"):
+            r = rows.get(against)
+            cells.append(
+                f"{'':<27}" if r is None or math.isnan(r.rho)
+                else f"{r.rho:+.2f} [{r.ci[0]:+.2f}, {r.ci[1]:+.2f}] n={r.n:<5}"
+            )  # fmt: skip
+        lines.append(
+            f"{model:<12} {layer:<6} {measure:<14} {first.baseline_accuracy:>8.3f} {first.mean_importance:>8.4f} "
+            f"{first.n:>5}  " + "  ".join(cells)
+        )
+    return "\n".join(lines)
+
+
 def run(settings: Settings) -> dict:
     settings.out.mkdir(parents=True, exist_ok=True)
     train, val = write_digits(settings.out / "digits", seed=settings.seed, subset=settings.subset)
     report: dict = {}
     for own_term in settings.own_terms:
-        results, pairs, facts = [], {}, {}
+        results, importance, pairs, facts = [], [], {}, {}
         for model in MODELS:
             done = run_model(model, settings, train, val, own_term)
             facts[model] = done
             results += layer_results(model, done["run"], settings.resamples)
+            importance += importance_results(model, done["run"], settings.resamples)
             if model == "shallow_cnn":
                 pairs = paired_iam_below_am(done["run"])
-        report[own_term] = {"results": results, "findings": check_findings(results, pairs), "facts": facts}
+        report[own_term] = {
+            "results": results, "importance": importance, "facts": facts,
+            "findings": check_findings(results, pairs) + check_thesis(importance),
+        }  # fmt: skip
     return report
 
 
@@ -279,9 +386,12 @@ def main(argv: list[str] | None = None) -> None:
         for model, facts in part["facts"].items():
             print(
                 f"{model}: train accuracy {facts['train_accuracy']:.3f}, held-out accuracy "
-                f"{facts['val_accuracy']:.3f}; selectivity + AM + IAM in {facts['seconds']:.0f} s"
+                f"{facts['val_accuracy']:.3f}; selectivity + AM + IAM in {facts['seconds']:.0f} s, importance "
+                f"in {facts['importance_seconds']:.0f} s"
             )
         print(format_results(part["results"]))
+        print("\nimportance (zero ablation, held-out digits), Spearman rho with its 95% bootstrap CI:")
+        print(format_importance(part["importance"]))
         for finding in part["findings"]:
             verdict = {True: "HOLDS", False: "DOES NOT HOLD", None: "UNDECIDED"}[finding.holds]
             print(f"({finding.number}) {verdict}: {finding.statement}\n    {finding.evidence}")

@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from infra.iam_policy import decide
 from infra.s3_permissions import Permission, S3Request, bucket_arn, required
-from infra.seaweed import free_ports
+from infra.seaweed import free_ports, stop_process
 
 REGION = "us-east-1"
 # Set-up credentials: accepted while the server does not enforce (moto checks nothing then).
@@ -180,13 +180,7 @@ class EnforcingS3:
         return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def main(argv: list[str] | None = None) -> int:

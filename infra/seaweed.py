@@ -117,13 +117,8 @@ class SeaweedS3:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
         for port in (v for k, v in self.ports.items() if "grpc" in k):  # sockets it hard-codes under /tmp
             for path in glob.glob(f"/tmp/seaweedfs-*-grpc-{port}.sock"):
                 os.unlink(path)
@@ -144,3 +139,15 @@ class SeaweedS3:
             **overrides,
         }
         return boto3.client("s3", config=Config(s3={"addressing_style": "path"}), **options)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Terminate a server we started, and kill it if it has not exited after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

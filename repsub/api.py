@@ -33,11 +33,11 @@ from .models import LoadedModel, resolve_model
 from .optimize import OptimSettings, UnitProgress, optimize_units
 from .optimize.objectives import METHODS
 from .precision import default_device, resolve_precision
-from .provenance import Scope, ranges_text, selectivity_meaning, units_meaning
+from .provenance import Scope, selectivity_meaning, units_meaning
 from .selectivity_pass import accumulate_class_sums
 from .store import RunWriter
 from .tables import selectivity_table, units_table, with_layer
-from .units import parse_units
+from .units import parse_units, ranges_text
 from .validate import check_image_size, check_int, check_seed
 
 DEFAULT_REDUCE = "mean"

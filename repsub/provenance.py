@@ -24,6 +24,7 @@ import hashlib
 from dataclasses import dataclass
 
 from .errors import RunError
+from .units import ranges_text
 
 # The settings that define what a table's rows mean (README, "Run integrity"). Other settings (steps, lr,
 # precision, batch size, seed, device) may differ between commands: each row records its steps and seed,
@@ -47,19 +48,6 @@ class Scope:
     @property
     def name(self) -> str:
         return self.table if self.key is None else f"{self.table}/{self.key}"
-
-
-def ranges_text(units) -> str:
-    """Sorted unit indices as compact ranges: [0, 1, 2, 5] -> "0-2,5"."""
-    units = sorted(set(int(u) for u in units))
-    parts, start = [], None
-    for i, u in enumerate(units):
-        if start is None:
-            start = u
-        if i + 1 == len(units) or units[i + 1] != u + 1:
-            parts.append(str(start) if start == u else f"{start}-{u}")
-            start = None
-    return ",".join(parts)
 
 
 def _expand(text: str) -> set[int]:

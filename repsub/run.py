@@ -33,7 +33,6 @@ class Run:
     selectivity: ds.Dataset | None
     units: ds.Dataset | None
     activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
-    importance: ds.Dataset | None = None  # importance by ablation (repsub.analysis.importance)
     importance: ds.Dataset | None = None  # importance by ablation (repsub importance)
 
     def table(self, name: str, **to_table_kwargs) -> pa.Table | None:

@@ -43,3 +43,17 @@ def units_within(spec: str | None, n_units: int) -> list[int]:
     if spec is None:
         return list(range(n_units))
     return sorted({u for a, b in parse_ranges(spec) for u in range(a, min(b, n_units - 1) + 1)})
+
+
+def ranges_text(units, separator: str = ",") -> str:
+    """Unit indices as compact ranges, sorted, duplicates dropped: [0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (what
+    parse_units reads back); separator=", " for prose."""
+    units = sorted({int(u) for u in units})
+    parts, start = [], None
+    for i, unit in enumerate(units):
+        if start is None:
+            start = unit
+        if i + 1 == len(units) or units[i + 1] != unit + 1:
+            parts.append(str(start) if start == unit else f"{start}-{unit}")
+            start = None
+    return separator.join(parts)

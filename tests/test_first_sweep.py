@@ -50,6 +50,11 @@ def test_the_demo_config_runs_as_the_readme_gives_it(first_sweep):
     images = sum(1 for _ in val.rglob("*.png"))
     assert images == 300 and set(selectivity["n_images"].to_pylist()) == {images}
     assert run.manifest["commands"]["sweep"]["config"]["selectivity"]["data"] == "demo"
+    importance = run.importance.to_table(columns=["layer", "unit", "n_images", "ablation"])
+    pairs = sorted(zip(importance["layer"].to_pylist(), importance["unit"].to_pylist(), strict=True))
+    assert pairs == sorted(set(zip(units["layer"].to_pylist(), units["unit"].to_pylist(), strict=True)))
+    assert set(importance["n_images"].to_pylist()) == {100}
+    assert set(importance["ablation"].to_pylist()) == {"zero"}
     assert "sweep written to runs/demo-sweep" in result.stdout and "mean_selectivity" in result.stdout
 
 
@@ -76,7 +81,7 @@ def test_jobs_sweep_takes_the_same_flags(first_sweep):
     here, _ = first_sweep
     result = sweep(["jobs.sweep"], here, here / "cache")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "15 already done" in result.stdout and "sweep written to runs/demo-sweep" in result.stdout
+    assert "21 already done" in result.stdout and "sweep written to runs/demo-sweep" in result.stdout
 
 
 def test_prepare_demo_data_writes_the_held_out_images_at_a_missing_path(tmp_path, monkeypatch):

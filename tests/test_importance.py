@@ -11,7 +11,7 @@ from repsub.importance.ablation import ablated_copies
 from repsub.importance.counts import AblationCounts
 from repsub.importance.measure import ablated_forward, measure_importance, unit_means
 from repsub.importance.split import SplitModel
-from repsub.models import LoadedModel, UnitLayer, from_module
+from repsub.models import LoadedModel, UnitLayer, from_module, load_model
 
 
 def _batches(n_images, size, num_classes, batch, seed=0):
@@ -59,6 +59,18 @@ def test_counts_equal_a_full_forward_per_ablated_unit(shallow_random, layer_name
         np.testing.assert_allclose(
             results["class_accuracy_drop"][k], (base_correct - correct) / np.array([7, 7, 6])
         )
+
+
+@pytest.mark.parametrize("size", [32, 20])  # 20 px: the MLP resizes its input (a step fx cannot trace into)
+def test_the_papers_mlp_is_cut_not_run_whole_per_unit(capsys, size):
+    mlp = load_model("mlp", weights="random", seed=0, num_classes=3)
+    layer = mlp.layer("fc3")
+    batches = _batches(10, size, 3, batch=4)
+    counts = measure_importance(mlp, layer, [0, 7, 300], batches, 3, progress=False)
+    assert "cannot be cut" not in capsys.readouterr().err
+    for k, unit in enumerate([0, 7, 300]):
+        correct, _ = _brute_force(mlp, layer, unit, 0.0, batches, 3)
+        assert counts.correct[k].tolist() == correct.tolist()
 
 
 def test_vgg16_cut_equals_full_forwards_at_small_size(vgg16_random):
@@ -146,7 +158,6 @@ def test_balanced_subset_is_seeded_and_balanced():
 
 def test_resnet_blocks_and_a_relu_called_twice_cut_at_the_read_point():
     """resnet18: a block output, and its ReLU module (called twice: read at its last call, the block output)."""
-    from repsub.models import load_model
 
     model = load_model("resnet18", "random", seed=0, num_classes=5)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))

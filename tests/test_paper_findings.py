@@ -1,11 +1,15 @@
 """The paper-findings benchmark at tiny settings on a subset of the real digits (the full run is the benchmark)."""
 
+import math
+
 import numpy as np
+import pytest
 from PIL import Image
+from scipy import stats
 from sklearn.datasets import load_digits
 
 import repsub
-from benchmarks.paper_findings import MODELS, Settings, check_findings, run, write_digits
+from benchmarks.paper_findings import MODELS, Settings, check_findings, check_thesis, run, write_digits
 
 
 def test_digits_become_a_stratified_image_folder(tmp_path):
@@ -41,7 +45,28 @@ def test_a_tiny_run_reports_every_layer_and_the_four_findings(tmp_path):
         rows = [u for u in frame.to_pylist() if u["dead"] is False]
         assert r.alive == len(rows) and r.failed == sum(u["status"] != "ok" for u in rows)
         assert r.n <= r.alive - r.failed
-    assert sorted({f.number for f in report["findings"]}) == [1, 2, 3, 4]
+    assert sorted(f.number for f in report["findings"]) == [1, 1, 2, 3, 4, 5, 5, 6]
+    # Importance: every layer of both models, each rho the report's statistic of that run's importance table.
+    importance = report["importance"]
+    assert {(r.model, r.layer) for r in importance} == layers
+    for r in importance:
+        table = repsub.open_run(settings.out / f"{r.model}-hybrid").importance.to_table().to_pylist()
+        rows = [row for row in table if row["layer"] == r.layer]
+        assert sorted(row["unit"] for row in rows) == [0, 1, 2, 3]
+        assert r.baseline_accuracy == rows[0]["baseline_accuracy"]
+        if r.measure == "accuracy_drop" and r.n == 4 and not math.isnan(r.rho):
+            other = "rs_am" if r.against == "rs_am" else None
+            if other:
+                frame = {
+                    u["unit"]: u["rs"]
+                    for u in repsub.open_run(settings.out / f"{r.model}-hybrid")
+                    .frame(layers=[r.layer], methods=["am"])
+                    .to_pylist()
+                }
+                drops = {row["unit"]: row["accuracy_drop"] for row in rows}
+                units = sorted(drops)
+                expected = stats.spearmanr([frame[u] for u in units], [drops[u] for u in units]).statistic
+                assert r.rho == pytest.approx(expected)
     assert all(f.holds in (True, False, None) and f.evidence for f in report["findings"])
     assert 0 <= report["facts"]["shallow_cnn"]["val_accuracy"] <= 1
 
@@ -67,3 +92,24 @@ def test_findings_as_statements_on_a_hand_made_case():
     assert found[(2, "fc5")] is True
     assert found[(3, "MLP")] is False  # IAM spreads 0.28
     assert found[(4, "IAM")] is False  # conv2 is 2:2
+
+
+def test_the_thesis_as_statements_on_a_hand_made_case():
+    from benchmarks.paper_findings import ImportanceResult
+
+    def row(layer, against, rho, low, high, read="relu"):
+        return ImportanceResult(
+            "mlp", layer, 0, read, "accuracy_drop", against, 0.9, 0.01, rho, (low, high), 10
+        )
+
+    rows = [
+        row("fc1", "rs_am", -0.4, -0.7, -0.1), row("fc2", "rs_am", -0.1, -0.5, 0.3),
+        row("fc1", "rs_iam", -0.4, -0.7, -0.1), row("fc2", "rs_iam", 0.2, -0.2, 0.5),
+        row("fc1", "selectivity", 0.1, -0.2, 0.4), row("fc2", "selectivity", 0.5, 0.2, 0.8),
+        row("fc3", "rs_am", 0.9, 0.8, 1.0, read="logits"),  # the logits are not a hidden layer
+    ]  # fmt: skip
+    am, iam, selective = check_thesis(rows)
+    assert (am.number, am.holds) == (5, True) and "CI below 0 in 1 of 2" in am.statement
+    assert (iam.number, iam.holds) == (5, False)
+    assert (selective.number, selective.holds) == (6, False) and "fc2 +0.50" in selective.evidence
+    assert check_thesis([]) and all(f.holds is None for f in check_thesis([]))

@@ -18,7 +18,6 @@ from PIL import Image
 from scipy import stats as sps
 
 from repsub.analysis.commands import add_report_parser, cmd_report
-from repsub.analysis.coverage import format_ranges
 from repsub.analysis.exclusion import REASONS
 from repsub.analysis.figures import choose_grid_unit, substitution_grid
 from repsub.analysis.load import load_run_data
@@ -34,6 +33,7 @@ from repsub.analysis.stats import (
 )
 from repsub.errors import RunError, UsageError
 from repsub.run import open_run
+from repsub.units import parse_units, ranges_text
 from tests.chromium import Chromium
 from tests.report_helpers import (
     REASON_ORDER,
@@ -418,6 +418,8 @@ def test_command_line(crafted, tmp_path, capsys):
         write_report("s3://bucket/run")
 
 
-def test_format_ranges():
-    assert format_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
-    assert format_ranges([]) == ""
+def test_unit_ranges_read_back_as_the_same_units():
+    assert ranges_text([8, 0, 1, 2, 5, 7, 1], ", ") == "0-2, 5, 7-8"
+    assert ranges_text([]) == ""
+    units = [0, 1, 2, 5, 7, 8, 40]
+    assert parse_units(ranges_text(units), 64, "conv1") == units

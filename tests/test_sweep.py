@@ -170,23 +170,30 @@ def test_a_killed_worker_is_retried_and_every_unit_lands_once(local_ray, tmp_pat
 def test_a_killed_driver_resumes_where_it_stopped(local_ray, tmp_path, image_folder_dir, capsys):
     config_path = tmp_path / "c.yaml"
     out = tmp_path / "sweep"
+    weights = tmp_path / "three-classes.pt"  # importance needs the data's classes
+    torch.save(load_model("shallow_cnn", "random", seed=3, num_classes=3).module.state_dict(), weights)
     config_path.write_text(
-        f"model: shallow_cnn\nseed: 3\nout: {out}\nlayers: [conv3]\nunits: 0-47\n"
+        f"model: shallow_cnn\nweights: {weights}\nseed: 3\nout: {out}\nlayers: [conv3]\nunits: 0-47\n"
         "optimization: {steps: 20, image_size: 24, batch_size: 4}\nsharding: {units_per_shard: 4}\n"
         "workers: {count: 1, cpus: 1}\n"
         f"selectivity: {{data: {image_folder_dir}, batch_size: 4, workers: 0, images_per_shard: 5}}\n"
+        f"importance: {{data: {image_folder_dir}, images: 12, batch_size: 6, workers: 0}}\n"
     )
     config, done_before = kill_a_driver_midway(config_path)
-    assert 3 <= done_before < 29
+    assert 3 <= done_before < 41  # of 5 data, 24 AM/IAM and 12 importance shards
     (out / ".tmp-0123-left-by-a-killed-writer.parquet").write_bytes(b"PAR1 half")
     run_sweep(config, progress=False)
     already = shards_already_done(capsys.readouterr().out)
     assert done_before <= already <= done_before + 1  # its in-flight shard may still have landed
     assert unit_rows(out) == sorted((m, "conv3", u) for m in ("am", "iam") for u in range(48))
+    importance = repsub.open_run(out).importance.to_table(columns=["layer", "unit"])
+    assert sorted(importance["unit"].to_pylist()) == list(range(48))  # every unit's importance exactly once
     assert not list(out.rglob(".tmp-*"))
     whole = replace(config, out=str(tmp_path / "whole"))
     run_sweep(whole, progress=False)
-    assert_same_results(out, whole.out)  # units and class means equal an uninterrupted run, bit for bit
+    assert_same_results(
+        out, whole.out
+    )  # units, class means and importance equal an uninterrupted run, bit for bit
 
 
 def test_a_rerun_recomputes_the_shards_whose_files_do_not_verify(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..units import ranges_text
 from .layers import LayerInfo
 
 EXPECTED_METHODS = ("am", "iam")
@@ -63,18 +64,6 @@ def check_coverage(
                 missing[info.name] = gone.tolist()
         coverage.missing_units[table] = missing
         if missing:
-            parts = [f"{name} {format_ranges(units)}" for name, units in missing.items()]
+            parts = [f"{name} {ranges_text(units, ', ')}" for name, units in missing.items()]
             coverage.notes.append(f"{table}: missing units: {'; '.join(parts)}")
     return coverage
-
-
-def format_ranges(units: list[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
-    parts, start = [], None
-    for i, unit in enumerate(units):
-        if start is None:
-            start = unit
-        if i + 1 == len(units) or units[i + 1] != unit + 1:
-            parts.append(str(start) if start == unit else f"{start}-{unit}")
-            start = None
-    return ", ".join(parts)

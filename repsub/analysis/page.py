@@ -371,7 +371,7 @@ def _grid(grid: tuple[Path, GridChoice] | None) -> list[str]:
     if not grid:
         return [_none("IAM or AM images")]
     path, choice = grid
-    from .coverage import format_ranges
+    from ..units import ranges_text
 
     out = [
         f"<p>{esc(choice.layer)} unit {choice.unit} (selectivity {choice.selectivity:.3f}, RS {choice.rs:.3f}): "
@@ -379,7 +379,7 @@ def _grid(grid: tuple[Path, GridChoice] | None) -> list[str]:
         "activation on it is strictly higher, most active first.</p>"
     ]
     if choice.shown_missing:
-        out.append(f"<p>No image in the run for unit(s) {esc(format_ranges(choice.shown_missing))}.</p>")
+        out.append(f"<p>No image in the run for unit(s) {esc(ranges_text(choice.shown_missing, ', '))}.</p>")
     out.append(_img(path, f"substitution grid, {choice.layer} unit {choice.unit}"))
     return out
 

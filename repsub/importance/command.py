@@ -20,10 +20,10 @@ from ..errors import DataError, UsageError
 from ..extend import RunRecord, layers_for_run, load_for_run, selectivity_size_for_run
 from ..models import LoadedModel
 from ..precision import default_device
-from ..provenance import Scope, importance_meaning, ranges_text
+from ..provenance import Scope, importance_meaning
 from ..store import RunWriter
 from ..tables import importance_table, with_layer
-from ..units import parse_units
+from ..units import parse_units, ranges_text
 from ..validate import check_image_size
 from .ablation import ABLATIONS
 from .measure import measure_importance, unit_means

@@ -55,15 +55,17 @@ class MLP(nn.Module):
         self.classifier = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = nn.functional.interpolate(
-                x,
-                size=(self.input_size, self.input_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
-        return self.classifier(torch.flatten(x, 1))
+        return self.classifier(torch.flatten(resized(x, self.input_size), 1))
+
+
+@torch.fx.wrap  # one opaque step in a torch.fx trace: its test of the shape cannot be traced
+def resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`images` resized to size x size (bilinear, antialiased) unless they are that size already."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
 
 
 register_model(ModelSpec(

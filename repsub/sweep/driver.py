@@ -12,12 +12,12 @@ from ..data.sources import open_source
 from ..data.subset import balanced_subset
 from ..errors import RepsubError, UsageError
 from ..models import resolve_model
-from ..provenance import Scope, importance_meaning, ranges_text, selectivity_meaning, units_meaning
+from ..provenance import Scope, importance_meaning, selectivity_meaning, units_meaning
 from ..selectivity import ClassMeanAccumulator
 from ..storage import configure_s3
 from ..store import RunWriter, open_run
 from ..tables import TABLES, selectivity_table
-from ..units import units_within
+from ..units import ranges_text, units_within
 from ..validate import check_image_size
 from .commit import ShardLedger
 from .config import SweepConfig
