@@ -4,7 +4,7 @@
 The index is built from the live catalogs (a meta-device forward per model) with the versions of torch and
 torchvision it records; where the installed ones differ, or for anything it does not hold (other weights,
 `--modules`), `repsub layers` builds the catalog live. Regenerate it after changing a model or a catalog
-rule (tests/test_catalog_index.py checks that it equals the live catalogs):
+rule (tests/test_torchvision_models.py checks that it equals the live catalogs):
 
     .venv/bin/python -m repsub.catalog_index
 """

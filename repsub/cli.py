@@ -336,13 +336,18 @@ def main(argv: list[str] | None = None) -> int:
                 from .storage import check_location
 
                 check_location(value, name.replace("_", "-"))
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # a reader that went away shows here, in the handler below, not at exit
+        return code
     except RepsubError as err:
         print(f"repsub {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`repsub layers | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 def cmd_layers(args) -> None:

@@ -5,6 +5,7 @@ interpreters through sys.modules (what was imported), not by timing (docs/perfor
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -127,3 +128,19 @@ out = [code, text.getvalue()]
     code, text = found["out"]
     assert code == 0 and found["heavy"] == [], f"repsub {' '.join(argv)} imported {found['heavy']}"
     assert ("conv5_3" in text and "fc8" in text) if "--model" in argv else '"resnet18"' in text
+
+
+def test_a_reader_that_went_away_ends_the_listing_quietly(tmp_path):
+    """`repsub layers --model vgg16 | head -1`: the pipe's reader is gone before the listing is written;
+    no traceback, exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(tmp_path / "stderr", "w") as stderr:
+        code = subprocess.run(
+            [sys.executable, "-m", "repsub.cli", "layers", "--model", "vgg16"],
+            stdout=write_end,
+            stderr=stderr,
+            timeout=120,
+        ).returncode
+    os.close(write_end)
+    assert (code, (tmp_path / "stderr").read_text()) == (0, "")
