@@ -113,6 +113,7 @@ class LayerReader:
         reduce: str | None = "mean",
         stop: bool = True,
         edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+        pre_reduce: str | None = None,
     ):
         if reduce is not None and reduce not in REDUCTIONS:
             raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
@@ -122,7 +123,12 @@ class LayerReader:
             raise UsageError(TOKENS_HAVE_NO_CENTER)
         self.model = model
         self.layers = list(layers)
+        if pre_reduce is not None and (reduce is None or pre_reduce not in REDUCTIONS):
+            raise UsageError(
+                f"unknown pre-activation reduction {pre_reduce!r}; valid: {', '.join(REDUCTIONS)}"
+            )
         self.reduce = reduce
+        self.pre_reduce = pre_reduce or reduce  # read()'s pre-activations: by default reduced as the units
         self.stop = stop
         self.edits = dict(edits or {})
         unknown = sorted(set(self.edits) - {layer.name for layer in self.layers})
@@ -142,9 +148,14 @@ class LayerReader:
         return tensor.clone() if self.reduce is None else reduce_units(tensor, kind, self.reduce)
 
     def _relu_input_hook(self, path: str, kind: str, state: _ForwardState):
-        # Reduced before the ReLU runs: an inplace ReLU overwrites its input.
+        # Reduced before the ReLU runs: an inplace ReLU overwrites its input. A spatial max keeps its input for
+        # the backward, so it gets a copy the ReLU cannot overwrite.
         def hook(_module, inputs):
-            state.relu_inputs[path] = self._units(inputs[0], kind)
+            if self.pre_reduce is None:
+                state.relu_inputs[path] = inputs[0].clone()
+                return
+            pre = inputs[0].clone() if self.pre_reduce == "max" and inputs[0].requires_grad else inputs[0]
+            state.relu_inputs[path] = reduce_units(pre, kind, self.pre_reduce)
 
         return hook
 
@@ -154,7 +165,7 @@ class LayerReader:
     def read(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(post, pre): the layers' unit activations as `__call__` returns them, and for each layer read
         after a ReLU its pre-activation (the ReLU's input, on its last call within the layer's module),
-        reduced the same way. Layers without a ReLU (logits, raw module outputs) are absent from `pre`."""
+        reduced the same way (or by `pre_reduce` where given). Layers without a ReLU (logits, raw module outputs) are absent from `pre`."""
         return self._run(images, with_pre=True)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

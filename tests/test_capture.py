@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repsub.capture import LayerReader
+from repsub.errors import UsageError
 from repsub.models import UnitLayer
 
 
@@ -122,6 +123,24 @@ def test_pre_activation_is_the_relu_input_despite_inplace_relus(reduce):
     torch.testing.assert_close(pre["f"], fc_pre)
     torch.testing.assert_close(post["f"], torch.relu(fc_pre))
     assert set(pre) == {"c", "f"}  # logits have no pre-activation
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max", "center"])
+def test_pre_activations_reduced_their_own_way_keep_their_gradient_through_inplace_relus(reduce):
+    """The optimizer reads a silent conv unit's pre-activation at its highest position (pre_reduce="max")
+    while the units stay spatial means; the inplace ReLU after it must not spoil the max's backward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1))
+    conv = UnitLayer("c", 4, "1", "conv", read="relu", relu="1")
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    post, pre = LayerReader(model, [conv], reduce=reduce, pre_reduce="max").read(x)
+    by_hand = model[0](x)
+    torch.testing.assert_close(pre["c"], by_hand.amax(dim=(2, 3)))
+    (grad,) = torch.autograd.grad(pre["c"].sum(), x)
+    (expected,) = torch.autograd.grad(by_hand.amax(dim=(2, 3)).sum(), x)
+    torch.testing.assert_close(grad, expected)
+    with pytest.raises(UsageError, match="pre-activation reduction 'top'"):
+        LayerReader(model, [conv], pre_reduce="top")
 
 
 def test_pre_activation_of_a_relu_called_twice_is_its_last_call():

@@ -239,3 +239,30 @@ def test_bf16_iam_steps_agree_with_fp32(vgg16_random):
         abs(np.median(bf16.objective_final) - np.median(fp32.objective_final))
         <= 0.05 * fp32.objective_final.std()
     )
+
+
+def test_the_hybrids_silent_phase_climbs_the_highest_position():
+    """While the unit's post-ReLU value is 0, hybrid climbs its pre-activation's max over positions (where
+    the unit first responds), whatever the units' reduction; `pre` climbs it reduced as the units are."""
+    from repsub.optimize.objectives import pre_reduction
+
+    assert [pre_reduction("hybrid", r) for r in ("mean", "max", "center")] == ["max", "max", "center"]
+    assert [pre_reduction("pre", r) for r in ("mean", "max", "center")] == ["mean", "max", "center"]
+    assert pre_reduction("post", "mean") == "mean"
+
+
+@pytest.mark.parametrize("own_term", ["hybrid", "pre"])
+def test_a_max_reduced_run_optimizes_through_inplace_relus(shallow_random, own_term):
+    """`selectivity --reduce max`, then IAM: the pre-activation's spatial max is taken before the model's
+    inplace ReLU overwrites its input (this crashed in autograd before)."""
+    settings = OptimSettings(steps=4, image_size=16, batch_size=6, own_term=own_term)
+    result = optimize_units(
+        shallow_random,
+        shallow_random.layer("conv3"),
+        list(range(6)),
+        "iam",
+        settings,
+        progress=False,
+        reduce="max",
+    )
+    assert len(result.status) == 6 and np.isfinite(result.objective_final).all()

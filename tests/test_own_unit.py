@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from repsub.capture import LayerReader
-from repsub.optimize.objectives import climbed
+from repsub.optimize.objectives import climbed, pre_reduction
 from repsub.optimize.own_unit import OwnUnit
 from repsub.precision import prepare_for_speed
 
@@ -18,10 +18,11 @@ def test_the_own_unit_gives_the_whole_layers_objective_and_gradient(vgg16_random
     shortcut = OwnUnit.find(vgg16_random.module, layer, len(units))
     assert shortcut is not None and shortcut.kind == kind
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    post, pre = LayerReader(vgg16_random.module, [layer]).read(images)
+    pre_reduce = pre_reduction(own_term, "mean")  # hybrid: the max over positions while silent
+    post, pre = LayerReader(vgg16_random.module, [layer], pre_reduce=pre_reduce).read(images)
     whole = climbed("am", post[name], pre[name], units, own_term)
     (whole_grad,) = torch.autograd.grad(whole.sum(), images)
-    post, pre = shortcut.read(images, units, "mean")
+    post, pre = shortcut.read(images, units, "mean", pre_reduce)
     own = climbed("am", post, pre, torch.zeros_like(units), own_term)
     (own_grad,) = torch.autograd.grad(own.sum(), images)
     torch.testing.assert_close(own, whole, rtol=1e-5, atol=1e-7)

@@ -9,9 +9,13 @@ is negative everywhere has a post-ReLU value of exactly 0 and no gradient, so it
 move (repsub measured this for up to 90% of a layer's units: docs/science.md). OWN_TERMS:
 
 - ``hybrid`` (default): the post-ReLU value while it is > 0, else the pre-ReLU value, which has a
-  gradient and pulls the unit out of zero; once it responds, the post-ReLU value takes over.
+  gradient and pulls the unit out of zero; once it responds, the post-ReLU value takes over. While the
+  unit is silent, a conv unit's pre-activation is read at its highest position (`silent_reduction`): its
+  post-ReLU mean (or max) becomes > 0 exactly when one position's pre-activation does, so that is the
+  shortest way out of zero (the spatial mean of the pre-activation left 17 of 17 silent units of the
+  demo's conv3/conv4 at 0 after 48 steps, the max 2: docs/science.md).
 - ``post``: the post-ReLU value always (the plain definition; stalls at 0).
-- ``pre``: the pre-ReLU value always.
+- ``pre``: the pre-ReLU value always, reduced as the units are.
 
 The other units of IAM's subtracted term stay post-ReLU in every case (pre-ReLU values there raise RS).
 """
@@ -21,6 +25,15 @@ from __future__ import annotations
 import torch
 
 OWN_TERMS = ("hybrid", "post", "pre")
+
+
+def pre_reduction(own_term: str, reduce: str) -> str:
+    """How the optimizer reduces a conv unit's pre-activation over space for `own_term`, when the units are
+    reduced by `reduce`: for hybrid's silent phase the reduction whose value is > 0 exactly when the unit's
+    post-ReLU value is (the max over positions, or the centre itself for `center`); for `pre`, `reduce`."""
+    if own_term == "hybrid":
+        return "center" if reduce == "center" else "max"
+    return reduce
 
 
 def _own(layer: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

@@ -71,10 +71,11 @@ class OwnUnit:
         return captured[0]
 
     def read(
-        self, images: torch.Tensor, units: torch.Tensor, reduce: str
+        self, images: torch.Tensor, units: torch.Tensor, reduce: str, pre_reduce: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(post, pre): each image's own unit after and before the ReLU, reduced as the layer's units are:
-        [B, 1] each, so that unit 0 of this one-unit layer is the image's own."""
+        """(post, pre): each image's own unit after and before the ReLU, reduced as the layer's units are
+        (the pre-activation by `pre_reduce` where given, as LayerReader's): [B, 1] each, so that unit 0 of
+        this one-unit layer is the image's own."""
         x = self._input(images)
         bias = self.layer.bias[units] if self.layer.bias is not None else None
         if self.kind == "conv":
@@ -84,4 +85,6 @@ class OwnUnit:
             out = F.linear(x, self.layer.weight[units], bias)
         # Image b through its own filter b: the diagonal of [B, B, ...], a view (moved to dim 0), no copy.
         pre = out.diagonal(dim1=0, dim2=1).movedim(-1, 0).unsqueeze(1)  # [B, 1, ...]
-        return reduce_units(F.relu(pre), self.kind, reduce), reduce_units(pre, self.kind, reduce)
+        return reduce_units(F.relu(pre), self.kind, reduce), reduce_units(
+            pre, self.kind, pre_reduce or reduce
+        )

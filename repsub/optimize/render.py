@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..models import LoadedModel, UnitLayer
 from ..precision import PRECISIONS, Precision, as_input, exact_fp32, prepare_for_speed, resolve_precision
 from ..rs import representative_substitution, rs_ties
-from .objectives import METHODS, OWN_TERMS, climbed
+from .objectives import METHODS, OWN_TERMS, climbed, pre_reduction
 from .own_unit import OwnUnit
 from .param import PARAMETERIZATIONS
 from .progress import UnitProgress
@@ -118,7 +118,8 @@ def _optimize_batch(
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     image = PARAMETERIZATIONS[settings.param](generators, settings.image_size, device)
     warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
-    reader = LayerReader(model.module, [layer], reduce=reduce)
+    pre_reduce = pre_reduction(settings.own_term, reduce)
+    reader = LayerReader(model.module, [layer], reduce=reduce, pre_reduce=pre_reduce)
     channels_last = prepare_for_speed(model.module, device)
     normalize = _normalizer(model, device)
     unit_index = torch.tensor(units, device=device)
@@ -141,7 +142,7 @@ def _optimize_batch(
         index = unit_index
         with precision.autocast(device):
             if own_unit is not None:  # [B, 1] each
-                (post, pre), index = own_unit.read(warped, unit_index, reduce), own_index
+                (post, pre), index = own_unit.read(warped, unit_index, reduce, pre_reduce), own_index
             elif settings.own_term == "post":  # no pre-activation: exactly the plain objective's forward
                 post, pre = reader(warped)[layer.name], None
             else:
