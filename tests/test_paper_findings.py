@@ -45,7 +45,7 @@ def test_a_tiny_run_reports_every_layer_and_the_four_findings(tmp_path):
         rows = [u for u in frame.to_pylist() if u["dead"] is False]
         assert r.alive == len(rows) and r.failed == sum(u["status"] != "ok" for u in rows)
         assert r.n <= r.alive - r.failed
-    assert sorted(f.number for f in report["findings"]) == [1, 1, 2, 3, 4, 5, 5, 6]
+    assert sorted(f.number for f in report["findings"]) == [1, 1, 2, 3, 4, 5, 5, 5, 5, 6, 6]
     # Importance: every layer of both models, each rho the report's statistic of that run's importance table.
     importance = report["importance"]
     assert {(r.model, r.layer) for r in importance} == layers
@@ -92,6 +92,8 @@ def test_findings_as_statements_on_a_hand_made_case():
     assert found[(2, "fc5")] is True
     assert found[(3, "MLP")] is False  # IAM spreads 0.28
     assert found[(4, "IAM")] is False  # conv2 is 2:2
+    tied = check_findings(results, {"conv1": (5, 1), "fc6": (0, 0)})  # 0:0: every pair tied, no verdict
+    assert [f.holds for f in tied if f.number == 4] == [True]
 
 
 def test_the_thesis_as_statements_on_a_hand_made_case():
@@ -108,8 +110,9 @@ def test_the_thesis_as_statements_on_a_hand_made_case():
         row("fc1", "selectivity", 0.1, -0.2, 0.4), row("fc2", "selectivity", 0.5, 0.2, 0.8),
         row("fc3", "rs_am", 0.9, 0.8, 1.0, read="logits"),  # the logits are not a hidden layer
     ]  # fmt: skip
-    am, iam, selective = check_thesis(rows)
+    am, iam, selective, *loss = check_thesis(rows)
     assert (am.number, am.holds) == (5, True) and "CI below 0 in 1 of 2" in am.statement
     assert (iam.number, iam.holds) == (5, False)
     assert (selective.number, selective.holds) == (6, False) and "fc2 +0.50" in selective.evidence
+    assert [f.holds for f in loss] == [None, None, None]  # no loss_increase rows given
     assert check_thesis([]) and all(f.holds is None for f in check_thesis([]))
