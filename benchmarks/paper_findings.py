@@ -17,7 +17,7 @@ and, with every unit's importance by ablation (zeroed, accuracy drop on the held
 thesis: (5) units with high RS (replaceable) are the less important ones, rho(RS, importance) < 0; (6)
 selective units are not the important ones, rho(selectivity, importance) never above 0.
 
-    .venv/bin/python -m benchmarks.paper_findings                    # the full run (~15 min on 2 cores)
+    .venv/bin/python -m benchmarks.paper_findings                    # the full run (~20 min on 2 cores)
     .venv/bin/python -m benchmarks.paper_findings --own-terms hybrid,post   # also the unfixed optimization
 
 Needs scikit-learn (the `bench` and `test` extras). Results are recorded in docs/science.md.
