@@ -165,7 +165,8 @@ class LayerReader:
     def read(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(post, pre): the layers' unit activations as `__call__` returns them, and for each layer read
         after a ReLU its pre-activation (the ReLU's input, on its last call within the layer's module),
-        reduced the same way (or by `pre_reduce` where given). Layers without a ReLU (logits, raw module outputs) are absent from `pre`."""
+        reduced the same way (or by `pre_reduce` where given). Layers without a ReLU (logits, raw module
+        outputs) are absent from `pre`."""
         return self._run(images, with_pre=True)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
