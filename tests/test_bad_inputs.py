@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from repsub.cli import main
 from repsub.sweep import load_config
 from repsub.sweep.config import WorkersConfig
+from tests.cli_helpers import run_cli
 
 SEL = ["selectivity", "--model", "shallow_cnn", "--data", "{data}", "--workers", "0", "--image-size", "16"]
 VIS = ["visualize", "--model", "shallow_cnn", "--method", "am", "--layers", "fc6", "--units", "0", "--steps", "1",
@@ -64,15 +64,6 @@ def paths(image_folder_dir, shallow_random, tmp_path_factory):
     return {"data": str(image_folder_dir), **{name: str(where / f"{name}.pt") for name in files}}
 
 
-def run_cli(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def command_line(template, paths, out):
     argv = [arg.format(**paths) for arg in template]
     return argv + ["--out", str(out)] + ([] if argv[0] == "train" else ["--no-progress"])
@@ -83,7 +74,7 @@ def command_line(template, paths, out):
 )
 def test_an_invalid_argument_is_refused_clearly(template, message, paths, tmp_path, capsys):
     out = tmp_path / ("w.pt" if template[0] == "train" else "run")
-    code, text = run_cli(capsys, command_line(template, paths, out))
+    code, text = run_cli(capsys, *command_line(template, paths, out))
     assert code == 2 and message in text, text
     assert "Traceback" not in text and not out.exists()  # nothing written
 
@@ -91,7 +82,7 @@ def test_an_invalid_argument_is_refused_clearly(template, message, paths, tmp_pa
 @pytest.mark.parametrize("template", VALID, ids=[" ".join(c[:1] + c[-2:]) for c in VALID])
 def test_a_valid_neighbour_runs(template, paths, tmp_path, capsys):
     out = tmp_path / ("w.pt" if template[0] == "train" else "run")
-    code, text = run_cli(capsys, command_line(template, paths, out))
+    code, text = run_cli(capsys, *command_line(template, paths, out))
     assert code == 0, text
     assert out.exists()
 
@@ -111,11 +102,11 @@ def test_a_damaged_run_file_is_refused_and_left_as_it_is(name, content, message,
     out = tmp_path / "run"
     out.mkdir()
     (out / name).write_text(content)
-    code, text = run_cli(capsys, command_line(VIS, paths, out))
+    code, text = run_cli(capsys, *command_line(VIS, paths, out))
     assert code == 2 and message in text and "Traceback" not in text
     assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == content
     if name == "_lock.json":  # only --force-unlock removes what is not a lock
-        assert run_cli(capsys, command_line(VIS, paths, out) + ["--force-unlock"])[0] == 0
+        assert run_cli(capsys, *command_line(VIS, paths, out) + ["--force-unlock"])[0] == 0
 
 
 BASE_CONFIG = {"model": "shallow_cnn", "layers": ["fc6"], "units": "0", "methods": ["am"],
@@ -161,9 +152,7 @@ def write_config(tmp_path, change: dict, paths) -> str:
 
 @pytest.mark.parametrize(("change", "message"), BAD_CONFIGS, ids=[str(c[0]) for c in BAD_CONFIGS])
 def test_an_invalid_sweep_config_value_is_refused_clearly(change, message, paths, tmp_path, capsys):
-    code, text = run_cli(
-        capsys, ["sweep", "--config", write_config(tmp_path, change, paths), "--no-progress"]
-    )
+    code, text = run_cli(capsys, "sweep", "--config", write_config(tmp_path, change, paths), "--no-progress")
     assert code == 2 and message in text, text
     assert "Traceback" not in text and not (tmp_path / "run").exists()  # refused before Ray or any write
 

@@ -4,16 +4,7 @@ import shutil
 
 import pytest
 
-from repsub.cli import main
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+from tests.cli_helpers import run_cli
 
 
 def selectivity_cli(capsys, data, out, *extra):

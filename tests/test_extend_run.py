@@ -12,20 +12,11 @@ import torch
 from torch import nn
 
 import repsub
-from repsub.cli import main
 from repsub.models import load_model
 from repsub.store import decode_png
+from tests.cli_helpers import run_cli as cli
 
 SEED = 3  # not the default 0: taking the run's seed is part of re-creating its random weights
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import repsub
-from repsub.cli import main
 from repsub.errors import RunError
 from repsub.provenance import row_settings
 from repsub.store import RunWriter
@@ -24,18 +23,10 @@ from repsub.sweep import run_sweep
 from repsub.sweep.commit import ShardLedger
 from repsub.sweep.plan import plan_data_shards, plan_unit_shards
 from repsub.sweep.work import ShardRunner
+from tests.cli_helpers import run_cli as cli
 from tests.sweep_helpers import small_sweep_config
 
 SMALL = ["--image-size", "16", "--no-progress"]
-
-
-def cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def files(root: Path) -> dict[str, bytes]:

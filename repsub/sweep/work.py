@@ -78,6 +78,7 @@ class ShardRunner:
         cfg = self.config.selectivity
         source = self.source(cfg.data, self.config.selectivity_image_size())
         layers = [self.model.layer(name) for name in self.config.layer_names(self.model.layers)]
+        precision = resolve_precision(cfg.precision, self.device)
         batches = source.batches(
             cfg.batch_size, indices=range(shard.start, shard.stop), workers=cfg.workers, device=self.device
         )
@@ -89,7 +90,7 @@ class ShardRunner:
             reduce=self.config.reduce,
             device=self.device,
             progress=False,
-            precision=resolve_precision(cfg.precision, self.device),
+            precision=precision,
         )
         if acc.n_images != shard.size:
             raise RuntimeError(f"{shard.id}: saw {acc.n_images} images, expected {shard.size}")
@@ -98,7 +99,7 @@ class ShardRunner:
             "images": acc.n_images,
             "seconds": time.monotonic() - started,
             "device": self.device,
-            "precision": resolve_precision(cfg.precision, self.device).used,
+            "precision": precision.used,
         }
         self.ledger.mark_done(shard.id, info, [path])
         return {"shard": shard.id, **info}
