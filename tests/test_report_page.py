@@ -44,6 +44,13 @@ def open_page(browser, page, fragment: str = "") -> None:
     assert browser.evaluate("window.repsubExplorer.ready") is True
 
 
+def close_detail(browser) -> None:
+    """Escape closes the unit's dialog. Its `close` event is a queued task whose handler clears the address and
+    gives focus back to the card: wait for it, or it can take focus from whatever the test focuses next."""
+    browser.key("Escape")
+    browser.wait_for("!document.getElementById('unit-detail').open && location.hash === ''")
+
+
 def cards(browser) -> list[dict]:
     """The gallery's cards as shown: their row, label and image size."""
     return browser.evaluate("""Array.from(document.querySelectorAll("#gallery .card")).map((c) => {
@@ -147,7 +154,7 @@ def test_unit_detail_matches_the_stored_rows(hand_page, browser):
         detail["means"] == ["<b>eel</b> (2)0.4000", "dog (1)0.3000", "cat (0)0.2000"] and detail["bold"] == 0
     )
     assert detail["images"] == [12]
-    browser.key("Escape")
+    close_detail(browser)
     assert browser.evaluate("document.getElementById('unit-detail').open") is False
     assert browser.evaluate("document.activeElement.dataset.row") == str(target["row"])  # focus returns
     # A left-out unit says why; opened from the keyboard (Enter on its card).
@@ -161,7 +168,7 @@ def test_unit_detail_matches_the_stored_rows(hand_page, browser):
         "no_response"
     )
     assert cells["rs_ties"] == "0.5000"
-    browser.key("Escape")
+    close_detail(browser)
 
 
 def test_scatter_point_opens_its_unit(real, real_page, browser):
@@ -192,7 +199,7 @@ def test_scatter_point_opens_its_unit(real, real_page, browser):
         .map((tr) => [tr.cells[0].textContent, tr.cells[1].textContent]))""")
     assert shown["selectivity"] == f"{sel[('fc5', unit)]['selectivity']:.3f}"
     assert browser.evaluate("location.hash") == f"#unit=fc5/{unit}/iam"
-    browser.key("Escape")
+    close_detail(browser)
 
 
 def test_address_opens_a_unit(real, real_page, browser):
@@ -297,7 +304,7 @@ def test_unit_detail_shows_importance(importance_page, browser):
         top = sorted((c for c in range(len(drops)) if not math.isnan(drops[c])), key=lambda c: -drops[c])
         assert cells[f"{ablation}: largest class drops"].split("; ")[0].startswith(f"class {top[0]} ")
         assert len(cells[f"{ablation}: largest class drops"].split("; ")) == 3  # class 3 had no images
-    browser.key("Escape")
+    close_detail(browser)
 
 
 def test_importance_table_on_the_page(importance_page, browser):
