@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from repsub.store import RunWriter
-from tests.report_helpers import _newest_rows, selectivity_rows, set_mtime, units_rows
+from tests.report_helpers import newest_rows, selectivity_rows, set_mtime, units_rows
 
 IDENTITY = {"model": "toy2", "weights": "random", "weights_sha256": "2" * 64, "num_classes": 4}
 CATALOG = [
@@ -116,9 +116,7 @@ def importance_run(out: Path, images: bool = True) -> Path:
 def stored_importance(run: Path) -> dict[tuple[str, str, int], dict]:
     columns = ["unit", "ablation", "n_images", "baseline_accuracy", "accuracy_drop", "loss_increase",
                "class_accuracy_drop"]  # fmt: skip
-    return _newest_rows(
-        list(run.glob("importance/layer=*/*.parquet")), ["layer", "ablation", "unit"], columns
-    )
+    return newest_rows(list(run.glob("importance/layer=*/*.parquet")), ["layer", "ablation", "unit"], columns)
 
 
 def _finite(value) -> bool:

@@ -176,7 +176,7 @@ def set_mtime(path: Path, seconds_from_now: float) -> None:
 # ---------------------------------------------------------------- an independent reading of the stored columns
 
 
-def _newest_rows(paths, key_columns, columns):
+def newest_rows(paths, key_columns, columns):
     """{key: row} over Parquet files, the row of the most recently modified file winning (then the last path)."""
     ordered = sorted(paths, key=lambda p: (p.stat().st_mtime_ns, str(p)))
     rows = {}
@@ -190,14 +190,14 @@ def _newest_rows(paths, key_columns, columns):
 
 
 def stored_selectivity(run: Path) -> dict[tuple[str, int], dict]:
-    return _newest_rows(
+    return newest_rows(
         list(run.glob("selectivity/layer=*/*.parquet")), ["layer", "unit"], ["unit", "selectivity", "dead"]
     )
 
 
 def stored_units(run: Path) -> dict[tuple[str, str, int], dict]:
     columns = ["method", "unit", "rs", "activation", "status", "rs_ties"]
-    return _newest_rows(list(run.glob("units/layer=*/*.parquet")), ["layer", "method", "unit"], columns)
+    return newest_rows(list(run.glob("units/layer=*/*.parquet")), ["layer", "method", "unit"], columns)
 
 
 def expected_reason(unit_row: dict, sel_row: dict | None) -> str | None:

@@ -1,4 +1,5 @@
-"""Shared by the resume tests: a sweep driver started as a real process, killed once it has committed some shards."""
+"""Shared by the resume and fault tests: waiting for a sweep's first commits, and a sweep driver started as a real
+process, killed once it has committed some shards."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from repsub.sweep import SweepConfig, load_config
 from repsub.sweep.commit import ShardLedger
 
 
+def wait_for_shards(ledger: ShardLedger, count: int, timeout: float, running=lambda: True) -> int:
+    """Poll until `count` shards are committed, `timeout` seconds pass or `running()` turns false (a driver that
+    ended); returns the shards done then. Faults injected after it hit a sweep with work under way."""
+    deadline = time.monotonic() + timeout
+    while len(ledger.done()) < count and time.monotonic() < deadline and running():
+        time.sleep(0.05)
+    return len(ledger.done())
+
+
 def kill_a_driver_midway(
     config_path: Path, shards_first: int = 3, timeout: float = 120
 ) -> tuple[SweepConfig, int]:
@@ -27,9 +37,7 @@ def kill_a_driver_midway(
     )  # fmt: skip
     config = load_config(config_path)
     ledger = ShardLedger(RunWriter(config.out), config.fingerprint())
-    deadline = time.monotonic() + timeout
-    while len(ledger.done()) < shards_first and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.05)
+    wait_for_shards(ledger, shards_first, timeout, running=lambda: driver.poll() is None)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     return config, len(ledger.done())

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from repsub.store import RunWriter
 from repsub.sweep import parse_config, run_sweep
 from repsub.sweep.commit import ShardLedger
 from tests.ray_cluster import RayHead, free_port
-from tests.sweep_helpers import unit_rows
+from tests.sweep_helpers import unit_rows, wait_for_shards
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"
@@ -39,10 +38,7 @@ def test_a_node_removed_mid_sweep(tmp_path):
         removed = []
 
         def remove_a_node_once_work_is_under_way():
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and len(ledger.done()) < 2:
-                time.sleep(0.05)
-            removed.append(len(ledger.done()))
+            removed.append(wait_for_shards(ledger, 2, timeout=90))
             cluster.remove_node(nodes[0])  # its actor and in-flight shard are lost
 
         thread = threading.Thread(target=remove_a_node_once_work_is_under_way)

@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.sweep_helpers import (
     small_sweep_config,
     start_local_ray,
     unit_rows,
+    wait_for_shards,
 )
 
 BUCKET = "runs"
@@ -168,9 +168,7 @@ def test_a_server_outage_fails_clearly_and_a_rerun_completes(s3):
     ledger = ShardLedger(RunWriter(uri), config.fingerprint())
 
     def stop_the_server_once_work_is_under_way():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(ledger.done()) < 2:
-            time.sleep(0.05)
+        wait_for_shards(ledger, 2, timeout=60)
         s3.stop()
 
     stopper = threading.Thread(target=stop_the_server_once_work_is_under_way)

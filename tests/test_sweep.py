@@ -5,7 +5,6 @@ import shutil
 import signal
 import socket
 import threading
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -29,6 +28,7 @@ from tests.sweep_helpers import (
     small_sweep_config,
     start_local_ray,
     unit_rows,
+    wait_for_shards,
 )
 
 
@@ -146,9 +146,7 @@ def test_a_killed_worker_is_retried_and_every_unit_lands_once(local_ray, tmp_pat
     killed = []
 
     def kill_a_worker_once_work_is_under_way():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not ledger.done():
-            time.sleep(0.05)
+        wait_for_shards(ledger, 1, timeout=60)
         for proc in psutil.process_iter(["pid", "cmdline"]):
             if any("ShardWorker" in part for part in proc.info["cmdline"] or []):
                 os.kill(proc.info["pid"], signal.SIGKILL)
@@ -226,9 +224,7 @@ def test_no_other_command_writes_a_run_while_a_sweep_does(local_ray, tmp_path):
     refused = []
 
     def write_into_it_once_work_is_under_way():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not ledger.done():
-            time.sleep(0.05)
+        wait_for_shards(ledger, 1, timeout=120)
         try:
             repsub.visualize(
                 method="am", layers=["conv4"], units="0-2", steps=3, out=config.out, progress=False
