@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
+from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.data.beton import BetonSource
 from repsub.data.imagefolder import resize_size
 from repsub.data.prepare import prepare_beton
 from repsub.data.sources import ImageFolderSource
 from repsub.data.synthetic import make_image_folder
 from repsub.models import IMAGENET_MEAN, IMAGENET_STD, load_model
-from repsub.selectivity_pass import accumulate_class_sums
 
 
 def generated_data(cache: Path, images: int, size: int, image_size: int, workers: int) -> dict[str, Path]:

@@ -20,8 +20,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from repsub.importance import ablated_forward, measure_importance
-from repsub.importance.split import SplitModel
+from repsub.ablation import ablated_forward, measure_importance
+from repsub.ablation.split import SplitModel
 from repsub.models import load_model
 
 

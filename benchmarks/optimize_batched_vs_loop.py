@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from repsub.capture import LayerReader
+from repsub.capture.reader import LayerReader
 from repsub.models import load_model
 from repsub.optimize import OptimSettings, optimize_units
 from repsub.optimize.objectives import METHODS

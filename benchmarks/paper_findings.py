@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image
 
 import repsub
+from repsub.commands.train import train_classifier
 from repsub.models import load_model
 from repsub.optimize import OptimSettings
-from repsub.train import train_classifier
 
 IMAGE_SIZE = 32
 MODELS = ("shallow_cnn", "mlp")

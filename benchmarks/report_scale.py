@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
+from tests.run_helpers import record_command
 
 VGG16 = [("conv1_1", 64), ("conv1_2", 64), ("conv2_1", 128), ("conv2_2", 128), ("conv3_1", 256),
          ("conv3_2", 256), ("conv3_3", 256), ("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512),
@@ -147,11 +148,13 @@ def generate_run(out: Path, light: bool = False) -> Path:
         print(f"  wrote {layer}: {n} units, AM, IAM and importance ({time.perf_counter() - started:.0f} s)",
               flush=True)  # fmt: skip
     config = {"data": {"classes": [f"n{i:08d}" for i in range(1000)]}}
-    writer.record("selectivity", IDENTITY, config, CATALOG, {"reduce": "mean"})
-    writer.record("visualize/am", IDENTITY, {}, CATALOG, {"reduce": "mean"})
-    writer.record("visualize/iam", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+    record_command(writer, "selectivity", IDENTITY, config, CATALOG, {"reduce": "mean"})
+    record_command(writer, "visualize/am", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+    record_command(writer, "visualize/iam", IDENTITY, {}, CATALOG, {"reduce": "mean"})
     for ablation in ("zero", "mean"):
-        writer.record(f"importance/{ablation}", IDENTITY, {"ablation": ablation}, CATALOG, {"reduce": "mean"})
+        record_command(
+            writer, f"importance/{ablation}", IDENTITY, {"ablation": ablation}, CATALOG, {"reduce": "mean"}
+        )
     return out
 
 
@@ -188,7 +191,7 @@ def time_statistics(run: Path, rounds: int = 2) -> None:
     from repsub.analysis import importance_stats as importance_module
     from repsub.analysis import stats as stats_module
     from repsub.analysis.importance_stats import compute_importance_stats
-    from repsub.run import open_run
+    from repsub.analysis.run import open_run
 
     started = time.perf_counter()
     data = load_run_data(open_run(run))
@@ -217,8 +220,8 @@ def time_statistics(run: Path, rounds: int = 2) -> None:
 def time_report(run: Path, out: Path) -> Path:
     from repsub.analysis import compute_stats, load_run_data
     from repsub.analysis.report import build_report
+    from repsub.analysis.run import open_run
     from repsub.analysis.thumbnails import image_side, thumbnail_side, thumbnails
-    from repsub.run import open_run
 
     started = time.perf_counter()
     data = load_run_data(open_run(run))

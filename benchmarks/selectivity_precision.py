@@ -27,12 +27,12 @@ import torch
 from scipy import stats
 
 from benchmarks.machine import load_average, wait_for_quiet
+from repsub.capture.precision import Precision, as_input, prepare_for_speed
+from repsub.capture.selectivity_pass import accumulate_class_sums
+from repsub.core.selectivity import selectivity_index
 from repsub.data.sources import ImageFolderSource
 from repsub.data.synthetic import make_image_folder
 from repsub.models import IMAGENET_MEAN, IMAGENET_STD, load_model
-from repsub.precision import Precision, as_input, prepare_for_speed
-from repsub.selectivity import selectivity_index
-from repsub.selectivity_pass import accumulate_class_sums
 
 PRECISIONS = {name: Precision(name, name, "benchmark") for name in ("fp32", "bf16")}
 

@@ -17,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from infra.seaweed import SeaweedS3
-from repsub.store import RunWriter, open_run
+from repsub.analysis.run import open_run
+from repsub.runstore.writer import RunWriter
+from tests.run_helpers import record_command
 
 
 def units_table(units: list[int], rng: np.random.Generator) -> pa.Table:
@@ -36,7 +38,7 @@ def measure(uri: str, tables: list[pa.Table]) -> tuple[float, float, int]:
     started = time.perf_counter()
     for table in tables:
         writer.write_units("am", "fc7", table, replace_existing=False)
-    writer.record("benchmark", {"model": "none"}, {})
+    record_command(writer, "benchmark", {"model": "none"}, {})
     write_s = time.perf_counter() - started
     started = time.perf_counter()
     read = open_run(uri).units.to_table()

@@ -16,7 +16,7 @@ import sys
 
 from botocore.exceptions import ClientError
 
-from repsub.storage import s3_client
+from repsub.runstore.storage import s3_client
 
 LIFECYCLE = {
     "Rules": [{

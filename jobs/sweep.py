@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from repsub.errors import RepsubError
-from repsub.sweep_command import add_sweep_arguments, run_sweep_command
+from repsub.sweep.command import add_sweep_arguments, run_sweep_command
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from .analysis.commands import add_report_parser, add_summary_parser, cmd_report, cmd_summary
-from .errors import RepsubError, UsageError
+from repsub.analysis.commands import add_report_parser, add_summary_parser, cmd_report, cmd_summary
+from repsub.errors import RepsubError, UsageError
 
 # Copies of the library's choices and defaults, so that the help needs no torch; tests/test_cli_startup.py
 # checks them against repsub.capture.REDUCTIONS, repsub.precision.PRECISIONS and repsub.optimize's METHODS,
@@ -131,7 +131,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
 
     if command == "prepare":
-        from .data.prepare import add_prepare_parser
+        from repsub.data.prepare import add_prepare_parser
 
         add_prepare_parser(sub)
     else:
@@ -286,7 +286,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "rerun skips what is done), then the per-layer summary. Relative paths in the config are read from "
         "the current directory. Try: repsub sweep --config jobs/configs/demo.yaml",
     )
-    from .sweep_command import add_sweep_arguments  # the flags of `python -m jobs.sweep` too
+    from repsub.sweep.command import add_sweep_arguments  # the flags of `python -m jobs.sweep` too
 
     add_sweep_arguments(p, address_default=None)
 
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, value in vars(args).items():  # a URI carrying credentials is refused before any use or echo
             if isinstance(value, str) and "://" in value:  # (check_location checks URIs only)
-                from .storage import check_location
+                from repsub.runstore.storage import check_location
 
                 check_location(value, name.replace("_", "-"))
         code = COMMANDS[args.command](args) or 0
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_layers(args) -> None:
-    from . import catalog_index
+    from repsub.models import catalog_index
 
     if not args.list_models and not args.model:
         raise UsageError("give --model NAME (or --list-models)")
@@ -363,7 +363,7 @@ def cmd_layers(args) -> None:
     if index and args.model in index["catalogs"]:
         rows = index["catalogs"][args.model]
     else:
-        from .models import model_catalog
+        from repsub.models import model_catalog
 
         found = model_catalog(args.model, weights=args.weights)
         rows = catalog_index.layer_rows(found.readable_modules() if args.modules else found.layers)
@@ -389,9 +389,9 @@ def _list_models(models: list[dict], as_json: bool) -> None:
 
 
 def cmd_selectivity(args) -> None:
-    from . import api
+    from repsub.commands.selectivity import selectivity
 
-    table = api.selectivity(
+    table = selectivity(
         model=args.model,
         weights=args.weights,
         data=args.data,
@@ -413,9 +413,9 @@ def cmd_selectivity(args) -> None:
 
 
 def cmd_visualize(args) -> None:
-    from . import api
+    from repsub.commands.visualize import visualize
 
-    table = api.visualize(
+    table = visualize(
         model=args.model,
         weights=args.weights,
         method=args.method,
@@ -440,9 +440,9 @@ def _given(args, *names: str) -> dict:
 
 
 def cmd_importance(args) -> None:
-    from . import api
+    from repsub.commands.importance import importance
 
-    table = api.importance(
+    table = importance(
         model=args.model,
         weights=args.weights,
         data=args.data,
@@ -464,7 +464,7 @@ def cmd_importance(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import train_classifier
+    from repsub.commands.train import train_classifier
 
     result = train_classifier(
         args.model,
@@ -484,15 +484,15 @@ def cmd_train(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .sweep_command import run_sweep_command
+    from repsub.sweep.command import run_sweep_command
 
     print(run_sweep_command(args))
 
 
 def cmd_demo(args) -> None:
-    from .analysis.report import write_report
-    from .analysis.summary import format_summary
-    from .demo import run_demo
+    from repsub.analysis.report import write_report
+    from repsub.analysis.summary import format_summary
+    from repsub.commands.demo import run_demo
 
     started = time.monotonic()
     rows = run_demo(out=args.out, cache=args.cache, steps=args.steps)
@@ -502,7 +502,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from .data.prepare import cmd_prepare as run_prepare
+    from repsub.data.prepare import cmd_prepare as run_prepare
 
     run_prepare(args)
 

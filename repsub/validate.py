@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import UsageError
+from repsub.errors import UsageError
 
 SEED_LIMIT = 2**63  # seeds are int64 in the units table, and torch's generators take no more
 
@@ -33,22 +33,3 @@ def check_number(value, option: str, minimum: float = 0.0, positive: bool = Fals
     if value < minimum or (positive and value <= minimum):
         raise UsageError(f"{option} must be {'above' if positive else 'at least'} {minimum}, got {value}")
     return float(value)
-
-
-def check_image_size(model, size, option: str = "--image-size") -> int:
-    """An image size the model takes: at least 1 px, what the model allows (fixed size, minimum), and one its
-    forward runs at (a meta-device probe: a network whose pooling shrinks the map to nothing is refused)."""
-    check_int(size, option, 1)
-    try:
-        model.check_image_size(size)
-        if size != model.image_size:
-            _probe(model, size)
-    except UsageError as err:
-        raise UsageError(f"{option} {size}: {err}") from None
-    return size
-
-
-def _probe(model, size: int) -> None:
-    from .models.probe import probe_forward
-
-    probe_forward(model.module, size, label=model.name)

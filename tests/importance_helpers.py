@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
 from tests.report_helpers import newest_rows, selectivity_rows, set_mtime, units_rows
+from tests.run_helpers import record_command
 
 IDENTITY = {"model": "toy2", "weights": "random", "weights_sha256": "2" * 64, "num_classes": 4}
 CATALOG = [
@@ -78,7 +79,7 @@ def importance_run(out: Path, images: bool = True) -> Path:
     writer.write_selectivity(
         "logits", selectivity_rows(np.arange(4), np.array([-0.3, 0.8, 1.4, 0.2]), np.zeros(4, bool))
     )
-    writer.record("selectivity", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+    record_command(writer, "selectivity", IDENTITY, {}, CATALOG, {"reduce": "mean"})
     rs = {}
     for method, layer, units, width in (("am", "conv", np.arange(36), 48), ("iam", "conv", np.arange(46), 48),
                                         ("am", "fc", np.arange(30), 30), ("iam", "fc", np.arange(30), 30),
@@ -92,7 +93,7 @@ def importance_run(out: Path, images: bool = True) -> Path:
         rs[(method, layer)] = dict(
             zip(table.column("unit").to_pylist(), table.column("rs").to_pylist(), strict=True)
         )
-        writer.record(f"visualize/{method}", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+        record_command(writer, f"visualize/{method}", IDENTITY, {}, CATALOG, {"reduce": "mean"})
     hint = {layer: [rs[("iam", layer)].get(u) for u in range(48)] for layer in ("conv", "fc", "logits")}
     zero = importance_rows(rng, "zero", np.arange(48), hint["conv"])
     zero = _set(zero, "accuracy_drop", 13, math.nan)
@@ -105,7 +106,7 @@ def importance_run(out: Path, images: bool = True) -> Path:
     writer.write_table("importance", "fc", importance_rows(rng, "zero", np.arange(30), hint["fc"][:30], 0.7))
     writer.write_table("importance", "logits", importance_rows(rng, "zero", np.arange(4), hint["logits"][:4]))
     for ablation in ("zero", "mean"):
-        writer.record(f"importance/{ablation}", IDENTITY, {"ablation": ablation, "images": N_IMAGES}, CATALOG,
+        record_command(writer, f"importance/{ablation}", IDENTITY, {"ablation": ablation, "images": N_IMAGES}, CATALOG,
                       {"reduce": "mean"})  # fmt: skip
     return out
 

@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from repsub.store import RunWriter, png_bytes
+from repsub.runstore.tables import png_bytes
+from repsub.runstore.writer import RunWriter
+from tests.run_helpers import record_command
 
 IDENTITY = {"model": "shallow_cnn", "weights": "random", "weights_sha256": "0" * 64, "num_classes": 3}
 REASON_ORDER = ["dead", "no_response", "nonfinite", "no_selectivity", "nan_selectivity"]
@@ -30,7 +32,7 @@ def real_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.getbasetemp() / "analysis_real_run" / "run"
     if (out / "manifest.json").is_file():
         return out
-    from repsub import api
+    import repsub
     from repsub.data.synthetic import make_image_folder
     from repsub.models import load_model
     from repsub.optimize import OptimSettings
@@ -38,12 +40,12 @@ def real_run(tmp_path_factory) -> Path:
     data = make_image_folder(out.parent / "images", num_classes=3, images_per_class=6, size=16)
     model = load_model("shallow_cnn", weights="random", seed=0, device="cpu", num_classes=3)
     layers = ["conv1", "fc5", "fc6"]
-    api.selectivity(
+    repsub.selectivity(
         model=model, data=data, out=out, image_size=16, layers=layers, device="cpu", workers=0, progress=False
     )
     settings = OptimSettings(steps=2, image_size=16, batch_size=128)
     for method in ("am", "iam"):
-        api.visualize(
+        repsub.visualize(
             model=model,
             method=method,
             layers=layers,
@@ -108,7 +110,7 @@ def crafted_run(out: Path) -> Path:
     writer.write_selectivity(
         "fc6", selectivity_rows(np.arange(3), np.array([-0.4, np.nan, 1.7]), np.zeros(3, bool))
     )
-    writer.record("selectivity", IDENTITY, {})
+    record_command(writer, "selectivity", IDENTITY, {})
     writer.write_units("am", "conv1", units_rows(rng, "am", np.arange(64), 64))
     writer.write_units("iam", "conv1", units_rows(rng, "iam", np.arange(32), 64))
     writer.write_units(
@@ -119,8 +121,8 @@ def crafted_run(out: Path) -> Path:
     writer.write_units(
         "am", "conv2", units_rows(rng, "am", np.arange(16), 64)
     )  # RS but no selectivity at all
-    writer.record("visualize/am", IDENTITY, {})
-    writer.record("visualize/iam", IDENTITY, {})
+    record_command(writer, "visualize/am", IDENTITY, {})
+    record_command(writer, "visualize/iam", IDENTITY, {})
     return out
 
 
@@ -141,7 +143,7 @@ def hand_run(out: Path) -> Path:
     means = [[0.1, 0.5, 0.2], [0.3, 0.0, 0.9], [0.0, 0.0, 0.0], [2.0, 0.1, 0.1], [0.2, 0.3, 0.4], [1.0, 1.0, 1.0],
              [0.0, 0.6, 0.1]]  # fmt: skip
     writer.write_selectivity("block", selectivity_rows(np.arange(7), np.array(sel), np.array(dead), means))
-    writer.record("selectivity", TOY_IDENTITY, {"data": {"classes": ["cat", "dog", "<b>eel</b>"]}},
+    record_command(writer, "selectivity", TOY_IDENTITY, {"data": {"classes": ["cat", "dog", "<b>eel</b>"]}},
                   TOY_CATALOG, {"reduce": "max"})  # fmt: skip
     # unit: 0 ok, 1 ok, 2 dead, 3 no_response, 4 ok, 5 NaN selectivity, 6 nonfinite, 7 no selectivity row
     activation = [1.0, 2.0, 0.5, 0.0, 3.0, 1.5, math.nan, 0.7]
@@ -164,7 +166,7 @@ def hand_run(out: Path) -> Path:
         "steps": pa.array([3] * n, pa.int32()),
     })  # fmt: skip
     writer.write_units("iam", "block", table)
-    writer.record("visualize/iam", TOY_IDENTITY, {}, TOY_CATALOG, {"reduce": "max"})
+    record_command(writer, "visualize/iam", TOY_IDENTITY, {}, TOY_CATALOG, {"reduce": "max"})
     return out
 
 

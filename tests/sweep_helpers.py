@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
 from repsub.sweep import SweepConfig, load_config
 from repsub.sweep.commit import ShardLedger
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import repsub
-from repsub import activations as activations_module
-from repsub.capture import LayerReader
+from repsub.capture.reader import LayerReader
+from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.cli import main
 from repsub.data.beton import BetonSource, sidecar_path
 from repsub.data.prepare import prepare_beton
@@ -19,7 +19,7 @@ from repsub.data.sources import ImageFolderSource, open_source
 from repsub.data.synthetic import make_image_folder
 from repsub.errors import DataError, UsageError
 from repsub.models import IMAGENET_MEAN, IMAGENET_STD
-from repsub.selectivity_pass import accumulate_class_sums
+from repsub.runstore import activations as activations_module
 
 # FFCV's compiled decoders make numba print a harmless KeyError when they are garbage collected.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repsub.capture import LayerReader
+from repsub.capture.reader import LayerReader
 from repsub.errors import UsageError
 from repsub.models import UnitLayer
 
@@ -206,7 +206,7 @@ def test_a_forward_that_calls_a_module_another_number_of_times_is_an_error():
 
 
 def test_token_and_channels_last_reductions():
-    from repsub.capture import reduce_units
+    from repsub.capture.reader import reduce_units
     from repsub.errors import UsageError
 
     tokens = torch.randn(2, 5, 3)  # [B, T, D]

@@ -62,20 +62,22 @@ def test_import_repsub_is_light_and_its_api_resolves():
 import repsub
 before = sorted(m for m in ("torch", "pyarrow") if m in sys.modules)
 names = {name: getattr(repsub, name).__module__ for name in repsub.__all__ if name != "__version__"}
-import repsub.selectivity  # a submodule of the same name does not replace the function
-from repsub.selectivity import selectivity_index
+import repsub.commands.selectivity  # the module of the same name lives in repsub.commands: no collision
+from repsub.core.selectivity import selectivity_index
 out = [before, names, callable(repsub.selectivity), repsub.selectivity.__module__, selectivity_index.__module__,
        repsub.importance.__module__]
 """)
     before, names, callable_, selectivity_module, index_module, importance_module = found["out"]
     assert before == []  # nothing heavy until an API name is used
     assert names == {
-        "Run": "repsub.run", "open_run": "repsub.run", "selectivity": "repsub.api", "visualize": "repsub.api",
-        "importance": "repsub.importance.command", "catalog": "repsub.models.loading",
+        "Run": "repsub.analysis.run", "open_run": "repsub.analysis.run",
+        "selectivity": "repsub.commands.selectivity", "visualize": "repsub.commands.visualize",
+        "importance": "repsub.commands.importance", "catalog": "repsub.models.loading",
         "load_model": "repsub.models.loading",
     }  # fmt: skip
-    assert callable_ and selectivity_module == "repsub.api" and index_module == "repsub.selectivity"
-    assert importance_module == "repsub.importance.command"
+    assert callable_ and selectivity_module == "repsub.commands.selectivity"
+    assert index_module == "repsub.core.selectivity"
+    assert importance_module == "repsub.commands.importance"
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         import repsub
 
@@ -85,9 +87,9 @@ out = [before, names, callable(repsub.selectivity), repsub.selectivity.__module_
 def test_the_cli_copies_of_the_library_choices_agree():
     """The parser's choices and defaults are copies (so that the help needs no torch): equal to the library's."""
     from repsub import cli
-    from repsub.capture import REDUCTIONS
+    from repsub.capture.precision import PRECISIONS
+    from repsub.capture.reader import REDUCTIONS
     from repsub.optimize import METHODS, OWN_TERMS, PARAMETERIZATIONS, OptimSettings
-    from repsub.precision import PRECISIONS
 
     assert (tuple(REDUCTIONS), tuple(PRECISIONS)) == (cli.REDUCTIONS, cli.PRECISIONS)
     assert set(cli.METHODS) == set(METHODS) and tuple(cli.OWN_TERMS) == tuple(OWN_TERMS)

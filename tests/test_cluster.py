@@ -13,7 +13,7 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
 from repsub.sweep import parse_config, run_sweep
 from repsub.sweep.commit import ShardLedger
 from tests.ray_cluster import RayHead, free_port

@@ -12,7 +12,8 @@ from torchvision import transforms
 import repsub
 from repsub.errors import UsageError
 from repsub.models import from_module, state_dict_sha256
-from repsub.store import RunWriter, decode_png
+from repsub.runstore.tables import decode_png
+from repsub.runstore.writer import RunWriter
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 

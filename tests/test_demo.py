@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from repsub.demo import run_demo
-from repsub.store import open_run
+from repsub.analysis.run import open_run
+from repsub.commands.demo import run_demo
 
 
 def test_demo_end_to_end(tmp_path):

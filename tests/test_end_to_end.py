@@ -14,9 +14,9 @@ from PIL import Image
 
 import repsub
 from repsub.cli import main
+from repsub.core.selectivity import selectivity_index
 from repsub.data.imagefolder import eval_transform
-from repsub.selectivity import selectivity_index
-from repsub.store import decode_png
+from repsub.runstore.tables import decode_png
 
 SIZE = 32
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import repsub
 from repsub.models import load_model
-from repsub.store import decode_png
+from repsub.runstore.tables import decode_png
 from tests.cli_helpers import run_cli as cli
 
 SEED = 3  # not the default 0: taking the run's seed is part of re-creating its random weights

@@ -86,7 +86,7 @@ def test_jobs_sweep_takes_the_same_flags(first_sweep):
 
 def test_prepare_demo_data_writes_the_held_out_images_at_a_missing_path(tmp_path, monkeypatch):
     from repsub.data.synthetic import cached_demo_data
-    from repsub.sweep_command import prepare_demo_data
+    from repsub.sweep.command import prepare_demo_data
 
     monkeypatch.setenv("REPSUB_CACHE", str(tmp_path / "cache"))
     prepare_demo_data(str(tmp_path / "data" / "val"))

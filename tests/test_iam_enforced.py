@@ -20,7 +20,7 @@ from repsub.analysis.summary import run_summary
 from repsub.data.prepare import prepare_beton
 from repsub.data.synthetic import make_image_folder
 from repsub.errors import RunError
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
 from repsub.sweep import run_sweep
 from tests.sweep_helpers import small_sweep_config, start_local_ray, unit_rows
 

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repsub.capture import LayerReader
-from repsub.importance.ablation import ablated_copies
-from repsub.importance.counts import AblationCounts
-from repsub.importance.measure import ablated_forward, measure_importance, unit_means
-from repsub.importance.split import SplitModel
+from repsub.ablation.counts import AblationCounts
+from repsub.ablation.edit import ablated_copies
+from repsub.ablation.measure import ablated_forward, measure_importance, unit_means
+from repsub.ablation.split import SplitModel
+from repsub.capture.reader import LayerReader
 from repsub.models import LoadedModel, UnitLayer, from_module, load_model
 
 

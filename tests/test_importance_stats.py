@@ -22,7 +22,7 @@ from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE, IMPORTANCE_S
 from repsub.analysis.report import build_report
 from repsub.analysis.stats import bootstrap_rng
 from repsub.errors import RunError
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
 from tests.importance_helpers import (
     IMPORTANCE_REASON_ORDER,
     N_IMAGES,

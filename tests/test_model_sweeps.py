@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import repsub
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
 from repsub.sweep import parse_config, run_sweep
 from tests.sweep_helpers import start_local_ray, unit_rows
 

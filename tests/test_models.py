@@ -18,7 +18,8 @@ from repsub.models import (
     state_dict_sha256,
 )
 from repsub.models.weights import weights_preprocessing
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
+from tests.run_helpers import record_command
 
 VGG16_UNITS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 4096, 4096, 1000]
 
@@ -108,7 +109,7 @@ def test_the_same_weights_by_another_path_are_the_same_model(tmp_path, monkeypat
         load_model("shallow_cnn", str(tmp_path / "w/sc.pt")),
     )
     writer = RunWriter(tmp_path / "run")
-    writer.record("selectivity", relative.identity(), {}, relative.catalog_records())
+    record_command(writer, "selectivity", relative.identity(), {}, relative.catalog_records())
     writer.check_run(absolute.identity())  # the same model: accepted
     assert writer.read_manifest()["model"]["weights"] == "./w/sc.pt"  # the path stays, as information
 
@@ -191,7 +192,7 @@ def test_state_dict_hash_covers_0d_tensors_and_buffers():
 
 
 def test_unit_selections():
-    from repsub.units import parse_units, units_within
+    from repsub.selection import parse_units, units_within
 
     assert parse_units("0-3,7,2", 10, "l") == [0, 1, 2, 3, 7]
     assert parse_units(None, 3, "l") == [0, 1, 2]

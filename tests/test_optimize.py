@@ -5,14 +5,14 @@ import pytest
 import torch
 from scipy import stats
 
-from repsub.capture import LayerReader
+from repsub.capture.reader import LayerReader
+from repsub.core.rs import representative_substitution, rs_ties
 from repsub.models import load_model
 from repsub.optimize import OptimSettings, UnitProgress, optimize_units, unit_seed
 from repsub.optimize.objectives import activation, inter_unit
 from repsub.optimize.param import FourierImage, PixelImage
 from repsub.optimize.render import unit_status
-from repsub.rs import representative_substitution, rs_ties
-from repsub.store import decode_png, png_bytes
+from repsub.runstore.tables import decode_png, png_bytes
 
 SMALL = OptimSettings(steps=6, image_size=24, batch_size=8, lr=0.05)
 

@@ -4,10 +4,10 @@ exactly the objective of the whole layer, with the same gradient."""
 import pytest
 import torch
 
-from repsub.capture import LayerReader
+from repsub.capture.precision import prepare_for_speed
+from repsub.capture.reader import LayerReader
 from repsub.optimize.objectives import climbed, pre_reduction
 from repsub.optimize.own_unit import OwnUnit
-from repsub.precision import prepare_for_speed
 
 
 @pytest.mark.parametrize(("name", "kind"), [("conv2_2", "conv"), ("conv5_3", "conv"), ("fc7", "linear")])

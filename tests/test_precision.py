@@ -9,10 +9,7 @@ import torch
 from scipy import stats
 
 import repsub
-from repsub.data.sources import ImageFolderSource
-from repsub.errors import UsageError
-from repsub.models import IMAGENET_MEAN, IMAGENET_STD
-from repsub.precision import (
+from repsub.capture.precision import (
     FAST_ENOUGH,
     Hardware,
     autocast_ready,
@@ -24,8 +21,11 @@ from repsub.precision import (
     resolve_precision,
     speed_settings,
 )
-from repsub.selectivity import selectivity_index
-from repsub.selectivity_pass import accumulate_class_sums
+from repsub.capture.selectivity_pass import accumulate_class_sums
+from repsub.core.selectivity import selectivity_index
+from repsub.data.sources import ImageFolderSource
+from repsub.errors import UsageError
+from repsub.models import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.mark.parametrize(

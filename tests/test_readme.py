@@ -70,7 +70,7 @@ SAMPLES = [b for b in BLOCKS if b.lang in RUN_LANGUAGES]
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
     """A folder with runs/demo (the demo with 1 epoch and 2 steps) and the demo's data in its cache."""
-    from repsub.demo import run_demo
+    from repsub.commands.demo import run_demo
 
     root = tmp_path_factory.mktemp("readme")
     cache = root / ".cache"

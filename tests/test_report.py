@@ -22,6 +22,7 @@ from repsub.analysis.exclusion import REASONS
 from repsub.analysis.figures import choose_grid_unit, substitution_grid
 from repsub.analysis.load import load_run_data
 from repsub.analysis.report import build_report, write_report
+from repsub.analysis.run import open_run
 from repsub.analysis.stats import (
     BOOTSTRAP_RESAMPLES,
     HIGH_SELECTIVITY,
@@ -32,8 +33,7 @@ from repsub.analysis.stats import (
     compute_stats,
 )
 from repsub.errors import RunError, UsageError
-from repsub.run import open_run
-from repsub.units import parse_units, ranges_text
+from repsub.selection import parse_units, ranges_text
 from tests.chromium import Chromium
 from tests.report_helpers import (
     REASON_ORDER,

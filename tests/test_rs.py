@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from repsub.rs import representative_substitution
+from repsub.core.rs import representative_substitution
 
 
 def brute_force_rs(row: np.ndarray, unit: int) -> float:

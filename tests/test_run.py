@@ -20,7 +20,8 @@ from repsub import cli
 from repsub.analysis import FRAME_SCHEMA, build_report, compute_stats, load_run_data
 from repsub.analysis.summary import format_summary, run_summary
 from repsub.errors import RunError, UsageError
-from repsub.store import RunWriter, decode_png
+from repsub.runstore.tables import decode_png
+from repsub.runstore.writer import RunWriter
 from tests.report_helpers import (
     IDENTITY,
     crafted_run,
@@ -33,6 +34,7 @@ from tests.report_helpers import (
     stored_units,
     units_rows,
 )
+from tests.run_helpers import record_command
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +216,7 @@ def test_summary_of_a_run_without_units(tmp_path):
     writer.write_selectivity(
         "conv1", selectivity_rows(np.arange(4), np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4, bool))
     )
-    writer.record("selectivity", IDENTITY, {})
+    record_command(writer, "selectivity", IDENTITY, {})
     rows = run_summary(repsub.open_run(tmp_path / "run"))
     assert rows == [
         {"layer": "conv1", "read": "relu", "units": 4, "dead": 0, "mean_selectivity": pytest.approx(0.25)}

@@ -17,13 +17,14 @@ import torch
 
 import repsub
 from repsub.errors import RunError
-from repsub.provenance import row_settings
-from repsub.store import RunWriter
+from repsub.runstore.provenance import row_settings
+from repsub.runstore.writer import RunWriter
 from repsub.sweep import run_sweep
 from repsub.sweep.commit import ShardLedger
 from repsub.sweep.plan import plan_data_shards, plan_unit_shards
 from repsub.sweep.work import ShardRunner
 from tests.cli_helpers import run_cli as cli
+from tests.run_helpers import record_command
 from tests.sweep_helpers import small_sweep_config
 
 SMALL = ["--image-size", "16", "--no-progress"]
@@ -248,7 +249,7 @@ def test_markers_verify_their_files_and_readers_name_a_damaged_one(tmp_path, ima
     assert f"{unit_file} holds" in notes and f"{sums} differs from the committed file" in notes
     assert ledger.done() == ledger.verified_done()  # the stale markers are gone: the shards are pending
     # Readers name the file they cannot read.
-    RunWriter(config.out).record("sweep", runner.model.identity(), {})
+    record_command(RunWriter(config.out), "sweep", runner.model.identity(), {})
     for argv in (["summary", config.out],
                  ["visualize", "--model", "shallow_cnn", "--seed", "3", "--method", "am", "--layers", "fc5",
                   "--units", "1", "--steps", "1", "--out", config.out, *SMALL]):  # fmt: skip

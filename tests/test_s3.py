@@ -16,7 +16,8 @@ from infra.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from repsub.cli import main
 from repsub.data.synthetic import make_image_folder
 from repsub.errors import RunError
-from repsub.store import RunWriter, units_file_name
+from repsub.runstore.tables import UNITS
+from repsub.runstore.writer import RunWriter
 from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import LOCK, ShardLedger
 from tests.run_compare import assert_same_results
@@ -257,7 +258,7 @@ def test_selectivity_from_a_beton_on_s3(s3, tmp_path):
 def test_an_incomplete_upload_is_never_a_result(s3):
     uri = f"s3://{BUCKET}/partial"
     config = config_for(uri, layers=["fc5"], units="0-2", methods=["am"])
-    shard_key = "partial/units/layer=fc5/" + units_file_name("am", [0, 1, 2])
+    shard_key = "partial/units/layer=fc5/" + UNITS.block_name("am", [0, 1, 2])
     marker_key = f"partial/_sweep/{config.fingerprint()}/done/am-fc5-00000-00002.json"
     client = s3.client()
     for key in (shard_key, marker_key):  # as a writer killed mid-upload leaves them: parts, no object
@@ -294,7 +295,7 @@ def test_a_rerun_recomputes_an_object_that_does_not_verify(s3, image_folder_dir,
     run_sweep(config, progress=False)
     whole = replace(config, out=f"s3://{BUCKET}/verified-whole")
     run_sweep(whole, progress=False)
-    key = "verified/units/layer=fc5/" + units_file_name("am", [3, 4, 5])
+    key = "verified/units/layer=fc5/" + UNITS.block_name("am", [3, 4, 5])
     client = s3.client()
     size = client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
     client.put_object(Bucket=BUCKET, Key=key, Body=b"x" * size)  # overwritten: the same size, other bytes

@@ -13,7 +13,7 @@ from botocore.exceptions import EndpointConnectionError
 
 from repsub.cli import main
 from repsub.errors import RepsubError
-from repsub.storage import configure_s3, describe_endpoint, explain_s3_error, scrub
+from repsub.runstore.storage import configure_s3, describe_endpoint, explain_s3_error, scrub
 from repsub.sweep import parse_config
 from tests.ray_cluster import free_port
 

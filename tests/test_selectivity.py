@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from repsub.selectivity import ClassMeanAccumulator, selectivity_index
+from repsub.core.selectivity import ClassMeanAccumulator, selectivity_index
 
 
 def test_index_matches_hand_computed_values():

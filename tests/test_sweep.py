@@ -18,7 +18,7 @@ import repsub
 from repsub.cli import main
 from repsub.errors import RunError
 from repsub.models import load_model
-from repsub.store import RunWriter
+from repsub.runstore.writer import RunWriter
 from repsub.sweep import SweepError, run_sweep
 from repsub.sweep.commit import ShardLedger
 from tests.run_compare import assert_same_results

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from repsub import catalog_index
-from repsub.capture import LayerReader
+from repsub.capture.reader import LayerReader
 from repsub.cli import main
 from repsub.errors import UsageError
-from repsub.models import KINDS, MODELS, READS, catalog, load_model, model_catalog
-from repsub.store import RunWriter
+from repsub.models import KINDS, MODELS, READS, catalog, catalog_index, load_model, model_catalog
+from repsub.runstore.writer import RunWriter
 
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
 
@@ -33,9 +32,11 @@ def test_the_catalog_builds_for_every_torchvision_model(name):
         assert {layer.read for layer in layers[:-1]} == {"relu"} and layers[-3:][0].name == "fc6"
     # `repsub layers` answers from the shipped index without torch: it must be the live catalog.
     index = catalog_index.load()
-    assert index is not None, "repsub/catalog_index.json is missing or stale: python -m repsub.catalog_index"
+    assert index is not None, (
+        "repsub/models/catalog_index.json is missing or stale: python -m repsub.models.catalog_index"
+    )
     assert index["catalogs"][name] == catalog_index.layer_rows(layers), (
-        "stale: python -m repsub.catalog_index"
+        "stale: python -m repsub.models.catalog_index"
     )
 
 

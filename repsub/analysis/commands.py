@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from .options import BOOTSTRAP_RESAMPLES, CONFIDENCE, DEFAULT_SEED, HIGH_SELECTIVITY, LOW_SELECTIVITY
+from repsub.analysis.options import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    DEFAULT_SEED,
+    HIGH_SELECTIVITY,
+    LOW_SELECTIVITY,
+)
 
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,8 +55,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_report(args) -> None:
     """Run `repsub report` from parsed arguments; prints where the report is and what the run lacks."""
-    from .importance_stats import IMPORTANCE_STATS_FILE
-    from .report import STATS_FILE, build_report
+    from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE
+    from repsub.analysis.report import STATS_FILE, build_report
 
     path, data, _ = build_report(
         args.run,
@@ -81,8 +87,8 @@ def add_summary_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_summary(args) -> None:
-    from ..run import open_run
-    from .summary import format_importance_summary, format_summary, run_summaries
+    from repsub.analysis.run import open_run
+    from repsub.analysis.summary import format_importance_summary, format_summary, run_summaries
 
     rows, importance = run_summaries(open_run(args.run))
     print(format_summary(rows))

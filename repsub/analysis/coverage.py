@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..units import ranges_text
-from .layers import LayerInfo
+from repsub.analysis.layers import LayerInfo
+from repsub.selection import ranges_text
 
 EXPECTED_METHODS = ("am", "iam")
 

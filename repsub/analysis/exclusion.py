@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import RunError
-from ..store import UNIT_STATUSES
+from repsub.errors import RunError
+from repsub.runstore.tables import UNIT_STATUSES
 
 STATUS_REASONS = [s for s in UNIT_STATUSES if s != "ok"]  # a status other than ok is its own reason
 REASONS = {

@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..store import UNIT_STATUSES
-from .exclusion import REASONS
-from .importance import KEYS, MEASURES
-from .layers import class_names
-from .load import RunData, read_rows
+from repsub.analysis.exclusion import REASONS
+from repsub.analysis.importance import KEYS, MEASURES
+from repsub.analysis.layers import class_names
+from repsub.analysis.load import RunData, read_rows
+from repsub.runstore.tables import UNIT_STATUSES
 
 TOP_CLASSES = 10  # class means shown in a unit's detail (all of them when the data has this many or fewer)
 TOP_CLASS_DROPS = 5  # per-class accuracy drops shown in a unit's detail (the largest)

@@ -28,12 +28,12 @@ import pyarrow.dataset as ds
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..errors import RunError, UsageError
-from ..store import decode_png
-from .importance_stats import against_label
-from .layers import SIGNED_NOTE
-from .load import RunData, read_rows
-from .stats import StatsOptions
+from repsub.analysis.importance_stats import against_label
+from repsub.analysis.layers import SIGNED_NOTE
+from repsub.analysis.load import RunData, read_rows
+from repsub.analysis.stats import StatsOptions
+from repsub.errors import RunError, UsageError
+from repsub.runstore.tables import decode_png
 
 DPI = 100
 GRID_MAX_SUBSTITUTES = 11  # images shown next to the unit in the Figure-2 grid (most active first)

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from ..errors import RunError
-from .tables import read_rows
+from repsub.analysis.tables import read_rows
+from repsub.errors import RunError
 
 ABLATIONS = ("zero", "mean")  # the `ablation` values (repsub.importance.ablation.ABLATIONS, without torch)
 MEASURES = {

@@ -27,10 +27,10 @@ import math
 import numpy as np
 import pyarrow as pa
 
-from .exclusion import IMPORTANCE_REASONS, importance_reasons
-from .importance import MEASURES, LayerImportance
-from .load import RunData
-from .stats import StatsOptions, bootstrap_rng, bootstrap_spearman, spearman
+from repsub.analysis.exclusion import IMPORTANCE_REASONS, importance_reasons
+from repsub.analysis.importance import MEASURES, LayerImportance
+from repsub.analysis.load import RunData
+from repsub.analysis.stats import StatsOptions, bootstrap_rng, bootstrap_spearman, spearman
 
 IMPORTANCE_STATS_FILE = "importance_stats.parquet"
 SELECTIVITY = "selectivity"

@@ -45,8 +45,8 @@ def _registry_layers(identity: dict) -> tuple[list[LayerInfo], str]:
     name = identity.get("model")
     if not name:
         return [], "none"
-    from ..errors import RepsubError
-    from ..models import catalog  # only here: the analysis never depends on the registry otherwise
+    from repsub.errors import RepsubError
+    from repsub.models import catalog  # only here: the analysis never depends on the registry otherwise
 
     try:
         layers = catalog(name, identity.get("num_classes"))

@@ -20,15 +20,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from ..errors import UsageError
-from ..store import units_status
-from .coverage import EXPECTED_METHODS as METHODS
-from .coverage import Coverage, check_coverage
-from .exclusion import exclusion_reasons
-from .importance import FRAME_COLUMNS as IMPORTANCE_COLUMNS
-from .importance import Importance, read_importance
-from .layers import LayerInfo, catalog_layers, run_layers
-from .tables import FILENAME, read_rows
+from repsub.analysis.coverage import EXPECTED_METHODS as METHODS
+from repsub.analysis.coverage import Coverage, check_coverage
+from repsub.analysis.exclusion import exclusion_reasons
+from repsub.analysis.importance import FRAME_COLUMNS as IMPORTANCE_COLUMNS
+from repsub.analysis.importance import Importance, read_importance
+from repsub.analysis.layers import LayerInfo, catalog_layers, run_layers
+from repsub.analysis.tables import FILENAME, read_rows
+from repsub.errors import UsageError
+from repsub.runstore.tables import units_status
 
 __all__ = ["FILENAME", "FRAME_SCHEMA", "RunData", "load_run_data", "read_rows", "unit_frame"]
 

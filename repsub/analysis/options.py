@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from repsub.errors import UsageError
 
 HIGH_SELECTIVITY = 0.6  # "high-selectivity unit": selectivity >= this (post-ReLU selectivity is in [0, 1])
 LOW_SELECTIVITY = 0.2  # "low-selectivity unit": selectivity <= this

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..store import UNIT_STATUSES
-from .exclusion import IMPORTANCE_REASONS, REASONS
-from .figures import GridChoice
-from .importance import MEASURES
-from .importance_stats import IMPORTANCE_STATS_FILE, against_label, against_names
-from .layers import SIGNED_NOTE
-from .load import RunData
-from .stats import StatsOptions, left_out
+from repsub.analysis.exclusion import IMPORTANCE_REASONS, REASONS
+from repsub.analysis.figures import GridChoice
+from repsub.analysis.importance import MEASURES
+from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE, against_label, against_names
+from repsub.analysis.layers import SIGNED_NOTE
+from repsub.analysis.load import RunData
+from repsub.analysis.stats import StatsOptions, left_out
+from repsub.runstore.tables import UNIT_STATUSES
 
 esc = html.escape
 
@@ -371,7 +371,7 @@ def _grid(grid: tuple[Path, GridChoice] | None) -> list[str]:
     if not grid:
         return [_none("IAM or AM images")]
     path, choice = grid
-    from ..units import ranges_text
+    from repsub.selection import ranges_text
 
     out = [
         f"<p>{esc(choice.layer)} unit {choice.unit} (selectivity {choice.selectivity:.3f}, RS {choice.rs:.3f}): "

@@ -20,11 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import RunError, UsageError
-from ..run import open_run
-from ..storage import check_location
-from .explorer import explorer_data
-from .figures import (
+from repsub.analysis.explorer import explorer_data
+from repsub.analysis.figures import (
     FIGURE_PATTERNS,
     RHO_BY_DEPTH,
     choose_grid_unit,
@@ -38,15 +35,16 @@ from .figures import (
     substitutes_name,
     substitution_grid,
 )
-from .importance_stats import (
+from repsub.analysis.importance_stats import (
     IMPORTANCE_STATS_FILE,
     against_names,
     compute_importance_stats,
     importance_metadata,
 )
-from .load import RunData, load_run_data
-from .page import render_page
-from .stats import (
+from repsub.analysis.load import RunData, load_run_data
+from repsub.analysis.page import render_page
+from repsub.analysis.run import open_run
+from repsub.analysis.stats import (
     BOOTSTRAP_RESAMPLES,
     DEFAULT_SEED,
     HIGH_SELECTIVITY,
@@ -55,7 +53,9 @@ from .stats import (
     compute_stats,
     stats_metadata,
 )
-from .thumbnails import image_side, thumbnail_side, thumbnails
+from repsub.analysis.thumbnails import image_side, thumbnail_side, thumbnails
+from repsub.errors import RunError, UsageError
+from repsub.runstore.storage import check_location
 
 STATS_FILE = "stats.parquet"
 HTML_FILE = "report.html"

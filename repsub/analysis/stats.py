@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from .exclusion import REASONS
-from .load import RunData
-from .options import (  # noqa: F401  (re-exported: the statistics' options)
+from repsub.analysis.exclusion import REASONS
+from repsub.analysis.load import RunData
+from repsub.analysis.options import (  # noqa: F401  (re-exported: the statistics' options)
     BOOTSTRAP_RESAMPLES,
     CONFIDENCE,
     DEFAULT_SEED,

@@ -15,9 +15,9 @@ import math
 
 import pyarrow as pa
 
-from .importance_stats import compute_importance_stats
-from .load import load_run_data
-from .stats import StatsOptions, compute_stats, left_out
+from repsub.analysis.importance_stats import compute_importance_stats
+from repsub.analysis.load import load_run_data
+from repsub.analysis.stats import StatsOptions, compute_stats, left_out
 
 SUMMARY_OPTIONS = StatsOptions(resamples=0)  # everything but the bootstrap interval, which it does not print
 LEGEND = (

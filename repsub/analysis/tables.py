@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from ..errors import RunError
+from repsub.errors import RunError
 
 FILENAME = "__filename"  # pyarrow's per-row source file column
 

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 from PIL import Image
 
-from ..errors import RunError
-from .load import FILENAME, RunData
+from repsub.analysis.load import FILENAME, RunData
+from repsub.errors import RunError
 
 THUMBNAIL_BUDGET = 40_000_000  # bytes of base64 text for all thumbnails of a page
 THUMBNAIL_SIDES = (128, 96, 80, 64, 56, 48, 40, 32, 24)

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .imagefolder import CLASSIC_RESIZE, resize_size
+from repsub.data.imagefolder import CLASSIC_RESIZE, resize_size
+from repsub.errors import DataError
 
 
 def crop_ratio(image_size: int, resize_ratio: tuple[int, int] = CLASSIC_RESIZE) -> float:

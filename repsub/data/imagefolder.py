@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision import datasets, transforms
 
-from ..errors import DataError
+from repsub.errors import DataError
 
 CLASSIC_RESIZE = (256, 224)  # (resize, crop): torchvision's evaluation transform of VGG16 and ResNet V1
 

@@ -47,8 +47,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import DataError, UsageError
-from .beton import IMAGE_FIELD, LABEL_FIELD, SIDECAR_FORMAT, import_ffcv, keep_torch_threads, sidecar_path
+from repsub.data.beton import (
+    IMAGE_FIELD,
+    LABEL_FIELD,
+    SIDECAR_FORMAT,
+    import_ffcv,
+    keep_torch_threads,
+    sidecar_path,
+)
+from repsub.errors import DataError, UsageError
 
 WRITE_MODES = ("raw", "jpg", "proportion")
 MAX_SIDE = 65535  # FFCV stores width and height as uint16
@@ -530,7 +537,7 @@ def _write_all(out: Path, items, root: Path, sidecar: dict, max_resolution, writ
 
 
 def _version() -> str:
-    from .. import __version__
+    from repsub import __version__
 
     return __version__
 

@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..errors import DataError
-from ..storage import check_location
-from .imagefolder import CLASSIC_RESIZE, image_folder, resize_size
+from repsub.data.imagefolder import CLASSIC_RESIZE, image_folder, resize_size
+from repsub.errors import DataError
+from repsub.runstore.storage import check_location
 
 
 class ImageSource(Protocol):
@@ -117,7 +117,7 @@ def open_source(
     images (repsub.data.synthetic.DEMO_DATA), made on first use in each machine's cache, the same everywhere."""
     text = os.fspath(path)
     check_location(text, "--data")  # before any message repeats it: a URI may carry credentials
-    from .synthetic import DEMO_DATA, demo_val_dir
+    from repsub.data.synthetic import DEMO_DATA, demo_val_dir
 
     if text == DEMO_DATA:
         path = text = os.fspath(demo_val_dir())
@@ -126,8 +126,8 @@ def open_source(
             raise DataError(
                 f"--data {text}: only .beton files can be read from S3 (ImageFolders must be local)"
             )
-        from .beton import BetonSource
-        from .staging import stage_beton
+        from repsub.data.beton import BetonSource
+        from repsub.data.staging import stage_beton
 
         local, etag = stage_beton(text)
         return StagedSource(
@@ -137,7 +137,7 @@ def open_source(
     if location.is_dir():
         return ImageFolderSource(location, image_size, mean, std, resize_ratio)
     if location.is_file() and location.suffix == ".beton":
-        from .beton import BetonSource  # FFCV is imported only when a .beton is used
+        from repsub.data.beton import BetonSource  # FFCV is imported only when a .beton is used
 
         return BetonSource(location, image_size, mean, std, resize_ratio)
     if not location.exists():

@@ -12,8 +12,8 @@ import os
 import uuid
 from pathlib import Path
 
-from ..errors import DataError
-from ..storage import explain_s3_error, s3_client, split_s3
+from repsub.errors import DataError
+from repsub.runstore.storage import explain_s3_error, s3_client, split_s3
 
 DEFAULT_LIMIT_BYTES = int(float(os.environ.get("REPSUB_STAGING_LIMIT_GB", "200")) * 2**30)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UsageError
+from repsub.errors import UsageError
 
 
 def balanced_subset(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:

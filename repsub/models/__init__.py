@@ -2,36 +2,38 @@
 
 - `layers`: UnitLayer (a layer of units: the module whose output holds them, its kind, how it is read).
 - `probe`: one meta-device forward that tells every module's output shape, calls, order and ReLU.
-- `catalog`: the catalog rules of each family, and Catalog (default layers + any module by name).
+- `catalogs`: the catalog rules of each family, and Catalog (default layers + any module by name).
 - `weights`: what `--weights` names, the preprocessing that belongs to it, the content hash.
 - `registry`: ModelSpec, register_model, get_spec.
 - `paper`, `zoo`: the paper's shallow CNN and MLP; every torchvision classification model.
+- `catalog_index`: the registered models' catalogs shipped as JSON (`repsub layers` without torch).
 - `loading`: LoadedModel, load_model (by name), from_module (any nn.Module), resolve_model (either).
 """
 
-from . import paper, zoo  # noqa: F401  (registration)
-from .catalog import Catalog
-from .layers import KINDS, READS, UnitLayer
-from .loading import (
-    LoadedModel,
-    catalog,
-    catalog_of,
-    classifier_key,
-    from_module,
-    load_model,
-    meta_build,
-    model_catalog,
-    resolve_model,
-    select_layers,
-)
-from .paper import MLP, ShallowCNN
-from .registry import MODELS, ModelSpec, get_spec, model_names, register_model
-from .weights import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, parse_weights, state_dict_sha256
+import importlib as _importlib
 
-__all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "KINDS", "MLP", "MODELS", "READS", "Catalog", "LoadedModel", "ModelSpec",
-    "Preprocessing", "ShallowCNN", "UnitLayer", "catalog", "catalog_of", "classifier_key", "from_module",
-    "get_spec",
-    "load_model", "meta_build", "model_catalog", "model_names", "parse_weights", "register_model",
-    "resolve_model", "select_layers", "state_dict_sha256",
-]  # fmt: skip
+# Resolved on first use, so that `repsub layers` can read the shipped catalog index (repsub.models.catalog_index)
+# without importing torch. name -> the submodule that defines it.
+_EXPORTS = {
+    "Catalog": "catalogs",
+    "KINDS": "layers", "READS": "layers", "UnitLayer": "layers",
+    "LoadedModel": "loading", "catalog": "loading", "catalog_of": "loading", "check_image_size": "loading",
+    "classifier_key": "loading", "from_module": "loading", "load_model": "loading", "meta_build": "loading",
+    "model_catalog": "loading", "resolve_model": "loading", "select_layers": "loading",
+    "MLP": "paper", "ShallowCNN": "paper",
+    "MODELS": "registry", "ModelSpec": "registry", "get_spec": "registry", "model_names": "registry",
+    "register_model": "registry",
+    "IMAGENET_MEAN": "weights", "IMAGENET_STD": "weights", "Preprocessing": "weights", "parse_weights": "weights",
+    "state_dict_sha256": "weights",
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        from repsub.models import loading  # noqa: F401  (registers the paper's and torchvision's models)
+
+        value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from .catalog import Catalog, stages
-from .layers import UnitLayer
-from .probe import probe_forward
-from .registry import ModelSpec, get_spec, unknown_model_message
-from .weights import (
+from repsub.errors import UsageError
+from repsub.models import paper, zoo  # noqa: F401  (registration: the models get_spec finds)
+from repsub.models.catalogs import Catalog, stages
+from repsub.models.layers import UnitLayer
+from repsub.models.probe import probe_forward
+from repsub.models.registry import ModelSpec, get_spec, unknown_model_message
+from repsub.models.weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessing,
@@ -27,6 +28,7 @@ from .weights import (
     state_dict_sha256,
     weights_preprocessing,
 )
+from repsub.validate import check_int
 
 
 @dataclass
@@ -301,7 +303,7 @@ def from_module(
     resize_size: int | None = None,
 ) -> LoadedModel:
     """Any nn.Module as a model, no registration: `layers` (module names, as `model.named_modules()` lists
-    them; default: the `stages` rule of repsub.models.catalog), its input size and normalization (default:
+    them; default: the `stages` rule of repsub.models.catalogs), its input size and normalization (default:
     ImageNet's).
     Puts the module in eval mode with its parameters frozen (the optimization climbs images, not weights).
     A named module that does not exist or never runs in the forward is refused, named."""
@@ -355,3 +357,20 @@ def resolve_model(
 def _class_path(module: nn.Module) -> str:
     cls = type(module)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_image_size(model, size, option: str = "--image-size") -> int:
+    """An image size the model takes: at least 1 px, what the model allows (fixed size, minimum), and one its
+    forward runs at (a meta-device probe: a network whose pooling shrinks the map to nothing is refused)."""
+    check_int(size, option, 1)
+    try:
+        model.check_image_size(size)
+        if size != model.image_size:
+            _probe(model, size)
+    except UsageError as err:
+        raise UsageError(f"{option} {size}: {err}") from None
+    return size
+
+
+def _probe(model, size: int) -> None:
+    probe_forward(model.module, size, label=model.name)

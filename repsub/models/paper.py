@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .catalog import relu_sequence
-from .registry import ModelSpec, register_model
-from .weights import Preprocessing
+from repsub.models.catalogs import relu_sequence
+from repsub.models.registry import ModelSpec, register_model
+from repsub.models.weights import Preprocessing
 
 
 class ShallowCNN(nn.Module):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..errors import UsageError
+from repsub.errors import UsageError
 
 
 @dataclass(frozen=True)

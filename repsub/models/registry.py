@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import UsageError
-from .catalog import CatalogRule
-from .weights import Preprocessing
+from repsub.errors import UsageError
+from repsub.models.catalogs import CatalogRule
+from repsub.models.weights import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Every classification model of torchvision (`torchvision.models.list_models(module=torchvision.models)`),
-registered by name with its family's catalog rule (repsub.models.catalog), its weights enum and the
+registered by name with its family's catalog rule (repsub.models.catalogs), its weights enum and the
 preprocessing of its DEFAULT weights. A family is one row of FAMILIES; the first whose prefix matches wins.
 
 Building details that keep every way of loading a model the same network:
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torchvision
 from torch import nn
 
-from .catalog import CatalogRule, relu_sequence, residual_blocks, stages
-from .registry import ModelSpec, register_model
-from .weights import weights_preprocessing
+from repsub.models.catalogs import CatalogRule, relu_sequence, residual_blocks, stages
+from repsub.models.registry import ModelSpec, register_model
+from repsub.models.weights import weights_preprocessing
 
 
 def _resnet_stages(model: nn.Module) -> list[str]:

@@ -5,10 +5,10 @@ Lucid's split: ``objectives`` (what to maximize), ``param`` (how an image is par
 ``progress`` (one bar across layers).
 """
 
-from .objectives import METHODS, OWN_TERMS
-from .param import PARAMETERIZATIONS
-from .progress import UnitProgress
-from .render import OptimResult, OptimSettings, optimize_units, unit_seed
+from repsub.optimize.objectives import METHODS, OWN_TERMS
+from repsub.optimize.param import PARAMETERIZATIONS
+from repsub.optimize.progress import UnitProgress
+from repsub.optimize.render import OptimResult, OptimSettings, optimize_units, unit_seed
 
 __all__ = [
     "METHODS",

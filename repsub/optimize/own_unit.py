@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..capture import reduce_units
-from ..models import UnitLayer
+from repsub.capture.reader import reduce_units
+from repsub.models import UnitLayer
 
 
 class _Stop(Exception):

@@ -18,16 +18,23 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..capture import REDUCTIONS, LayerReader
-from ..errors import UsageError
-from ..models import LoadedModel, UnitLayer
-from ..precision import PRECISIONS, Precision, as_input, exact_fp32, prepare_for_speed, resolve_precision
-from ..rs import representative_substitution, rs_ties
-from .objectives import METHODS, OWN_TERMS, climbed, pre_reduction
-from .own_unit import OwnUnit
-from .param import PARAMETERIZATIONS
-from .progress import UnitProgress
-from .transforms import RandomAffine
+from repsub.capture.precision import (
+    PRECISIONS,
+    Precision,
+    as_input,
+    exact_fp32,
+    prepare_for_speed,
+    resolve_precision,
+)
+from repsub.capture.reader import REDUCTIONS, LayerReader
+from repsub.core.rs import representative_substitution, rs_ties
+from repsub.errors import UsageError
+from repsub.models import LoadedModel, UnitLayer
+from repsub.optimize.objectives import METHODS, OWN_TERMS, climbed, pre_reduction
+from repsub.optimize.own_unit import OwnUnit
+from repsub.optimize.param import PARAMETERIZATIONS
+from repsub.optimize.progress import UnitProgress
+from repsub.optimize.transforms import RandomAffine
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class OptimSettings:
                 raise UsageError(
                     f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; valid: {', '.join(valid)}"
                 )
-        from ..validate import check_int, check_number
+        from repsub.validate import check_int, check_number
 
         for name in ("steps", "image_size", "batch_size"):
             check_int(getattr(self, name), f"--{name.replace('_', '-')}", 1)

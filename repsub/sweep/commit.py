@@ -24,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..errors import RunError
-from ..runlock import LOCK, RunLock  # noqa: F401  (importable from here as before)
-from ..selectivity import ClassMeanAccumulator
-from ..store import RunWriter, now_utc, unreadable_file
+from repsub.core.selectivity import ClassMeanAccumulator
+from repsub.errors import RunError
+from repsub.runstore.location import unreadable_file
+from repsub.runstore.lock import LOCK, RunLock  # noqa: F401  (importable from here as before)
+from repsub.runstore.manifest import now_utc
+from repsub.runstore.writer import RunWriter
 
 VERIFY_THREADS = 8  # files read at once when verifying (S3 latency)
 

@@ -37,14 +37,14 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from ..capture import REDUCTIONS
-from ..errors import UsageError
-from ..optimize import METHODS, PARAMETERIZATIONS
-from ..optimize.render import OptimSettings
-from ..precision import PRECISIONS
+from repsub.capture.precision import PRECISIONS
+from repsub.capture.reader import REDUCTIONS
+from repsub.errors import UsageError
+from repsub.optimize import METHODS, PARAMETERIZATIONS
+from repsub.optimize.render import OptimSettings
 
 if TYPE_CHECKING:
-    from ..models import LoadedModel
+    from repsub.models import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
             f"{source}: selectivity.precision {selectivity.precision!r}; valid: {', '.join(PRECISIONS)}"
         )
     importance = _section("importance", ImportanceConfig, raw.get("importance"))
-    from ..importance.ablation import ABLATIONS
+    from repsub.ablation.edit import ABLATIONS
 
     if importance.ablation not in ABLATIONS:
         raise UsageError(
@@ -211,7 +211,10 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     sharding = _section("sharding", ShardingConfig, raw.get("sharding"))
     workers = _section("workers", WorkersConfig, raw.get("workers"))
     storage = _section("storage", StorageConfig, raw.get("storage"))
-    from ..storage import check_endpoint, check_location  # no credentials in any location, before any work
+    from repsub.runstore.storage import (  # no credentials in any location, before any work
+        check_endpoint,
+        check_location,
+    )
 
     for key, location in (
         ("out", str(raw["out"])),
@@ -237,7 +240,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     _check_numbers(source, selectivity, importance, workers)
     if units is not None:
         _check_units_reach(model, raw.get("weights"), layers, units, source)
-    from ..validate import check_seed
+    from repsub.validate import check_seed
 
     seed = raw.get("seed", 0)
     try:
@@ -269,7 +272,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
 
 def _units(value, source: str) -> str | None:
     """`units` as unit ranges text: "0-63", "3,7,10-12", a unit index (3) or a list of indices ([1, 4])."""
-    from ..units import parse_ranges
+    from repsub.selection import parse_ranges
 
     if value is None:
         return None
@@ -291,7 +294,7 @@ def _units(value, source: str) -> str | None:
 
 def _check_numbers(source: str, selectivity, importance, workers) -> None:
     """Counts and resources: each bad value named with its key."""
-    from ..validate import check_int, check_number
+    from repsub.validate import check_int, check_number
 
     try:
         for key, value in (("selectivity.workers", selectivity.workers),
@@ -309,8 +312,8 @@ def _check_numbers(source: str, selectivity, importance, workers) -> None:
 
 def _check_units_reach(model, weights, layers, units: str, source: str) -> None:
     """A units selection that no layer of the sweep has would plan no unit shard at all."""
-    from ..models import catalog_of
-    from ..units import units_within
+    from repsub.models import catalog_of
+    from repsub.selection import units_within
 
     chosen = catalog_of(model, weights=weights).select(list(layers) if layers else None)
     if not any(units_within(units, layer.units) for layer in chosen):
@@ -323,7 +326,7 @@ def _model_and_layers(raw: dict, source: str) -> tuple[str | LoadedModel, tuple[
     image size) and its layers (None: all) as results store them: catalog names, else module paths."""
     from torch import nn
 
-    from ..models import catalog_of, from_module
+    from repsub.models import catalog_of, from_module
 
     model, layers = raw["model"], raw.get("layers", "all")
     if layers in (None, "all"):

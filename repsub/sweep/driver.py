@@ -6,22 +6,22 @@ import time
 
 from tqdm.auto import tqdm
 
-from ..analysis.summary import run_summary
-from ..api import run_catalog
-from ..data.sources import open_source
-from ..data.subset import balanced_subset
-from ..errors import RepsubError, UsageError
-from ..models import resolve_model
-from ..provenance import Scope, importance_meaning, selectivity_meaning, units_meaning
-from ..selectivity import ClassMeanAccumulator
-from ..storage import configure_s3
-from ..store import RunWriter, open_run
-from ..tables import TABLES, selectivity_table
-from ..units import ranges_text, units_within
-from ..validate import check_image_size
-from .commit import ShardLedger
-from .config import SweepConfig
-from .plan import (
+from repsub.analysis.run import open_run
+from repsub.analysis.summary import run_summary
+from repsub.commands.context import CommandContext
+from repsub.core.selectivity import ClassMeanAccumulator
+from repsub.data.sources import open_source
+from repsub.data.subset import balanced_subset
+from repsub.errors import RepsubError, UsageError
+from repsub.models import resolve_model
+from repsub.runstore.provenance import Scope, importance_meaning, selectivity_meaning, units_meaning
+from repsub.runstore.storage import configure_s3
+from repsub.runstore.tables import TABLES, selectivity_table
+from repsub.runstore.writer import RunWriter
+from repsub.selection import ranges_text, units_within
+from repsub.sweep.commit import ShardLedger
+from repsub.sweep.config import SweepConfig
+from repsub.sweep.plan import (
     DataShard,
     ImportanceShard,
     UnitShard,
@@ -40,20 +40,18 @@ def run_sweep(
 ) -> list[dict]:
     """Run a whole sweep (selectivity pass and every unit's optimization) and return the per-layer summary.
 
-    Writes in the run's write session (repsub.run_session): its lock is held throughout, so any other writer
+    Writes in the run's write session (repsub.runstore.session): its lock is held throughout, so any other writer
     of the location is refused. `force_unlock` removes a stale lock left by a command that died on another
     host."""
     configure_s3(config.storage.endpoint_url, config.storage.region)
     model = resolve_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity, catalog
-    for key, size in (
-        ("optimization.image_size", config.optimization.image_size),
-        ("selectivity.image_size", config.selectivity_image_size()),
-        ("importance.image_size", config.importance_image_size()),
-    ):
-        check_image_size(model, size, key)
-    writer = RunWriter(config.out)
     layer_names = config.layer_names(model.layers)
-    model.select(layer_names)  # layers read by module name join the catalog the manifest records
+    # The layers read by module name join the catalog the manifest records.
+    ctx = CommandContext.for_model("units", model, layer_names, config.out, config.seed)
+    ctx.image_size(config.optimization.image_size, "optimization.image_size")
+    ctx.image_size(config.selectivity_image_size(), "selectivity.image_size")
+    ctx.image_size(config.importance_image_size(), "importance.image_size")
+    writer = ctx.writer
     source = None
     if config.selectivity.data:
         source = open_source(
@@ -70,12 +68,11 @@ def run_sweep(
     if not unit_shards:
         raise UsageError(f"units {config.units!r} selects no unit of the layers {', '.join(layer_names)}")
     scopes = _scopes(config, model, layer_names, source, importance_source)
-    with writer.writing(
-        "sweep", model.identity(), _record(config), scopes, invariants={"reduce": config.reduce},
-        catalog=run_catalog(model, writer), allow_mixed=config.allow_mixed, force_unlock=force_unlock,
-        keep_on_failure=lambda: bool(ShardLedger(writer, config.fingerprint()).done()),
-    ) as session:  # fmt: skip
-        return _run_locked(config, address, progress, model, writer, session, source, unit_shards)
+    with ctx.writing(
+        "sweep", _record(config), scopes, reduce=config.reduce, allow_mixed=config.allow_mixed,
+        force_unlock=force_unlock, keep_on_failure=lambda: bool(ShardLedger(writer, config.fingerprint()).done()),
+    ) as output:  # fmt: skip
+        return _run_locked(config, address, progress, model, writer, output, source, unit_shards)
 
 
 def _record(config: SweepConfig, **extra) -> dict:
@@ -83,7 +80,7 @@ def _record(config: SweepConfig, **extra) -> dict:
 
 
 def _scopes(config: SweepConfig, model, layer_names, source, importance_source) -> list[Scope]:
-    """What the sweep writes, table by table, and what its rows mean (repsub.provenance)."""
+    """What the sweep writes, table by table, and what its rows mean (repsub.runstore.provenance)."""
     layers = model.select(layer_names)
     units = {layer.name: ranges_text(units_within(config.units, layer.units)) for layer in layers}
     units = {name: text for name, text in units.items() if text}
@@ -98,8 +95,8 @@ def _scopes(config: SweepConfig, model, layer_names, source, importance_source) 
     return scopes
 
 
-def _run_locked(config, address, progress, model, writer, session, source, unit_shards) -> list[dict]:
-    from . import ray_runner
+def _run_locked(config, address, progress, model, writer, output, source, unit_shards) -> list[dict]:
+    from repsub.sweep import ray_runner
 
     ledger = ShardLedger(writer, config.fingerprint())
     layer_names = config.layer_names(model.layers)
@@ -141,7 +138,7 @@ def _run_locked(config, address, progress, model, writer, session, source, unit_
         for name in layer_names:
             writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
     shards = len(data_shards) + len(unit_shards)
-    session.complete(_record(config, classes=classes, shards=shards), run_catalog(model, writer))
+    output.complete(_record(config, classes=classes, shards=shards))
     return run_summary(open_run(config.out))
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models import catalog_of
-from ..units import units_within
-from .config import SweepConfig
+from repsub.models import catalog_of
+from repsub.selection import units_within
+from repsub.sweep.config import SweepConfig
 
 
 @dataclass(frozen=True)

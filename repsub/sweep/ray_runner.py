@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
-from ..errors import RunError
-from .config import SweepConfig
-from .plan import DataShard, ImportanceShard, UnitShard
-from .resources import ClusterResourceError, wait_for_fitting_node, workers_fit_now
-from .work import ShardRunner
+from repsub.errors import RunError
+from repsub.sweep.config import SweepConfig
+from repsub.sweep.plan import DataShard, ImportanceShard, UnitShard
+from repsub.sweep.resources import ClusterResourceError, wait_for_fitting_node, workers_fit_now
+from repsub.sweep.work import ShardRunner
 
 INFRA_ATTEMPTS = 3  # times a shard is handed out again after its actor was lost for good
 

@@ -19,8 +19,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from ..errors import RepsubError
-from .config import WorkersConfig
+from repsub.errors import RepsubError
+from repsub.sweep.config import WorkersConfig
 
 NODE_WAIT_ENV = "REPSUB_NODE_WAIT_S"
 DEFAULT_NODE_WAIT_S = 600.0

@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import time
 
-from ..data.sources import open_source
-from ..data.subset import balanced_subset
-from ..importance import measure_importance, unit_means
-from ..models import LoadedModel, resolve_model
-from ..optimize import optimize_units
-from ..precision import resolve_device, resolve_precision
-from ..selectivity_pass import accumulate_class_sums
-from ..storage import configure_s3
-from ..store import RunWriter
-from ..tables import importance_table, units_table
-from .commit import ShardLedger
-from .config import SweepConfig
-from .plan import DataShard, ImportanceShard, UnitShard
+from repsub.ablation import measure_importance, unit_means
+from repsub.capture.precision import resolve_device, resolve_precision
+from repsub.capture.selectivity_pass import accumulate_class_sums
+from repsub.data.sources import open_source
+from repsub.data.subset import balanced_subset
+from repsub.models import LoadedModel, resolve_model
+from repsub.optimize import optimize_units
+from repsub.runstore.storage import configure_s3
+from repsub.runstore.tables import importance_table, units_table
+from repsub.runstore.writer import RunWriter
+from repsub.sweep.commit import ShardLedger
+from repsub.sweep.config import SweepConfig
+from repsub.sweep.plan import DataShard, ImportanceShard, UnitShard
 
 
 class ShardRunner:

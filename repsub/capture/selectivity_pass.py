@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from .capture import LayerReader
-from .models import LoadedModel, UnitLayer
-from .precision import Precision, as_input, autocast_ready, prepare_for_speed
-from .selectivity import ClassMeanAccumulator
+from repsub.capture.precision import Precision, as_input, autocast_ready, prepare_for_speed
+from repsub.capture.reader import LayerReader
+from repsub.core.selectivity import ClassMeanAccumulator
+from repsub.models import LoadedModel, UnitLayer
 
 FP32 = Precision("fp32", "fp32", "default")
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import api
-from .analysis.summary import run_summary
-from .data.synthetic import cached_demo_data
-from .models import load_model
-from .optimize import OptimSettings
-from .run import open_run
-from .train import train_classifier
+from repsub.analysis.run import open_run
+from repsub.analysis.summary import run_summary
+from repsub.commands.selectivity import selectivity
+from repsub.commands.train import train_classifier
+from repsub.commands.visualize import visualize
+from repsub.data.synthetic import cached_demo_data
+from repsub.models import load_model
+from repsub.optimize import OptimSettings
 
 DEMO_IMAGE_SIZE = 32
 
@@ -36,7 +37,7 @@ def run_demo(
     )
     print(f"trained shallow_cnn on {train_dir}: train accuracy {trained['train_accuracy']:.2f}")
     model = load_model("shallow_cnn", weights=str(weights), device="cpu")
-    api.selectivity(
+    selectivity(
         model=model,
         data=val_dir,
         out=out_dir,
@@ -48,7 +49,5 @@ def run_demo(
     )
     settings = OptimSettings(steps=steps, image_size=DEMO_IMAGE_SIZE, batch_size=128)
     for method in ("am", "iam"):
-        api.visualize(
-            model=model, method=method, out=out_dir, settings=settings, device="cpu", progress=progress
-        )
+        visualize(model=model, method=method, out=out_dir, settings=settings, device="cpu", progress=progress)
     return run_summary(open_run(out_dir))

@@ -43,7 +43,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, address_default: str | 
 def prepare_demo_data(data: str | None) -> None:
     """For --prepare-demo-data: the demo's held-out images at `data`, a local path, when it does not exist
     (written under a temporary name, then renamed); `demo` itself is generated in the cache now."""
-    from .data.synthetic import DEMO_DATA, demo_val_dir
+    from repsub.data.synthetic import DEMO_DATA, demo_val_dir
 
     if not data or data.startswith("s3://"):
         return
@@ -65,8 +65,9 @@ def prepare_demo_data(data: str | None) -> None:
 def run_sweep_command(args: argparse.Namespace) -> str:
     """Load the config, prepare the demo data if asked, run the sweep; returns the per-layer summary and where
     the run is, as text."""
-    from .analysis.summary import format_summary
-    from .sweep import load_config, run_sweep
+    from repsub.analysis.summary import format_summary
+    from repsub.sweep.config import load_config
+    from repsub.sweep.driver import run_sweep
 
     config = load_config(args.config, out=args.out)
     if args.prepare_demo_data:

@@ -16,7 +16,7 @@ import re
 import torch
 from torch import fx, nn
 
-from ..errors import UsageError
+from repsub.errors import UsageError
 
 
 def _trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, str]]:

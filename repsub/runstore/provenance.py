@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .errors import RunError
-from .units import ranges_text
+from repsub.errors import RunError
+from repsub.selection import ranges_text
 
 # The settings that define what a table's rows mean (README, "Run integrity"). Other settings (steps, lr,
 # precision, batch size, seed, device) may differ between commands: each row records its steps and seed,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UsageError
+from repsub.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 FAST_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")

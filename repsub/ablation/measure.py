@@ -16,12 +16,12 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..capture import LayerReader
-from ..errors import UsageError
-from ..models import LoadedModel, UnitLayer
-from .ablation import ABLATIONS, ablate, ablated_copies
-from .counts import AblationCounts
-from .split import SplitModel
+from repsub.ablation.counts import AblationCounts
+from repsub.ablation.edit import ABLATIONS, ablate, ablated_copies
+from repsub.ablation.split import SplitModel
+from repsub.capture.reader import LayerReader
+from repsub.errors import UsageError
+from repsub.models import LoadedModel, UnitLayer
 
 # Elements of the stacked ablated copies fed to the tail at once (float32: 128 MiB); bounds memory.
 CHUNK_ELEMENTS = 2**25

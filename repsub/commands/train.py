@@ -12,10 +12,10 @@ from torch import nn
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .data.imagefolder import eval_transform, image_folder, resize_size
-from .errors import RunError, UsageError
-from .models import get_spec, load_model
-from .validate import check_image_size, check_int, check_seed
+from repsub.data.imagefolder import eval_transform, image_folder, resize_size
+from repsub.errors import RunError, UsageError
+from repsub.models import check_image_size, get_spec, load_model
+from repsub.validate import check_int, check_seed
 
 # Training augmentations. Horizontal flips suit natural images, not orientation-bearing data such as
 # digits or text, so they are a choice.

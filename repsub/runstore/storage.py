@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from .errors import RunError
+from repsub.errors import RunError
 
 S3_ATTEMPTS = 5  # per request, with the SDK's exponential backoff
 

@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from PIL import Image
 
-from .errors import RunError
-from .store import LAYER_PARTITION, MANIFEST, READABLE_SCHEMA_VERSIONS, TABLES, RunWriter, full_schema
+from repsub.errors import RunError
+from repsub.runstore.reader import RunReader
+from repsub.runstore.tables import TABLES
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Run:
     @property
     def layers(self) -> list[dict]:
         """The model's layers in depth order: {name, depth, read, units, kind} (from the manifest's catalog)."""
-        from .analysis.layers import catalog_layers
+        from repsub.analysis.layers import catalog_layers
 
         return [
             {"name": i.name, "depth": i.depth, "read": i.read, "units": i.units, "kind": i.kind}
@@ -65,7 +66,7 @@ class Run:
         only have a row with method null (unless `methods` is given); the importance columns are null without
         an importance row. `class_means` / `layer_activations` add those list columns (large for wide
         layers)."""
-        from .analysis.load import unit_frame
+        from repsub.analysis.load import unit_frame
 
         return unit_frame(self, layers, methods, class_means=class_means, layer_activations=layer_activations)
 
@@ -81,8 +82,8 @@ class Run:
 
     def image(self, layer: str, unit: int, method: str = "iam") -> Image.Image:
         """The stored AM or IAM image of one unit (uint8 RGB, as optimized and recorded)."""
-        from .analysis.layers import catalog_layers
-        from .analysis.load import check_names, read_rows
+        from repsub.analysis.layers import catalog_layers
+        from repsub.analysis.load import check_names, read_rows
 
         check_names(self, catalog_layers(self.manifest)[0], [layer], [method])
         where = (
@@ -99,7 +100,7 @@ class Run:
     def stats(self, **options) -> pa.Table:
         """The report's statistics table (repsub.analysis.stats), with the report's default options unless
         given: high, low, seed, resamples, confidence."""
-        from .analysis import StatsOptions, compute_stats, load_run_data
+        from repsub.analysis import StatsOptions, compute_stats, load_run_data
 
         return compute_stats(load_run_data(self), StatsOptions(**options))
 
@@ -108,8 +109,8 @@ class Run:
         one row per layer, ablation, measure (accuracy_drop, loss_increase) and what importance is
         correlated with (`against`: rs_am, rs_iam, selectivity); empty for a run without importance.
         Options as `stats`: seed, resamples, confidence."""
-        from .analysis import StatsOptions, load_run_data
-        from .analysis.importance_stats import compute_importance_stats
+        from repsub.analysis import StatsOptions, load_run_data
+        from repsub.analysis.importance_stats import compute_importance_stats
 
         return compute_importance_stats(load_run_data(self), StatsOptions(**options))
 
@@ -125,26 +126,5 @@ def open_run(uri: str | os.PathLike) -> Run:
     >>> run = repsub.open_run("runs/demo")
     >>> run.to_pandas()
     """
-    writer = RunWriter(uri)
-    manifest = writer.read_manifest()
-    if manifest is None:
-        raise RunError(f"{writer.uri} holds no run (no {MANIFEST})")
-    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
-        raise RunError(
-            f"{writer.uri} holds a run of schema version {manifest.get('schema_version')}; this repsub "
-            f"reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
-        )
-    datasets = {}
-    for name in TABLES:
-        directory = writer._path(name)
-        if writer._exists(directory):
-            datasets[name] = ds.dataset(
-                directory,
-                filesystem=writer.fs,
-                format="parquet",
-                schema=full_schema(name),
-                partitioning=ds.partitioning(LAYER_PARTITION, flavor="hive"),
-            )
-        else:
-            datasets[name] = None
-    return Run(uri=writer.uri, manifest=manifest, **datasets)
+    reader = RunReader(uri)
+    return Run(uri=reader.uri, manifest=reader.manifest, **reader.datasets())

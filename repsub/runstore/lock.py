@@ -1,7 +1,7 @@
 """The run lock: at most one command writes a run location at a time.
 
 `RUN/_lock.json` is created only if absent (a hard link locally, `If-None-Match: *` on S3) and holds its
-holder: command, host, pid, user, time and a token of its own. Every writer takes it (repsub.run_session):
+holder: command, host, pid, user, time and a token of its own. Every writer takes it (repsub.runstore.session):
 `selectivity`, `visualize`, `importance` and `sweep`. A lock held by a live process is refused with its
 holder named. A lock that is certainly stale is replaced: its pid is dead on this host, or it names this
 very process with a token no writer of it holds (an earlier command of this process that could not remove
@@ -18,7 +18,8 @@ import socket
 import sys
 import uuid
 
-from .errors import RunError
+from repsub.errors import RunError
+from repsub.runstore.manifest import now_utc
 
 LOCK = "_lock.json"
 _HELD: set[str] = set()  # tokens of the locks this process holds now
@@ -28,8 +29,6 @@ class RunLock:
     """The lock of one run location, for one command (`with RunLock(writer, "visualize/am"): ...`)."""
 
     def __init__(self, writer, command: str = "sweep"):
-        from .store import now_utc
-
         self.writer = writer
         self.owner = {
             "command": command, "host": socket.gethostname(), "pid": os.getpid(), "user": _user(),

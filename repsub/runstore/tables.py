@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -110,12 +111,29 @@ UNIT_STATUSES = {
 }
 
 
+def units_status(table: pa.Table) -> pa.Array:
+    """Each row's status: the stored one, or for rows of version 1 runs (null status) the same rule applied
+    to the stored values: nonfinite if the activation or RS is not finite, no_response if the activation
+    is <= 0, else ok."""
+    activation = np.asarray(table.column("activation").to_numpy(zero_copy_only=False), dtype=np.float64)
+    rs = np.asarray(table.column("rs").to_numpy(zero_copy_only=False), dtype=np.float64)
+    derived = np.where(
+        ~(np.isfinite(activation) & np.isfinite(rs)),
+        "nonfinite",
+        np.where(activation <= 0, "no_response", "ok"),
+    )
+    if "status" not in table.column_names:
+        return pa.array(derived, pa.string())
+    stored = table.column("status").combine_chunks()
+    return pc.if_else(pc.is_null(stored), pa.array(derived, pa.string()), stored)
+
+
 # ------------------------------------------------------------------ builders: results -> rows
 
 
 def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:
     """The selectivity rows of one layer, from its class means [C, N]."""
-    from .selectivity import selectivity_index  # torch: not for readers of a run
+    from repsub.core.selectivity import selectivity_index  # torch: not for readers of a run
 
     result = selectivity_index(class_means)
     means = class_means.cpu().numpy().T  # [N, C]

@@ -6,7 +6,7 @@ torchvision it records; where the installed ones differ, or for anything it does
 `--modules`), `repsub layers` builds the catalog live. Regenerate it after changing a model or a catalog
 rule (tests/test_torchvision_models.py checks that it equals the live catalogs):
 
-    .venv/bin/python -m repsub.catalog_index
+    .venv/bin/python -m repsub.models.catalog_index
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def layer_rows(layers) -> list[dict]:
 
 def model_rows() -> list[dict]:
     """What `repsub layers --list-models` shows of each registered model."""
-    from .models import MODELS
-    from .models.weights import weights_names
+    from repsub.models import MODELS
+    from repsub.models.weights import weights_names
 
     return [
         {"name": spec.name, "family": spec.family, "image_size": spec.preprocessing.image_size,
@@ -54,7 +54,7 @@ def model_rows() -> list[dict]:
 
 
 def build() -> dict:
-    from .models import MODELS, model_catalog
+    from repsub.models import MODELS, model_catalog
 
     return {
         "versions": _versions(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import UsageError
+from repsub.errors import UsageError
 
 
 def parse_ranges(spec: str) -> list[tuple[int, int]]:

@@ -3,8 +3,8 @@ the network's accuracy measured; batched and cut (the network's head runs once p
 once per ablated unit), exact mergeable counts, and the `importance` command.
 """
 
-from .ablation import ABLATIONS
-from .counts import AblationCounts
-from .measure import ablated_forward, measure_importance, unit_means
+from repsub.ablation.counts import AblationCounts
+from repsub.ablation.edit import ABLATIONS
+from repsub.ablation.measure import ablated_forward, measure_importance, unit_means
 
 __all__ = ["ABLATIONS", "AblationCounts", "ablated_forward", "measure_importance", "unit_means"]

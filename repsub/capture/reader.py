@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import UsageError
-from .models import UnitLayer
+from repsub.errors import UsageError
+from repsub.models import UnitLayer
 
 REDUCTIONS = ("mean", "max", "center")
 TOKENS_HAVE_NO_CENTER = (

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .store import ACTIVATIONS_SCHEMA, RunWriter
+from repsub.runstore.tables import ACTIVATIONS
+from repsub.runstore.writer import RunWriter
 
 ROW_GROUP_BYTES = 16 * 2**20  # activations per row group: large reads, bounded memory
 MAX_ROW_GROUP_ROWS = 65536
@@ -44,7 +45,7 @@ class _LayerStream:
         self.rows_per_group = row_group_rows(units)
         self.staged, self.final = run.stage("activations", layer, FILE_NAME)
         self.sink = run.fs.open_output_stream(self.staged)
-        self.writer = pq.ParquetWriter(self.sink, ACTIVATIONS_SCHEMA, compression="zstd")
+        self.writer = pq.ParquetWriter(self.sink, ACTIVATIONS.schema, compression="zstd")
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.pending_rows = 0
         self.rows = 0
@@ -65,7 +66,7 @@ class _LayerStream:
                 pa.array(labels[head], pa.int32()),
                 activations_array(values[head]),
             ],
-            schema=ACTIVATIONS_SCHEMA,
+            schema=ACTIVATIONS.schema,
         )
         self.writer.write_table(table, row_group_size=rows)
         self.rows += rows

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from ..errors import UsageError
-from .layers import UnitLayer
-from .probe import ForwardFacts, ModuleFacts
+from repsub.errors import UsageError
+from repsub.models.layers import UnitLayer
+from repsub.models.probe import ForwardFacts, ModuleFacts
 
 # (layer name, module path, how it is read: "relu", "block", "logits" or "module")
 Choice = tuple[str, str, str]

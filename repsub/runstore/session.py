@@ -1,7 +1,7 @@
 """How every command writes into a run: one context, the same for `selectivity`, `visualize`, `importance` and
 `sweep`.
 
-    with RunWriter(out).writing("visualize/am", identity, config, scopes, invariants=..., catalog=...) as session:
+    with WriteSession(RunWriter(out), "visualize/am", identity, config, scopes, invariants=..., catalog=...) as session:
         writer.write_units(...)          # rows get `command` = "visualize/am"
         session.complete(config)         # the manifest records the invocation as completed
 
@@ -23,10 +23,17 @@ import sys
 
 import pyarrow.fs as pafs
 
-from .errors import RunError
-from .provenance import Scope, finish_invocation, mixing_conflicts, refuse_mixing, start_invocation
-from .runlock import LOCK, RunLock
-from .store import MANIFEST, SCHEMA_VERSION, code_version, disk_full, library_versions, now_utc
+from repsub.errors import RunError
+from repsub.runstore.location import disk_full
+from repsub.runstore.lock import LOCK, RunLock
+from repsub.runstore.manifest import MANIFEST, SCHEMA_VERSION, code_version, library_versions, now_utc
+from repsub.runstore.provenance import (
+    Scope,
+    finish_invocation,
+    mixing_conflicts,
+    refuse_mixing,
+    start_invocation,
+)
 
 
 class WriteSession:

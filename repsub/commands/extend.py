@@ -13,10 +13,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RunError, UsageError
-from .store import RunWriter, model_mismatch
+from repsub.errors import RunError, UsageError
+from repsub.runstore.location import RunLocation
+from repsub.runstore.manifest import model_mismatch
 
-ALL_LAYERS = "all"  # `--layers all`: every layer of the catalog, whatever the run covers
+ALL_LAYERS = "all"
+IMAGE_SIZE_TABLES = (
+    "selectivity",
+    "units",
+    "importance",
+)  # `--layers all`: every layer of the catalog, whatever the run covers
 # Optimization settings taken from the run (precision is not: it depends on the hardware, not the results).
 REUSED_SETTINGS = ("steps", "lr", "image_size", "param", "jitter", "scale", "rotate", "batch_size",
                    "own_term")  # fmt: skip
@@ -32,7 +38,7 @@ class RunRecord:
 
     @classmethod
     def read(cls, out) -> RunRecord:
-        manifest = RunWriter(out).read_manifest() if out is not None else None
+        manifest = RunLocation(out).read_manifest() if out is not None else None
         return cls(None if out is None else str(out), manifest)
 
     @property
@@ -70,15 +76,19 @@ class RunRecord:
                 return {k: v for k, v in recorded.items() if k in REUSED_SETTINGS and v is not None}
         return {}
 
-    def selectivity_image_size(self) -> int | None:
-        """The image size of the run's latest selectivity pass (a sweep's: its optimization's by default)."""
+    def table_image_size(self, table: str) -> int | None:
+        """The image size of the run's latest rows of `table` (selectivity, units, importance), if recorded."""
         for name, config in reversed(self._configs()):
-            if name == "selectivity" and config.get("image_size"):
-                return int(config["image_size"])
-            pass_config = config.get("selectivity") or {}
-            if name == "sweep" and pass_config.get("data"):
-                return pass_config.get("image_size") or (config.get("optimization") or {}).get("image_size")
+            size = _recorded_size(table, name, config)
+            if size:
+                return int(size)
         return None
+
+    def image_size(self, table: str) -> int | None:
+        """The image size a command writing `table` takes from the run: its own table's, then the other
+        tables' (selectivity, units, importance); None for a new run (repsub.commands.context)."""
+        order = [table, *(t for t in IMAGE_SIZE_TABLES if t != table)]
+        return next((size for t in order if (size := self.table_image_size(t))), None)
 
     def say(self) -> None:
         if self.taken:
@@ -175,7 +185,7 @@ def load_for_run(
     normalization unless given."""
     from torch import nn
 
-    from .models import resolve_model
+    from repsub.models import resolve_model
 
     choice = model_for_run(record, model, weights, seed)
     mean, std = preprocessing_for_run(record, choice.model, mean, std)
@@ -216,37 +226,24 @@ def layers_for_run(record: RunRecord, layers, reuse: bool, catalog: list[str]) -
     return run_layers
 
 
-def settings_for_run(record: RunRecord, given: dict, reuse: bool, model_size: int | None):
-    """OptimSettings: those given, else the run's (its latest visualize or sweep), else the defaults, with the
-    model's image size (or the run's selectivity's) where none is given."""
-    from .optimize import OptimSettings
+def settings_for_run(record: RunRecord, given: dict, reuse: bool, image_size: int):
+    """OptimSettings: those given, else the run's (its latest visualize or sweep), else the defaults; the image
+    size is the command's (repsub.commands.context, which says where it came from)."""
+    from repsub.optimize import OptimSettings
 
     values = dict(record.settings()) if reuse else {}
-    if reuse and "image_size" not in values and (size := record.selectivity_image_size()):
-        values["image_size"] = size
-    # Said: the image size and steps, and the other settings taken where they are not the defaults.
+    values.pop("image_size", None)
+    # Said: the steps, and the other settings taken where they are not the defaults.
     default = OptimSettings()
     taken = [k for k in REUSED_SETTINGS if k in values and k not in given]
-    said = [k for k in taken if k in ("image_size", "steps") or values[k] != getattr(default, k)]
+    said = [k for k in taken if k == "steps" or values[k] != getattr(default, k)]
     if said:
         record.taken.append(", ".join(f"{k.replace('_', ' ')} {values[k]}" for k in said))
-    if "image_size" not in values and model_size:
-        values["image_size"] = model_size
-    return OptimSettings(**{**values, **given})
-
-
-def selectivity_size_for_run(record: RunRecord, reuse: bool) -> int | None:
-    """The run's selectivity image size, else its optimization's (None: a new run, or none recorded)."""
-    if not reuse:
-        return None
-    size = record.selectivity_image_size() or record.settings().get("image_size")
-    if size:
-        record.taken.append(f"image size {size}")
-    return size
+    return OptimSettings(**{**values, "image_size": image_size, **given})
 
 
 def _recreatable_name(record: RunRecord) -> str:
-    from .models import MODELS
+    from repsub.models import MODELS
 
     recorded = record.model
     name = recorded.get("model")
@@ -262,8 +259,8 @@ def _recreatable_name(record: RunRecord) -> str:
 def _run_weights(record: RunRecord, name: str) -> str:
     """The run's weights as recorded; a file that is not where the record says is looked for in the run
     (where `repsub demo` keeps its weights), else refused with what to do."""
-    from .models import get_spec
-    from .models.weights import weights_names
+    from repsub.models import get_spec
+    from repsub.models.weights import weights_names
 
     given = str(record.model.get("weights") or "random")
     names = ["random", "imagenet", *weights_names(get_spec(name).weights_enum)]
@@ -276,3 +273,22 @@ def _run_weights(record: RunRecord, name: str) -> str:
         f"{record.uri} was made with the weights file {given}, which is not found from here (a relative path "
         "is read from the current directory): pass --weights PATH (its content is checked against the run's)"
     )
+
+
+def _recorded_size(table: str, command: str, config: dict) -> int | None:
+    """The image size with which `command` (its recorded `config`) wrote rows of `table`, if it did."""
+    if command == "sweep":
+        optimization = config.get("optimization") or {}
+        section = config.get(table) or {}
+        if table == "units":
+            return optimization.get("image_size")
+        if not section.get("data"):
+            return None  # the sweep wrote no such rows
+        selectivity = config.get("selectivity") or {}
+        fallback = selectivity.get("image_size") or optimization.get("image_size")
+        return section.get("image_size") or fallback
+    writes = {"selectivity": command == "selectivity", "units": command.startswith("visualize/"),
+              "importance": command.startswith("importance/")}  # fmt: skip
+    if not writes[table]:
+        return None
+    return (config.get("settings") or {}).get("image_size") if table == "units" else config.get("image_size")

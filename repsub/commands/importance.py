@@ -2,31 +2,27 @@
 
 For each unit of the requested layers: the network's accuracy on a seeded, class-balanced subset of the
 images with the unit ablated, against the intact network's (Morcos et al. 2018), and the mean loss
-increase. Rows go to RUN/importance/ (repsub.tables.IMPORTANCE); re-runs replace their own rows.
+increase. Rows go to RUN/importance/ (repsub.runstore.tables.IMPORTANCE); re-runs replace their own rows.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
 import pyarrow as pa
 import torch
 
-from ..data.sources import open_source
-from ..data.subset import balanced_subset
-from ..errors import DataError, UsageError
-from ..extend import RunRecord, layers_for_run, load_for_run, selectivity_size_for_run
-from ..models import LoadedModel
-from ..precision import default_device
-from ..provenance import Scope, importance_meaning
-from ..store import RunWriter
-from ..tables import importance_table, with_layer
-from ..units import parse_units, ranges_text
-from ..validate import check_image_size
-from .ablation import ABLATIONS
-from .measure import measure_importance, unit_means
+from repsub.ablation.edit import ABLATIONS
+from repsub.ablation.measure import measure_importance, unit_means
+from repsub.commands.context import CommandContext, check_common
+from repsub.data.sources import open_source
+from repsub.data.subset import balanced_subset
+from repsub.errors import DataError, UsageError
+from repsub.models import LoadedModel
+from repsub.runstore.provenance import Scope, importance_meaning
+from repsub.runstore.tables import importance_table, with_layer
+from repsub.selection import parse_units, ranges_text
 
 
 def command_key(ablation: str) -> str:
@@ -58,23 +54,18 @@ def importance(
     or .beton whose classes are the model's): `images` (default all) is a seeded, class-balanced subset.
     `ablation`: "zero" (the unit's whole output set to 0) or "mean" (to its mean over those images).
     Returns the importance table (with its `layer` column) and writes it into the run `out` if given.
-    Into an existing run, what is not given is the run's, as for selectivity and visualize (repsub.extend):
+    Into an existing run, what is not given is the run's, as for selectivity and visualize (repsub.commands.extend):
     its model (re-created, weights verified by hash), seed, layers and image size (its selectivity's).
     Writing into `out` holds its lock and refuses importance from other data, image count or image size beside
     the run's unless `allow_mixed`; `force_unlock` removes a lock whose holder is gone."""
-    from ..api import _check_common, run_catalog  # the API's checks, shared
-
     if ablation not in ABLATIONS:
         raise UsageError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
-    _check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed, images=images)
-    device = device or default_device()
-    record = RunRecord.read(out)
-    run_size = record.selectivity_image_size() or record.settings().get("image_size")
-    loaded, seed, reuse = load_for_run(record, model, weights, seed, device, image_size, mean, std, run_size)
-    chosen = loaded.select(layers_for_run(record, layers, reuse, [layer.name for layer in loaded.layers]))
-    size = image_size or selectivity_size_for_run(record, reuse) or loaded.image_size
-    record.say()
-    check_image_size(loaded, size)
+    check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed, images=images)
+    ctx = CommandContext.open("importance", out=out, model=model, weights=weights, seed=seed, device=device,
+                              layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
+    loaded, device, seed = ctx.model, ctx.device, ctx.seed
+    size = ctx.image_size(image_size)
+    ctx.record.say()
     source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) != loaded.num_classes:
         raise DataError(
@@ -84,8 +75,7 @@ def importance(
     subset = balanced_subset(source.labels(), images, seed)
     if images is not None and len(subset) < images:
         print(f"note: {data} holds {len(subset)} images, fewer than --images {images}", file=sys.stderr)
-    unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in chosen}
-    writer = RunWriter(out) if out is not None else None
+    unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in ctx.layers}
     config = {
         "data": source.describe(),
         "image_size": size,
@@ -103,16 +93,12 @@ def importance(
         return source.batches(batch_size, indices=subset, workers=workers, device=device)
 
     tables, baseline = {}, None
-    with contextlib.ExitStack() as stack:
-        session = None
-        if writer:  # checks the run and mixing, takes the lock, claims the run: before any row
-            scope = Scope("importance", ablation, {name: ranges_text(u) for name, u in unit_lists.items()},
-                          importance_meaning(source, size, len(subset)))  # fmt: skip
-            session = stack.enter_context(writer.writing(
-                command_key(ablation), loaded.identity(), config, [scope], catalog=run_catalog(loaded, writer),
-                allow_mixed=allow_mixed, force_unlock=force_unlock,
-            ))  # fmt: skip
-        for layer in chosen:
+    scope = Scope("importance", ablation, {name: ranges_text(u) for name, u in unit_lists.items()},
+                  importance_meaning(source, size, len(subset)))  # fmt: skip
+    with ctx.writing(
+        command_key(ablation), config, [scope], allow_mixed=allow_mixed, force_unlock=force_unlock
+    ) as output:
+        for layer in ctx.layers:
             means = unit_means(loaded, layer, batches(), device) if ablation == "mean" else None
             counts = measure_importance(
                 loaded, layer, unit_lists[layer.name], batches(), loaded.num_classes, ablation, means,
@@ -121,9 +107,7 @@ def importance(
             results = counts.results()
             baseline = float(results["baseline_accuracy"][0])
             tables[layer.name] = importance_table(results, ablation, command_key(ablation))
-            if session:  # each layer lands as soon as it is done
-                writer.write_table("importance", layer.name, tables[layer.name])
+            output.write("importance", layer.name, tables[layer.name])  # each layer lands when done
         print(f"importance: baseline accuracy {baseline:.4f} on {len(subset)} images", file=sys.stderr)
-        if session:
-            session.complete({**config, "baseline_accuracy": baseline}, run_catalog(loaded, writer))
+        output.complete({**config, "baseline_accuracy": baseline})
     return with_layer(tables)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import UsageError
+from repsub.errors import UsageError
 
 ABLATIONS = ("zero", "mean")
 UNIT_AXIS = {"conv": 1, "linear": 1}  # where a layer kind keeps its units in the read module's output

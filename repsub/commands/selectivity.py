@@ -1,0 +1,148 @@
+"""`repsub selectivity` / `repsub.selectivity(...)`: class selectivity of every unit over a labelled dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import pyarrow as pa
+import torch
+
+from repsub.capture.precision import resolve_precision
+from repsub.capture.selectivity_pass import accumulate_class_sums
+from repsub.commands.context import CommandContext, check_common, say_precision
+from repsub.data.sources import open_source
+from repsub.errors import DataError, UsageError
+from repsub.models import LoadedModel
+from repsub.runstore.activations import ActivationWriter
+from repsub.runstore.provenance import Scope, selectivity_meaning
+from repsub.runstore.tables import selectivity_table, with_layer
+
+
+def selectivity(
+    model: str | LoadedModel | torch.nn.Module | None = None,
+    weights: str | None = None,
+    data: str | os.PathLike = "",
+    out: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    layers: list[str] | None = None,
+    batch_size: int = 64,
+    reduce: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    save_activations: list[str] | str | None = None,
+    precision: str = "auto",
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    allow_mixed: bool = False,
+    force_unlock: bool = False,
+) -> pa.Table:
+    """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
+    or an FFCV .beton file from `repsub prepare`).
+
+    Streams the dataset once, accumulating float64 per-class sums of every layer together. Returns
+    the selectivity table (with its `layer` column) and, if `out` is given, writes it into that run.
+    `save_activations` (layers among `layers`) also streams every image's activations of those layers
+    into `out`/activations/ (repsub.runstore.activations), one row per image per layer. `reduce` (how a conv
+    channel's map becomes one value: mean, max, center) defaults to the run's, else mean. `precision`
+    (auto, fp32, bf16) is that of the forward; class sums are float64 in every case.
+
+    Into an existing run, what is not given is the run's (repsub.commands.extend): `model` None re-creates its
+    model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
+    seed, `layers` (`["all"]`: every layer) and `image_size` are its own; what was taken is printed.
+
+    Writing into `out` holds its lock and refuses rows of another meaning beside the run's (other data or
+    image size in the selectivity table) unless `allow_mixed`; `force_unlock` removes a lock whose holder is
+    gone (README, "Run integrity").
+    """
+    check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed)
+    ctx = CommandContext.open("selectivity", out=out, model=model, weights=weights, seed=seed, device=device,
+                              layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
+    used_precision = resolve_precision(precision, ctx.device)
+    loaded, chosen = ctx.model, ctx.layers
+    saved = _activation_layers(save_activations, chosen, loaded, out)
+    size = ctx.image_size(image_size)
+    ctx.record.say()
+    source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
+    if len(source.classes) < 2:
+        raise DataError(
+            f"--data {data}: {len(source.classes)} class(es); selectivity needs two classes or more"
+        )
+    if len(source.classes) != loaded.num_classes:
+        # Selectivity does not need the two to match, but a mismatch usually means the wrong data or weights.
+        print(
+            f"note: {data} has {len(source.classes)} classes, the model's classifier {loaded.num_classes}",
+            file=sys.stderr,
+        )
+    reduce = ctx.reduce(reduce)
+    config = {
+        "data": source.describe(),
+        "image_size": size,
+        "layers": [layer.name for layer in chosen],
+        "batch_size": batch_size,
+        "reduce": reduce,
+        "seed": ctx.seed,
+        "device": str(ctx.device),
+        "precision": used_precision.to_dict(),
+    }
+    say_precision(used_precision, "selectivity")
+    scope = Scope("selectivity", None, dict.fromkeys(config["layers"]), selectivity_meaning(source, size))
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(ctx.writing(
+            "selectivity", config, [scope], reduce=reduce, allow_mixed=allow_mixed, force_unlock=force_unlock
+        ))  # fmt: skip
+        sink = None
+        if saved:
+            sink = stack.enter_context(
+                ActivationWriter(output.writer, {layer.name: layer.units for layer in saved})
+            )
+        acc = accumulate_class_sums(
+            loaded,
+            chosen,
+            source.batches(batch_size, workers=workers, device=ctx.device),
+            len(source.classes),
+            reduce=reduce,
+            device=ctx.device,
+            total=len(source),
+            progress=progress,
+            on_batch=sink.add if sink else None,
+            precision=used_precision,
+        )
+        if acc.n_images != len(source):
+            raise DataError(f"the pass saw {acc.n_images} images, {data} holds {len(source)}")
+        activation_rows = sink.row_groups() if sink else None
+        if sink:
+            sink.commit()  # in place before the manifest records the command
+        tables = {
+            layer.name: selectivity_table(acc.class_means(layer.name), acc.n_images) for layer in chosen
+        }
+        for name, table in tables.items():
+            output.write("selectivity", name, table)
+        config["n_images"] = acc.n_images
+        if saved:
+            config["save_activations"] = [layer.name for layer in saved]
+            config["activations_row_group_rows"] = activation_rows
+        output.complete(config)
+    return with_layer(tables)
+
+
+def _activation_layers(names, chosen, loaded: LoadedModel, out) -> list:
+    """The layers of `save_activations`: known, among the pass's layers, and with a run to write into."""
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    if not names:
+        return []
+    wanted = loaded.select(list(names))  # unknown names: UsageError
+    chosen_names = {layer.name for layer in chosen}
+    outside = [layer.name for layer in wanted if layer.name not in chosen_names]
+    if outside:
+        raise UsageError(
+            f"--save-activations {','.join(outside)}: not among the pass's --layers "
+            f"({', '.join(sorted(chosen_names))})"
+        )
+    if out is None:
+        raise UsageError("--save-activations writes into a run: give --out")
+    return wanted

@@ -1,0 +1,118 @@
+"""`repsub visualize` / `repsub.visualize(...)`: AM or IAM images of units, their layer activations and RS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import replace
+
+import pyarrow as pa
+import torch
+
+from repsub.capture.precision import resolve_precision
+from repsub.commands.context import CommandContext, check_common, say_precision
+from repsub.commands.extend import settings_for_run
+from repsub.errors import UsageError
+from repsub.models import LoadedModel
+from repsub.optimize import OptimSettings, UnitProgress, optimize_units
+from repsub.optimize.objectives import METHODS
+from repsub.runstore.provenance import Scope, units_meaning
+from repsub.runstore.tables import units_table, with_layer
+from repsub.selection import parse_units, ranges_text
+
+
+def visualize(
+    model: str | LoadedModel | torch.nn.Module | None = None,
+    weights: str | None = None,
+    method: str = "am",
+    layers: list[str] | None = None,
+    units: str | list[int] | None = None,
+    out: str | os.PathLike | None = None,
+    settings: OptimSettings | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    reduce: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    allow_mixed: bool = False,
+    force_unlock: bool = False,
+    **setting_overrides,
+) -> pa.Table:
+    """AM or IAM images for the units of `layers` (default: all), with their layer activations and RS.
+
+    `units` ('0-15', a list, or None for all) applies to every layer. Settings default to
+    OptimSettings(); keyword overrides (steps=..., image_size=..., lr=..., precision=...) replace
+    single fields. `reduce` (conv units' spatial reduction) defaults to the run's, else mean: the
+    objective and RS use the reduction of the run's selectivity. Returns the units table (with its
+    `layer` column, one row per unit with its status); writes it into the run `out` if given.
+
+    Into an existing run, what is not given is the run's (repsub.commands.extend): `model` None re-creates its
+    model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
+    seed, `layers` (`["all"]`: every layer) and, without `settings`, the optimization settings of its latest
+    visualize or sweep (image size, steps, lr, ...; not precision) are its own; what was taken is printed.
+
+    Writing into `out` holds its lock and refuses units of this method at another image size (or
+    parameterization, own term, transforms) beside the run's unless `allow_mixed`; `force_unlock` removes a
+    lock whose holder is gone (README, "Run integrity").
+    """
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    check_common(seed=seed)
+    given_size = setting_overrides.get("image_size") or (settings.image_size if settings else None)
+    ctx = CommandContext.open("units", out=out, model=model, weights=weights, seed=seed, device=device,
+                              layers=layers, image_size=given_size, mean=mean, std=std)  # fmt: skip
+    size = ctx.image_size(given_size)
+    if settings is None:  # the run's, else the defaults
+        settings = settings_for_run(ctx.record, setting_overrides, ctx.reuse, size)
+    else:
+        settings = replace(settings, **setting_overrides)
+    ctx.record.say()
+    settings.validate()
+    unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in ctx.layers}
+    reduce = ctx.reduce(reduce)
+    precision = resolve_precision(settings.precision, ctx.device)
+    config = {
+        "method": method,
+        "layers": list(unit_lists),
+        "units": units if isinstance(units, str | None) else list(units),
+        "seed": ctx.seed,
+        "device": str(ctx.device),
+        "reduce": reduce,
+        "precision": precision.to_dict(),
+        "settings": settings.to_dict(),
+    }
+    say_precision(precision, method)
+    tables = {}
+    total = sum(len(u) for u in unit_lists.values())
+    scope = Scope("units", method, {name: ranges_text(u) for name, u in unit_lists.items()},
+                  units_meaning(settings))  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(ctx.writing(
+            f"visualize/{method}", config, [scope], reduce=reduce, allow_mixed=allow_mixed,
+            force_unlock=force_unlock,
+        ))  # fmt: skip
+        with UnitProgress(total, settings.steps, enabled=progress) as bar:
+            for layer in ctx.layers:
+                result = optimize_units(
+                    ctx.model, layer, unit_lists[layer.name], method, settings,
+                    run_seed=ctx.seed, device=ctx.device, progress=bar, reduce=reduce,
+                )  # fmt: skip
+                tables[layer.name] = units_table(method, result, settings.steps)
+                output.write("units", layer.name, tables[layer.name])  # each layer lands when done
+        _warn_failures(method, tables)
+        output.complete(config)
+    return with_layer(tables)
+
+
+def _warn_failures(method: str, tables: dict[str, pa.Table]) -> None:
+    """Say which layers have units whose optimization did not work (their rows say so too)."""
+    for name, table in tables.items():
+        statuses = table.column("status").to_pylist()
+        bad = {s: statuses.count(s) for s in sorted(set(statuses)) if s != "ok"}
+        if bad:
+            counts = ", ".join(f"{count} {status}" for status, count in bad.items())
+            print(
+                f"note: {method} {name}: {counts} of {len(statuses)} units (status column)", file=sys.stderr
+            )

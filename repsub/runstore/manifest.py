@@ -1,0 +1,92 @@
+"""The manifest of a run (`RUN/manifest.json`): its constants, the description of the run every writer records
+(library and code versions, the model's identity), and the rule that tells two models apart."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from repsub import __version__
+
+SCHEMA_VERSION = 2
+# Version 1 runs (no per-unit status, rs_ties or objectives) are still read; their status is derived
+# (repsub.runstore.tables.units_status) but nothing is written into them.
+READABLE_SCHEMA_VERSIONS = (1, 2)
+MANIFEST = "manifest.json"
+
+
+def code_version() -> str:
+    """The git commit of the repsub checkout (with '+dirty' for local changes), or the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"repsub {__version__}"
+
+
+def library_versions() -> dict[str, str]:
+    import scipy
+    import torch
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "repsub": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+IDENTITY_KEYS = {"model": "architecture", "weights_sha256": "weights", "num_classes": "classes"}
+
+
+def model_mismatch(recorded: dict, current: dict) -> str | None:
+    """In words, how this command's model differs from the run's, or None when it is the same model: the same
+    architecture, weights (by content hash, wherever the file lies) and class count."""
+    differs = [key for key in IDENTITY_KEYS if recorded.get(key) != current.get(key)]
+    if not differs:
+        return None
+
+    def described(identity: dict) -> str:
+        sha = str(identity.get("weights_sha256") or "?")[:12]
+        return (
+            f"{identity.get('model', '?')} with weights {identity.get('weights', '?')!r} (sha256 {sha}…), "
+            f"{identity.get('num_classes', '?')} classes"
+        )
+
+    hint = ""
+    if differs == ["weights_sha256"] and recorded.get("weights") != current.get("weights"):
+        hint = f" (the run was made with --weights {recorded.get('weights')})"
+    return (
+        f"the run's model is {described(recorded)}; this command's is {described(current)}. They differ in "
+        f"{' and '.join(IDENTITY_KEYS[key] for key in differs)}: not mixing them. Use the run's model and "
+        f"weights{hint}, or another output location"
+    )
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def json_kind(value) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)

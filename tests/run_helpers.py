@@ -1,0 +1,14 @@
+"""Recording a hand-made run's commands the way every command does: through the run's write session."""
+
+from __future__ import annotations
+
+from repsub.runstore.session import WriteSession
+
+
+def record_command(writer, command: str, identity: dict, config: dict, catalog=None, invariants=None) -> dict:
+    """Record in the manifest that `command` completed with `config` (rows written before, by hand); returns
+    the manifest. The session checks the run (schema, model, invariants) and holds its lock meanwhile."""
+    with WriteSession(
+        writer, command, identity, config, [], invariants=invariants, catalog=catalog
+    ) as session:
+        return session.complete(config)
