@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Imported before anything loads numba (FFCV): hypothesis's pytest plugin imports it at the end of the run, and
+# pytest's assertion rewriting then parses its source while numba's finalizers may run, which CPython 3.11.7
+# turns into "SystemError: AST constructor recursion depth mismatch" (an INTERNALERROR).
+import hypothesis  # noqa: F401
 import pytest
 
 from repsub.data.synthetic import make_image_folder

@@ -130,6 +130,7 @@ def test_saved_activations_equal_a_direct_forward(folder, beton, shallow_random,
         out=out,
         save_activations="conv2,fc5",
         progress=False,
+        precision="fp32",  # compared with a float32 forward (auto may choose bf16 on a CPU with fast AMX)
     )
     run = repsub.open_run(out)
     assert run.activations.count_rows() == 2 * N_IMAGES
