@@ -1,7 +1,7 @@
 """`ray job submit --working-dir . -- python -m jobs.sweep --config jobs/configs/vgg16_imagenet.yaml`
 
 Runs a repsub sweep on the cluster the job was submitted to, then prints the per-layer summary. It takes the
-flags of `repsub sweep` (repsub.sweep_command); only --address defaults to auto, the job's cluster.
+flags of `repsub sweep` (repsub.sweep.command); only --address defaults to auto, the job's cluster.
 """
 
 from __future__ import annotations

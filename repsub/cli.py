@@ -18,7 +18,7 @@ from repsub.analysis.commands import add_report_parser, add_summary_parser, cmd_
 from repsub.errors import RepsubError, UsageError
 
 # Copies of the library's choices and defaults, so that the help needs no torch; tests/test_cli_startup.py
-# checks them against repsub.capture.REDUCTIONS, repsub.precision.PRECISIONS and repsub.optimize's METHODS,
+# checks them against repsub.capture.REDUCTIONS, repsub.capture.precision.PRECISIONS and repsub.optimize's METHODS,
 # OWN_TERMS, PARAMETERIZATIONS and OptimSettings.
 REDUCTIONS = ("mean", "max", "center")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -41,7 +41,7 @@ def _layers_arg(text: str | None) -> list[str] | None:
 
 def _add_model_args(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
     """The model options; `from_run`: a command that extends an existing run takes what is not given from it
-    (repsub.extend)."""
+    (repsub.commands.extend)."""
     models = "shallow_cnn, mlp or a torchvision model (repsub layers --list-models)"
     if from_run:
         parser.add_argument(

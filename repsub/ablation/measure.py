@@ -1,9 +1,9 @@
 """Importance by ablation, batched and cut: per image batch the network's head runs once, its tail once per
 ablated unit (many units at a time), instead of one full forward per unit.
 
-`measure_importance` streams labelled batches, splits the model at the layer (repsub.importance.split),
+`measure_importance` streams labelled batches, splits the model at the layer (repsub.ablation.split),
 and for each batch computes the intact logits and, for blocks of units, the logits with each unit
-ablated, into exact mergeable counts (repsub.importance.counts). A model that cannot be traced falls
+ablated, into exact mergeable counts (repsub.ablation.counts). A model that cannot be traced falls
 back to full forwards with the ablation applied by a hook (same results, slower), and says so.
 """
 

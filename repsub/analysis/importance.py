@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 from repsub.analysis.tables import read_rows
 from repsub.errors import RunError
 
-ABLATIONS = ("zero", "mean")  # the `ablation` values (repsub.importance.ablation.ABLATIONS, without torch)
+ABLATIONS = ("zero", "mean")  # the `ablation` values (repsub.ablation.edit.ABLATIONS, without torch)
 MEASURES = {
     "accuracy_drop": "top-1 accuracy lost when the unit is ablated (baseline minus ablated): the importance",
     "loss_increase": "mean cross-entropy gained when the unit is ablated",

@@ -5,7 +5,7 @@ into one frame of units.
 selectivity row and its importance (one column per ablation and measure), then one row (method null) per
 unit that only the selectivity or importance table has: FRAME_SCHEMA. `depth` and `read` come from the run's
 catalog (repsub.analysis.layers), `status` from the units table (derived for version 1 runs by
-repsub.store.units_status) and `excluded` says why a row is left out of the RS statistics
+repsub.runstore.tables.units_status) and `excluded` says why a row is left out of the RS statistics
 (repsub.analysis.exclusion; null when it enters them). The importance columns are null for a run without
 the importance table (repsub.analysis.importance).
 """
@@ -42,7 +42,7 @@ FRAME_SCHEMA = pa.schema([
     ("read", pa.string()),  # how the layer is read: relu, block, logits, module (repsub.models.READS)
     ("unit", pa.int32()),
     ("method", pa.string()),  # am, iam; null for a unit with selectivity only
-    ("status", pa.string()),  # ok, no_response, nonfinite (repsub.store.UNIT_STATUSES)
+    ("status", pa.string()),  # ok, no_response, nonfinite (repsub.runstore.tables.UNIT_STATUSES)
     ("excluded", pa.string()),  # why the row is left out of the RS statistics; null: it enters them
     ("rs", pa.float64()),
     ("rs_ties", pa.float64()),
@@ -98,7 +98,7 @@ class LayerSelectivity:
 class RunData:
     """What the statistics, figures and page read: the frame, per-layer arrays, layers and coverage."""
 
-    run: object  # repsub.run.Run
+    run: object  # repsub.analysis.run.Run
     catalog: list[LayerInfo]  # the model's layers, whether or not the run has them
     catalog_source: str  # 'manifest', 'model registry' or 'none'
     layers: list[LayerInfo]  # the layers with rows, in depth order

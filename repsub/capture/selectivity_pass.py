@@ -33,7 +33,7 @@ def accumulate_class_sums(
     The forward stops after the deepest requested layer and runs in `precision` (default fp32); unit
     activations are reduced in float32 and summed in float64 whatever the precision. `total` (image
     count) sizes the progress bar. `on_batch(activations, labels)` sees each batch's unit activations
-    {layer: [B, N]} (e.g. to store them per image: repsub.activations.ActivationWriter.add).
+    {layer: [B, N]} (e.g. to store them per image: repsub.runstore.activations.ActivationWriter.add).
     """
     precision = precision or FP32
     channels_last = prepare_for_speed(model.module, device)

@@ -11,7 +11,7 @@ READS = {
     "module": "raw module output",
 }
 
-# How a module's output maps to units (repsub.capture.reduce_units implements each reduction).
+# How a module's output maps to units (repsub.capture.reader.reduce_units implements each reduction).
 KINDS = {
     "conv": "[B, C, H, W]: a unit per channel, its map reduced over space (--reduce)",
     "nhwc": "[B, H, W, C]: a unit per channel (last dimension), reduced over space (--reduce)",

@@ -81,7 +81,7 @@ class LoadedModel:
 
     def identity(self) -> dict:
         """What the manifest records about the model. A run compares architecture, weights hash and class
-        count (repsub.store.RunWriter.check_run); the rest (where the weights came from) is information."""
+        count (repsub.runstore.writer.RunWriter.check_run); the rest (where the weights came from) is information."""
         return {
             "model": self.name,
             "architecture": self.architecture,

@@ -6,7 +6,7 @@
         session.complete(config)         # the manifest records the invocation as completed
 
 On entry, before anything is written: the run is checked (schema version, model, run-wide settings) and so is
-mixing (repsub.provenance). Then the run lock is taken (repsub.runlock), checked again under it, the run's
+mixing (repsub.runstore.provenance). Then the run lock is taken (repsub.runstore.lock), checked again under it, the run's
 identity and this invocation are claimed in the manifest (created create-only for a new run, so a killed
 command's rows are never taken for another model's), and `.tmp-*` leftovers of killed writers are removed.
 On an error the invocation keeps only what it wrote (dropped if nothing), a manifest this session created

@@ -7,10 +7,10 @@
 
 Every table is hive-partitioned by `layer`. A block table keys its rows by (its `key` column, unit): a
 block's file name follows from the key and the units, so rewriting the same units replaces the same file
-(repsub.store.RunWriter.write_block), and a sweep's shards write deterministic names.
+(repsub.runstore.writer.RunWriter.write_block), and a sweep's shards write deterministic names.
 
 Every row of the selectivity, units and importance tables names the manifest command that wrote it
-(`command`), whose settings the manifest keeps (repsub.provenance.row_settings).
+(`command`), whose settings the manifest keeps (repsub.runstore.provenance.row_settings).
 """
 
 from __future__ import annotations
@@ -91,11 +91,11 @@ IMPORTANCE = TableSpec("importance", pa.schema([
     ("accuracy_drop", pa.float64()),  # baseline accuracy minus the accuracy with the unit ablated
     ("loss_increase", pa.float64()),  # mean cross-entropy with the unit ablated minus the intact one
     ("class_accuracy_drop", pa.list_(pa.float64())),  # per class (NaN for a class without images)
-    ("ablation", pa.string()),  # repsub.importance.ABLATIONS
+    ("ablation", pa.string()),  # repsub.ablation.ABLATIONS
     ("command", pa.string()),  # the manifest command that wrote the row
 ]), key="ablation")  # fmt: skip
 
-# One row per image per layer, streamed during the selectivity pass (repsub.activations).
+# One row per image per layer, streamed during the selectivity pass (repsub.runstore.activations).
 ACTIVATIONS = TableSpec("activations", pa.schema([
     ("image_index", pa.int64()),
     ("label", pa.int32()),
@@ -179,7 +179,7 @@ def units_table(method: str, result, steps: int) -> pa.Table:
 
 
 def importance_table(results: dict[str, np.ndarray], ablation: str, command: str) -> pa.Table:
-    """The importance rows of one layer, from repsub.importance.AblationCounts.results()."""
+    """The importance rows of one layer, from repsub.ablation.AblationCounts.results()."""
     n = len(results["units"])
     return pa.table({
         "unit": pa.array(results["units"], pa.int32()),

@@ -181,7 +181,7 @@ class RunWriter(RunLocation):
     def write_table(
         self, name: str, layer: str, rows: pa.Table, replace_existing: bool = True, command: str | None = None
     ) -> str:
-        """Write one layer's rows of table `name` (repsub.tables); returns the file's path.
+        """Write one layer's rows of table `name` (repsub.runstore.tables); returns the file's path.
 
         A whole-layer table (selectivity) replaces the layer's file. A block table (units, importance) adds
         the rows, all of one key (method, ablation), under the block's deterministic name; with

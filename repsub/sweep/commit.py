@@ -8,7 +8,7 @@
 
 A rerun trusts a marker only when its files verify (`ShardLedger.verified_done`): a file that is missing,
 truncated or overwritten makes the shard pending again, and its stale marker is removed. The run lock
-(repsub.runlock, taken by every writer) keeps two commands from writing the same location at once.
+(repsub.runstore.lock, taken by every writer) keeps two commands from writing the same location at once.
 
 A shard without a marker is not done: a rerun computes it again and overwrites the same names,
 so every unit ends up exactly once whatever was interrupted where. Directories starting with '_'

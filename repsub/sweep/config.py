@@ -61,7 +61,7 @@ class SelectivityConfig:
 class ImportanceConfig:
     data: str | None = None  # a labelled ImageFolder or .beton with the model's classes; None: no importance
     images: int | None = None  # a seeded, class-balanced subset of this many images; None: all
-    ablation: str = "zero"  # zero | mean (repsub.importance.ABLATIONS)
+    ablation: str = "zero"  # zero | mean (repsub.ablation.ABLATIONS)
     image_size: int | None = None  # None: the selectivity pass's image size
     batch_size: int = 64
     workers: int = 2  # data-loading processes per actor
@@ -104,7 +104,7 @@ class SweepConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    allow_mixed: bool = False  # mixing rows of another meaning into a table (repsub.provenance), recorded
+    allow_mixed: bool = False  # mixing rows of another meaning into a table (repsub.runstore.provenance), recorded
 
     def selectivity_image_size(self) -> int:
         return self.selectivity.image_size or self.optimization.image_size
