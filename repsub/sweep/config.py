@@ -104,7 +104,7 @@ class SweepConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    allow_mixed: bool = False  # mixing rows of another meaning into a table (repsub.runstore.provenance), recorded
+    allow_mixed: bool = False  # mixing rows of another meaning into a table (runstore.provenance), recorded
 
     def selectivity_image_size(self) -> int:
         return self.selectivity.image_size or self.optimization.image_size
