@@ -12,20 +12,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from repsub.analysis.commands import add_report_parser, add_summary_parser, cmd_report, cmd_summary
 from repsub.errors import RepsubError, UsageError
+from repsub.optimize.settings import PRECISIONS, OptimSettings, declared, option_name, precision_help
 
-# Copies of the library's choices and defaults, so that the help needs no torch; tests/test_cli_startup.py
-# checks them against repsub.capture.REDUCTIONS, repsub.capture.precision.PRECISIONS and repsub.optimize's METHODS,
-# OWN_TERMS, PARAMETERIZATIONS and OptimSettings.
+# Copies of the library's choices, so that the help needs no torch; tests/test_cli_startup.py checks them
+# against repsub.capture.reader.REDUCTIONS and repsub.optimize.METHODS. (The optimization settings' options come from
+# their declaration, repsub.optimize.settings, which is light.)
 REDUCTIONS = ("mean", "max", "center")
-PRECISIONS = ("auto", "fp32", "bf16")
 METHODS = ("am", "iam")
-OWN_TERMS = ("hybrid", "post", "pre")
-PARAMETERIZATIONS = ("fourier", "pixel")
-DEFAULTS = SimpleNamespace(steps=256, lr=0.05, param="fourier", batch_size=64, own_term="hybrid")
 PREPARE_HELP = "write an ImageFolder (or a flat folder with --labels) as an FFCV .beton"
 # `repsub demo`'s time, measured on a 2-core CPU (336-364 s of CPU in three runs); the README says the same.
 DEMO_TIME = "6 CPU-minutes"
@@ -94,18 +90,29 @@ def _add_reduce_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_precision_arg(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=PRECISIONS,
-        help=f"{what} precision: bf16 where the hardware runs it fast (auto), or fp32/bf16; what is recorded "
-        "is computed in fp32 (default auto)",
-    )
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=precision_help(what))
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def _add_settings_args(parser: argparse.ArgumentParser, settings: type[OptimSettings], reused: bool) -> None:
+    """The options of the optimization settings declared with a help (repsub.optimize.settings), those the
+    command takes from the run (`reused`: default None, the run's) or the others (default: the setting's)."""
+    for name, default, declared_as in declared(settings):
+        if declared_as.help is None or declared_as.reused != reused:
+            continue
+        text = declared_as.help
+        if reused and "(default" not in text:
+            text += f" (default: the run's, else {default})"
+        kind = None if declared_as.choices or isinstance(default, str) else type(default)
+        parser.add_argument(option_name(name), type=kind, default=None if reused else default,
+                            choices=declared_as.choices, help=text)  # fmt: skip
+
+
+def build_parser(
+    command: str | None = None, settings: type[OptimSettings] = OptimSettings
+) -> argparse.ArgumentParser:
     """The parser of every command. `prepare`'s options live with it (repsub.data.prepare, which imports
-    torch): they are added only when `command` is "prepare"; otherwise it is listed with its help line."""
+    torch): they are added only when `command` is "prepare"; otherwise it is listed with its help line.
+    `settings`: the optimization settings whose options `visualize` takes."""
     parser = argparse.ArgumentParser(prog="repsub", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -179,43 +186,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_model_args(p, from_run=True)
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="am or iam (required)")
     p.add_argument("--units", default=None, help="unit ranges, e.g. 0-15 or 0,3,8-11 (default: all)")
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"optimization steps (default: the run's, else {DEFAULTS.steps})",
-    )
-    p.add_argument(
-        "--lr", type=float, default=None, help=f"Adam learning rate (default: the run's, else {DEFAULTS.lr})"
-    )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="image side (default: the run's, else the model's: 224 for vgg16, 32 for the paper's models)",
-    )
-    p.add_argument(
-        "--param",
-        default=None,
-        choices=sorted(PARAMETERIZATIONS),
-        help=f"image parameterization (default: the run's, else {DEFAULTS.param})",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=f"units optimized together (default: the run's, else {DEFAULTS.batch_size})",
-    )
-    p.add_argument(
-        "--own-term",
-        default=None,
-        choices=OWN_TERMS,
-        help="how the unit's own term is climbed: hybrid (post-ReLU while > 0, else pre-ReLU, so units "
-        "that start at 0 move), post, pre; recorded values are post-ReLU in every case "
-        f"(default: the run's, else {DEFAULTS.own_term})",
-    )
+    _add_settings_args(p, settings, reused=True)
     _add_reduce_arg(p)
-    _add_precision_arg(p, "the optimization steps'")
+    _add_settings_args(p, settings, reused=False)
 
     p = sub.add_parser(
         "train",
@@ -425,17 +398,18 @@ def cmd_visualize(args) -> None:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
-        precision=args.precision,
         reduce=args.reduce,
         allow_mixed=args.allow_mixed,
         force_unlock=args.force_unlock,
-        **_given(args, "steps", "lr", "param", "batch_size", "own_term", "image_size"),  # others: the run's
+        **_given(args),  # the settings not given: the run's
     )
     print(f"wrote {args.method} results of {table.num_rows} units to {args.out}")
 
 
-def _given(args, *names: str) -> dict:
-    """The options among `names` given on the command line (those left out take the run's or the default)."""
+def _given(args, settings: type[OptimSettings] = OptimSettings) -> dict:
+    """The optimization settings given on the command line (an option left out, None, takes the run's or the
+    default; one not taken from the run always has a value)."""
+    names = [name for name, _, declared_as in declared(settings) if declared_as.help is not None]
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

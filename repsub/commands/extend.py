@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repsub.errors import RunError, UsageError
+from repsub.optimize.settings import OptimSettings, reused_names
 from repsub.runstore.location import RunLocation
 from repsub.runstore.manifest import model_mismatch
 
@@ -23,9 +24,6 @@ IMAGE_SIZE_TABLES = (
     "units",
     "importance",
 )  # `--layers all`: every layer of the catalog, whatever the run covers
-# Optimization settings taken from the run (precision is not: it depends on the hardware, not the results).
-REUSED_SETTINGS = ("steps", "lr", "image_size", "param", "jitter", "scale", "rotate", "batch_size",
-                   "own_term")  # fmt: skip
 
 
 @dataclass
@@ -68,12 +66,14 @@ class RunRecord:
             names += [name for name in config["layers"] if name not in names]
         return names or None
 
-    def settings(self) -> dict:
-        """The optimization settings of the run's latest visualize or sweep."""
+    def settings(self, settings: type[OptimSettings] = OptimSettings) -> dict:
+        """The optimization settings of the run's latest visualize or sweep that a command extending it takes:
+        those the class `settings` declares `reused` (not precision: it depends on the hardware)."""
+        reused = reused_names(settings)
         for name, config in reversed(self._configs()):
             if name == "sweep" or name.startswith("visualize/"):
                 recorded = config.get("optimization" if name == "sweep" else "settings") or {}
-                return {k: v for k, v in recorded.items() if k in REUSED_SETTINGS and v is not None}
+                return {k: v for k, v in recorded.items() if k in reused and v is not None}
         return {}
 
     def table_image_size(self, table: str) -> int | None:
@@ -226,20 +226,25 @@ def layers_for_run(record: RunRecord, layers, reuse: bool, catalog: list[str]) -
     return run_layers
 
 
-def settings_for_run(record: RunRecord, given: dict, reuse: bool, image_size: int):
-    """OptimSettings: those given, else the run's (its latest visualize or sweep), else the defaults; the image
-    size is the command's (repsub.commands.context, which says where it came from)."""
-    from repsub.optimize import OptimSettings
-
-    values = dict(record.settings()) if reuse else {}
+def settings_for_run(
+    record: RunRecord,
+    given: dict,
+    reuse: bool,
+    image_size: int,
+    settings: type[OptimSettings] = OptimSettings,
+) -> OptimSettings:
+    """The settings (of the class `settings`): those given, else the run's (its latest visualize or sweep),
+    else the defaults; the image size is the command's (repsub.commands.context, which says where it came
+    from)."""
+    values = dict(record.settings(settings)) if reuse else {}
     values.pop("image_size", None)
     # Said: the steps, and the other settings taken where they are not the defaults.
-    default = OptimSettings()
-    taken = [k for k in REUSED_SETTINGS if k in values and k not in given]
+    default = settings()
+    taken = [k for k in reused_names(settings) if k in values and k not in given]
     said = [k for k in taken if k == "steps" or values[k] != getattr(default, k)]
     if said:
         record.taken.append(", ".join(f"{k.replace('_', ' ')} {values[k]}" for k in said))
-    return OptimSettings(**{**values, "image_size": image_size, **given})
+    return settings(**{**values, "image_size": image_size, **given})
 
 
 def _recreatable_name(record: RunRecord) -> str:

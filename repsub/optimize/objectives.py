@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-OWN_TERMS = ("hybrid", "post", "pre")
+from repsub.optimize.settings import OWN_TERMS as OWN_TERMS  # declared with the settings (light)
 
 
 def pre_reduction(own_term: str, reduce: str) -> str:

@@ -13,13 +13,12 @@ step, so every row says how far its optimization got.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from repsub.capture.precision import (
-    PRECISIONS,
     Precision,
     as_input,
     exact_fp32,
@@ -30,47 +29,12 @@ from repsub.capture.reader import REDUCTIONS, LayerReader
 from repsub.core.rs import representative_substitution, rs_ties
 from repsub.errors import UsageError
 from repsub.models import LoadedModel, UnitLayer
-from repsub.optimize.objectives import METHODS, OWN_TERMS, climbed, pre_reduction
+from repsub.optimize.objectives import METHODS, climbed, pre_reduction
 from repsub.optimize.own_unit import OwnUnit
 from repsub.optimize.param import PARAMETERIZATIONS
 from repsub.optimize.progress import UnitProgress
+from repsub.optimize.settings import OptimSettings  # declared there, light: the CLI reads it
 from repsub.optimize.transforms import RandomAffine
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """How images are optimized. Defaults follow common feature-visualization practice (Lucid), except
-    `own_term`, chosen by measurement (docs/science.md)."""
-
-    steps: int = 256
-    lr: float = 0.05  # Adam learning rate
-    image_size: int = 224
-    param: str = "fourier"  # "fourier" (decorrelated colour) or "pixel"
-    jitter: float = 0.03  # max shift, fraction of the image side
-    scale: float = 0.05  # zoom factor drawn in [1 - scale, 1 + scale]
-    rotate: float = 5.0  # max rotation, degrees
-    batch_size: int = 64  # units optimized together
-    own_term: str = "hybrid"  # how the unit's own term is climbed: repsub.optimize.objectives.OWN_TERMS
-    precision: str = "auto"  # of the steps: auto | fp32 | bf16 (repsub.precision)
-
-    def validate(self) -> None:
-        choices = {"param": PARAMETERIZATIONS, "own_term": OWN_TERMS, "precision": PRECISIONS}
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise UsageError(
-                    f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; valid: {', '.join(valid)}"
-                )
-        from repsub.validate import check_int, check_number
-
-        for name in ("steps", "image_size", "batch_size"):
-            check_int(getattr(self, name), f"--{name.replace('_', '-')}", 1)
-        check_number(self.lr, "--lr", positive=True)
-        for name, limit in (("jitter", 0.5), ("scale", 0.99), ("rotate", 180.0)):  # beyond: no image left
-            if check_number(getattr(self, name), name) > limit:
-                raise UsageError(f"{name} must be at most {limit}, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

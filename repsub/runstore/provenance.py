@@ -24,14 +24,15 @@ import hashlib
 from dataclasses import dataclass
 
 from repsub.errors import RunError
+from repsub.optimize.settings import OptimSettings, meaning_names
 from repsub.selection import ranges_text
 
 # The settings that define what a table's rows mean (README, "Run integrity"). Other settings (steps, lr,
 # precision, batch size, seed, device) may differ between commands: each row records its steps and seed,
-# and each invocation its whole configuration.
+# and each invocation its whole configuration. The units' are the optimization settings declared `meaning`.
 MEANING = {
     "selectivity": ("data", "image_size"),  # data: location, image count, classes
-    "units": ("image_size", "param", "own_term", "jitter", "scale", "rotate"),
+    "units": meaning_names(OptimSettings),
     "importance": ("data", "image_size", "images"),  # images: the size of the class-balanced subset
 }
 
@@ -85,9 +86,10 @@ def importance_meaning(source, image_size: int, images: int) -> dict:
     return {"data": data_meaning(source), "image_size": int(image_size), "images": int(images)}
 
 
-def units_meaning(settings) -> dict:
+def units_meaning(settings: OptimSettings) -> dict:
+    """The settings (an OptimSettings, or a subclass declaring more) that define what its units rows mean."""
     values = settings.to_dict()
-    return {key: values[key] for key in MEANING["units"]}
+    return {key: values[key] for key in meaning_names(type(settings))}
 
 
 # ------------------------------------------------------------------ ownership of rows

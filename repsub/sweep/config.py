@@ -12,7 +12,7 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     device: auto                 # auto | cpu | cuda
     reduce: mean                 # a conv unit's spatial reduction (selectivity, objectives, RS): mean | max | center
     optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64,
-                   own_term: hybrid, precision: auto}
+                   own_term: hybrid, precision: auto}   # any setting of repsub.optimize.settings
     selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, precision: auto,
                    workers: 8, images_per_shard: 5000}
     importance:   {data: /data/imagenet_val.beton, images: 10000, ablation: zero, batch_size: 256, workers: 8}
@@ -40,8 +40,8 @@ import yaml
 from repsub.capture.precision import PRECISIONS
 from repsub.capture.reader import REDUCTIONS
 from repsub.errors import UsageError
-from repsub.optimize import METHODS, PARAMETERIZATIONS
-from repsub.optimize.render import OptimSettings
+from repsub.optimize import METHODS
+from repsub.optimize.settings import OptimSettings
 
 if TYPE_CHECKING:
     from repsub.models import LoadedModel
@@ -164,7 +164,11 @@ def _typed(key: str, value, type_name):
     raise UsageError(f"config key {key!r}: expected {text.replace(' | None', '')}, got {value!r}")
 
 
-def parse_config(raw: dict, source: str = "config") -> SweepConfig:
+def parse_config(
+    raw: dict, source: str = "config", settings: type[OptimSettings] = OptimSettings
+) -> SweepConfig:
+    """A validated SweepConfig; `optimization` takes the settings of the class `settings` (each checked by its
+    declaration, repsub.optimize.settings)."""
     if not isinstance(raw, dict):
         raise UsageError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
     valid = [f.name for f in fields(SweepConfig)]
@@ -174,7 +178,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     for key in ("model", "out"):
         if raw.get(key) is None or raw.get(key) == "":
             raise UsageError(f"{source}: {key!r} is required")
-    model, layers = _model_and_layers(raw, source)
+    model, layers = _model_and_layers(raw, source, settings)
     methods = raw.get("methods", ["am", "iam"])
     methods = [methods] if isinstance(methods, str) else list(methods or [])
     bad = [m for m in methods if m not in METHODS]
@@ -183,7 +187,7 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"{source}: device {device!r}; valid: auto, cpu, cuda")
-    optimization = _section("optimization", OptimSettings, raw.get("optimization"))
+    optimization = _section("optimization", settings, raw.get("optimization"))
     try:
         optimization.validate()
     except UsageError as err:
@@ -234,8 +238,6 @@ def parse_config(raw: dict, source: str = "config") -> SweepConfig:
     ):
         if value < 1:
             raise UsageError(f"{source}: {key} must be at least 1, got {value}")
-    if optimization.param not in PARAMETERIZATIONS:  # validate() covers it; kept explicit for the message
-        raise UsageError(f"{source}: optimization.param {optimization.param!r}")
     units = _units(raw.get("units"), source)
     _check_numbers(source, selectivity, importance, workers)
     if units is not None:
@@ -321,7 +323,7 @@ def _check_units_reach(model, weights, layers, units: str, source: str) -> None:
         raise UsageError(f"{source}: units {units!r} selects no unit of any layer (units per layer: {sizes})")
 
 
-def _model_and_layers(raw: dict, source: str) -> tuple[str | LoadedModel, tuple[str, ...] | None]:
+def _model_and_layers(raw: dict, source: str, settings) -> tuple[str | LoadedModel, tuple[str, ...] | None]:
     """The model (a registered name; from Python an nn.Module becomes a LoadedModel at the optimization's
     image size) and its layers (None: all) as results store them: catalog names, else module paths."""
     from torch import nn
@@ -335,7 +337,7 @@ def _model_and_layers(raw: dict, source: str) -> tuple[str | LoadedModel, tuple[
         layers = [name.strip() for name in layers.split(",")]
     try:
         if isinstance(model, nn.Module):
-            size = _section("optimization", OptimSettings, raw.get("optimization")).image_size
+            size = _section("optimization", settings, raw.get("optimization")).image_size
             model = from_module(model, layers, image_size=size)
         chosen = catalog_of(model, weights=raw.get("weights")).select(layers)
     except UsageError as err:
