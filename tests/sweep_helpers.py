@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -30,14 +31,20 @@ def kill_a_driver_midway(
 ) -> tuple[SweepConfig, int]:
     """Run `repsub sweep` on a new local Ray in its own process group; SIGKILL the group (driver and the Ray it
     started) once `shards_first` shards are committed. Returns the config and the shards done at the kill."""
+    log = tempfile.TemporaryFile()
     driver = subprocess.Popen(
         [sys.executable, "-m", "repsub.cli", "sweep", "--config", str(config_path), "--address", "local",
          "--no-progress"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     config = load_config(config_path)
     ledger = ShardLedger(RunWriter(config.out), config.fingerprint())
     wait_for_shards(ledger, shards_first, timeout, running=lambda: driver.poll() is None)
+    if driver.poll() is not None:  # it ended by itself: the test cannot kill it midway, say why
+        log.seek(0)
+        raise AssertionError(
+            f"the sweep driver exited ({driver.returncode}) before the kill:\n{log.read()[-3000:].decode(errors='replace')}"
+        )
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     return config, len(ledger.done())

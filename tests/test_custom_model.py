@@ -38,7 +38,8 @@ def two_layer(seed: int = 0) -> TwoLayer:
 def test_selectivity_of_a_custom_module_equals_a_hand_computation(image_folder_dir):
     model = two_layer()
     table = repsub.selectivity(model=model, layers=["relu", "head"], data=image_folder_dir, image_size=16,
-                               mean=MEAN, std=STD, batch_size=5, workers=0, progress=False)  # fmt: skip
+                               mean=MEAN, std=STD, batch_size=5, workers=0, progress=False,
+                               precision="fp32")  # fmt: skip  (compared with a float32 forward)
     # By hand: the classic evaluation transform at 16 px (resize round(16 * 256 / 224) = 18, crop 16), the given
     # normalization, the two layers' outputs, per-class means.
     data = torchvision.datasets.ImageFolder(str(image_folder_dir), transform=transforms.Compose([
