@@ -7,8 +7,8 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def kill_a_driver_midway(
 ) -> tuple[SweepConfig, int]:
     """Run `repsub sweep` on a new local Ray in its own process group; SIGKILL the group (driver and the Ray it
     started) once `shards_first` shards are committed. Returns the config and the shards done at the kill."""
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115  (the driver writes it while we wait)
     driver = subprocess.Popen(
         [sys.executable, "-m", "repsub.cli", "sweep", "--config", str(config_path), "--address", "local",
          "--no-progress"],
