@@ -144,7 +144,7 @@ def _optimize_batch(
     own_unit = OwnUnit.find(model.module, layer, len(units)) if method == "am" else None
     own_index = torch.zeros_like(unit_index)  # each image's own unit is unit 0 of OwnUnit's one-unit layer
     with_pre = settings.own_term != "post"  # "post": no pre-activation, exactly the plain objective's forward
-    steps = LayerCapture(
+    step_capture = LayerCapture(
         model.module, [layer], reduce=reduce, pre=with_pre, pre_reduce=pre_reduce if with_pre else None
     )
 
@@ -155,11 +155,11 @@ def _optimize_batch(
             if own_unit is not None:  # [B, 1] each
                 (post, pre), index = own_unit.read(warped, unit_index, reduce, pre_reduce), own_index
             else:
-                got = steps(warped)
+                got = step_capture(warped)
                 post, pre = got.units[layer.name], (got.pre or {}).get(layer.name)
         return climbed(method, post, pre, index, settings.own_term)
 
-    with steps:  # the hooks stay registered across the steps
+    with step_capture:  # the hooks stay registered across the steps
         for step in range(settings.steps):
             optimizer.zero_grad(set_to_none=True)
             objective = climb(as_input(normalize(warp(image(), step)), channels_last))
