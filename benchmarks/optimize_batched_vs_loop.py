@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from repsub.capture.reader import LayerReader
+from repsub.capture.reader import LayerCapture
 from repsub.models import load_model
 from repsub.optimize import OptimSettings, optimize_units
 from repsub.optimize.objectives import METHODS
@@ -30,15 +30,15 @@ def loop_one_unit(model, layer, unit, method, settings):
     generator = [torch.Generator().manual_seed(unit_seed(0, layer.name, unit))]
     image = FourierImage(generator, settings.image_size, torch.device("cpu"))
     warp = RandomAffine(generator, settings.steps, settings.jitter, settings.scale, settings.rotate, "cpu")
-    reader = LayerReader(model.module, [layer], stop=False)
     mean, std = torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     index = torch.tensor([unit])
-    for step in range(settings.steps):
-        optimizer.zero_grad()
-        acts = reader((warp(image(), step) - mean) / std)[layer.name]
-        (-METHODS[method](acts, index).sum()).backward()
-        optimizer.step()
+    with LayerCapture(model.module, [layer], stop=False) as capture:
+        for step in range(settings.steps):
+            optimizer.zero_grad()
+            acts = capture((warp(image(), step) - mean) / std).units[layer.name]
+            (-METHODS[method](acts, index).sum()).backward()
+            optimizer.step()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import repsub
-from repsub.capture.reader import LayerReader
+from repsub.capture.reader import LayerCapture
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.cli import main
 from repsub.data.beton import BetonSource, sidecar_path
@@ -139,7 +139,7 @@ def test_saved_activations_equal_a_direct_forward(folder, beton, shallow_random,
     labels = [int(y) for _, ys in reference.batches(64, workers=0) for y in ys]
     layers = [shallow_random.layer("conv2"), shallow_random.layer("fc5")]
     with torch.no_grad():
-        direct = LayerReader(shallow_random.module, layers)(images)
+        direct = LayerCapture(shallow_random.module, layers)(images).units
     for name, units in (("conv2", 64), ("fc5", 128)):
         rows = run.activations.to_table(filter=ds.field("layer") == name).sort_by("image_index").to_pydict()
         assert rows["image_index"] == list(range(N_IMAGES)) and rows["label"] == labels

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repsub.capture.reader import LayerReader
+from repsub.capture.reader import Captured, LayerCapture
 from repsub.errors import UsageError
 from repsub.models import UnitLayer
 
@@ -45,7 +45,7 @@ def manual_vgg_units(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 def test_capture_equals_manual_forward(vgg16_random):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        captured = LayerReader(vgg16_random.module, vgg16_random.layers)(x)
+        captured = LayerCapture(vgg16_random.module, vgg16_random.layers)(x).units
         expected = manual_vgg_units(vgg16_random.module, x)
     assert list(captured) == list(expected)
     for name in expected:
@@ -60,8 +60,8 @@ def test_capture_is_unharmed_by_a_later_inplace_relu():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model[0](x)
-        maps = LayerReader(model, [pre_relu], reduce=None, stop=False)(x)["pre"]
-        means = LayerReader(model, [pre_relu], reduce="mean", stop=False)(x)["pre"]
+        maps = LayerCapture(model, [pre_relu], reduce=None, stop=False)(x).units["pre"]
+        means = LayerCapture(model, [pre_relu], reduce="mean", stop=False)(x).units["pre"]
     assert (expected < 0).any()  # the inplace ReLU would have zeroed these
     torch.testing.assert_close(maps, expected)
     torch.testing.assert_close(means, expected.mean(dim=(2, 3)))
@@ -75,9 +75,9 @@ def test_cut_forward_equals_full_forward_and_stops(vgg16_random):
     try:
         x = torch.rand(2, 3, 32, 32)
         with torch.no_grad():
-            cut = LayerReader(vgg16_random.module, [layer])(x)["conv3_1"]
+            cut = LayerCapture(vgg16_random.module, [layer])(x).units["conv3_1"]
             assert calls == []  # nothing past conv3_1 ran
-            full = LayerReader(vgg16_random.module, [layer], stop=False)(x)["conv3_1"]
+            full = LayerCapture(vgg16_random.module, [layer], stop=False)(x).units["conv3_1"]
             assert "classifier" in calls
     finally:
         handle.remove()
@@ -92,7 +92,7 @@ def test_other_reductions(reduce):
     layer = UnitLayer("c", 4, "1", "conv", read="relu", relu="1")
     x = torch.randn(2, 3, 5, 6)
     with torch.no_grad():
-        got = LayerReader(model, [layer], reduce=reduce)(x)["c"]
+        got = LayerCapture(model, [layer], reduce=reduce)(x).units["c"]
         maps = model(x)
     expected = maps.amax(dim=(2, 3)) if reduce == "max" else maps[:, :, 2, 3]
     torch.testing.assert_close(got, expected)
@@ -112,7 +112,8 @@ def test_pre_activation_is_the_relu_input_despite_inplace_relus(reduce):
     with torch.no_grad():
         conv_pre = model[0](x)
         fc_pre = model[3](torch.relu(conv_pre).flatten(1))
-        post, pre = LayerReader(model, [conv, fc, logits], reduce=reduce).read(x)
+        got = LayerCapture(model, [conv, fc, logits], reduce=reduce, pre=True)(x)
+        post, pre = got.units, got.pre
     reduced = {
         "mean": conv_pre.mean(dim=(2, 3)),
         "max": conv_pre.amax(dim=(2, 3)),
@@ -133,14 +134,14 @@ def test_pre_activations_reduced_their_own_way_keep_their_gradient_through_inpla
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 1))
     conv = UnitLayer("c", 4, "1", "conv", read="relu", relu="1")
     x = torch.randn(2, 3, 5, 5, requires_grad=True)
-    post, pre = LayerReader(model, [conv], reduce=reduce, pre_reduce="max").read(x)
+    pre = LayerCapture(model, [conv], reduce=reduce, pre=True, pre_reduce="max")(x).pre
     by_hand = model[0](x)
     torch.testing.assert_close(pre["c"], by_hand.amax(dim=(2, 3)))
     (grad,) = torch.autograd.grad(pre["c"].sum(), x)
     (expected,) = torch.autograd.grad(by_hand.amax(dim=(2, 3)).sum(), x)
     torch.testing.assert_close(grad, expected)
     with pytest.raises(UsageError, match="pre-activation reduction 'top'"):
-        LayerReader(model, [conv], pre_reduce="top")
+        LayerCapture(model, [conv], pre=True, pre_reduce="top")
 
 
 def test_pre_activation_of_a_relu_called_twice_is_its_last_call():
@@ -161,7 +162,8 @@ def test_pre_activation_of_a_relu_called_twice_is_its_last_call():
     with torch.no_grad():
         block = model[0]
         last_input = block.b(torch.relu(block.a(x))) + x
-        post, pre = LayerReader(model, [layer]).read(x)
+        got = LayerCapture(model, [layer], pre=True)(x)
+        post, pre = got.units, got.pre
     torch.testing.assert_close(pre["block"], last_input.mean(dim=(2, 3)))
     torch.testing.assert_close(post["block"], torch.relu(last_input).mean(dim=(2, 3)))
 
@@ -192,7 +194,8 @@ def test_a_module_called_twice_is_read_at_its_last_call():
     with torch.no_grad():
         first = model.conv(model.stem(x))
         second = model.conv(torch.relu(first))  # computed by hand: the second call's output
-        post, pre = LayerReader(model, [conv, relu]).read(x)  # stops after the second call of relu
+        got = LayerCapture(model, [conv, relu], pre=True)(x)  # stops after the second call of relu
+        post, pre = got.units, got.pre
     torch.testing.assert_close(post["conv"], second.mean(dim=(2, 3)))
     torch.testing.assert_close(post["relu"], torch.relu(second).mean(dim=(2, 3)))
     torch.testing.assert_close(pre["relu"], second.mean(dim=(2, 3)))  # the relu's input on its last call
@@ -202,7 +205,7 @@ def test_a_module_called_twice_is_read_at_its_last_call():
 def test_a_forward_that_calls_a_module_another_number_of_times_is_an_error():
     layer = UnitLayer("conv", 2, "conv", "conv", read="module", calls=3)
     with pytest.raises(RuntimeError, match=r"conv \(module conv ran 2 time\(s\), its catalog expects 3\)"):
-        LayerReader(TwiceConv(), [layer], stop=False)(torch.randn(1, 3, 8, 8))
+        LayerCapture(TwiceConv(), [layer], stop=False)(torch.randn(1, 3, 8, 8))
 
 
 def test_token_and_channels_last_reductions():
@@ -222,4 +225,140 @@ def test_token_and_channels_last_reductions():
     torch.testing.assert_close(reduce_units(nhwc, "nhwc", "center"), nhwc[:, 2, 3, :])
     layer = UnitLayer("t", 3, "0", "tokens", read="module")
     with pytest.raises(UsageError, match="center is not defined"):
-        LayerReader(nn.Sequential(nn.Identity()), [layer], reduce="center")
+        LayerCapture(nn.Sequential(nn.Identity()), [layer], reduce="center")
+
+
+def small_net() -> tuple[nn.Module, list[UnitLayer]]:
+    """Conv -> inplace ReLU -> linear -> inplace ReLU -> logits, with a conv unit layer, a linear one and the
+    logits (which have no ReLU)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 25, 6),
+        nn.ReLU(inplace=True), nn.Linear(6, 2),
+    )  # fmt: skip
+    layers = [
+        UnitLayer("c", 4, "1", "conv", read="relu", relu="1"),
+        UnitLayer("f", 6, "4", "linear", read="relu", relu="4"),
+        UnitLayer("l", 2, "5", "linear", read="logits"),
+    ]
+    return model, layers
+
+
+def small_net_by_hand(model: nn.Module, x: torch.Tensor, edit=lambda f: f) -> dict[str, torch.Tensor]:
+    """The small net's pre-activations and logits without hooks or inplace ops; `edit` changes f's output."""
+    conv_pre = model[0](x)
+    fc_pre = model[3](torch.relu(conv_pre).flatten(1))
+    fc = edit(torch.relu(fc_pre))
+    return {"conv_pre": conv_pre, "fc_pre": fc_pre, "fc": fc, "logits": model[5](fc)}
+
+
+@pytest.mark.parametrize("pre", [False, True])
+@pytest.mark.parametrize("output", [False, True])
+def test_the_result_holds_what_was_asked_for(pre, output):
+    model, layers = small_net()
+    x = torch.randn(3, 3, 5, 5)
+    with torch.no_grad():
+        hand = small_net_by_hand(model, x)
+        got = LayerCapture(model, layers[:2], pre=pre, output=output)(x)
+    assert isinstance(got, Captured)
+    assert list(got.units) == ["c", "f"]
+    torch.testing.assert_close(got.units["c"], torch.relu(hand["conv_pre"]).mean(dim=(2, 3)))
+    torch.testing.assert_close(got.units["f"], hand["fc"])
+    if pre:
+        assert set(got.pre) == {"c", "f"}
+        torch.testing.assert_close(got.pre["c"], hand["conv_pre"].mean(dim=(2, 3)))
+        torch.testing.assert_close(got.pre["f"], hand["fc_pre"])
+    else:
+        assert got.pre is None
+    if output:  # the forward ran past f, to the logits
+        torch.testing.assert_close(got.output, hand["logits"])
+    else:
+        assert got.output is None
+
+
+def test_layers_without_a_relu_have_no_pre_activation():
+    model, layers = small_net()
+    got = LayerCapture(model, layers[2:], pre=True)(torch.randn(2, 3, 5, 5))
+    assert got.pre == {} and set(got.units) == {"l"}
+
+
+def hook_counts(model: nn.Module) -> list[tuple[int, int]]:
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
+
+
+def test_hooks_are_registered_for_the_with_block_and_removed_after_it_even_when_the_forward_raises():
+    model, layers = small_net()
+    before = hook_counts(model)
+    capture = LayerCapture(model, layers, pre=True)
+    with pytest.raises(RuntimeError, match="channels"), capture:  # a conv fed 2 channels where it expects 3
+        assert sum(f for f, _ in hook_counts(model)) == 3 and sum(p for _, p in hook_counts(model)) == 2
+        capture(torch.randn(2, 3, 5, 5))
+        capture(torch.randn(2, 2, 5, 5))
+    assert hook_counts(model) == before
+    with pytest.raises(RuntimeError, match="channels"):  # called outside a `with`: registered for the call
+        capture(torch.randn(2, 2, 5, 5))
+    assert hook_counts(model) == before
+
+    def broken(_output):
+        raise ValueError("broken edit")
+
+    with (
+        pytest.raises(ValueError, match="broken edit"),
+        LayerCapture(model, layers, edits={"f": broken}) as bad,
+    ):
+        bad(torch.randn(2, 3, 5, 5))
+    assert hook_counts(model) == before
+
+
+def test_one_with_block_serves_many_batches_as_separate_calls_do():
+    model, layers = small_net()
+    batches = [torch.randn(b, 3, 5, 5, generator=torch.Generator().manual_seed(b)) for b in (1, 3, 2)]
+    with torch.no_grad():
+        separate = [LayerCapture(model, layers, reduce="max", pre=True)(x) for x in batches]
+        with LayerCapture(model, layers, reduce="max", pre=True) as capture:
+            together = [capture(x) for x in batches]
+            plain = model(batches[0])  # a forward that is not the capture's: untouched, not stopped
+        hands = [small_net_by_hand(model, x) for x in batches]
+    torch.testing.assert_close(plain, hands[0]["logits"])
+    for one, many, hand in zip(separate, together, hands, strict=True):
+        for name in ("c", "f", "l"):
+            torch.testing.assert_close(many.units[name], one.units[name], rtol=0, atol=0)
+        for name in ("c", "f"):
+            torch.testing.assert_close(many.pre[name], one.pre[name], rtol=0, atol=0)
+        torch.testing.assert_close(many.units["c"], torch.relu(hand["conv_pre"]).amax(dim=(2, 3)))
+        torch.testing.assert_close(many.pre["f"], hand["fc_pre"])
+        torch.testing.assert_close(many.units["l"], hand["logits"])
+
+
+def test_an_edit_with_the_output_equals_a_forward_with_the_edit_made_by_hand():
+    model, layers = small_net()
+    x = torch.randn(4, 3, 5, 5)
+
+    def silence_unit_2(output):
+        edited = output.clone()
+        edited[:, 2] = 0
+        return edited
+
+    with torch.no_grad():
+        hand = small_net_by_hand(model, x, edit=silence_unit_2)
+        intact = small_net_by_hand(model, x)
+        with LayerCapture(model, layers[1:2], output=True, edits={"f": silence_unit_2}) as capture:
+            got = capture(x)
+    assert (intact["fc"][:, 2] > 0).any()  # the edit changes something
+    assert not torch.allclose(hand["logits"], intact["logits"])
+    torch.testing.assert_close(got.output, hand["logits"])
+    torch.testing.assert_close(got.units["f"], hand["fc"])  # the edited output is what is captured
+
+
+def test_invalid_settings_are_refused_naming_the_value():
+    model, layers = small_net()
+    with pytest.raises(UsageError, match="unknown reduction 'median'; valid reductions: mean, max, center"):
+        LayerCapture(model, layers, reduce="median")
+    with pytest.raises(ValueError, match="needs pre=True"):
+        LayerCapture(model, layers, pre_reduce="max")
+    with pytest.raises(ValueError, match=r"edits of layer\(s\) \['g'\] that are not captured"):
+        LayerCapture(model, layers, edits={"g": lambda o: o})
+    capture, before = LayerCapture(model, layers), hook_counts(model)
+    with capture, pytest.raises(RuntimeError, match="already in a `with` block"), capture:  # entered twice
+        pass
+    assert hook_counts(model) == before

@@ -10,7 +10,7 @@ from repsub.ablation.counts import AblationCounts
 from repsub.ablation.edit import ablated_copies
 from repsub.ablation.measure import ablated_forward, measure_importance, unit_means
 from repsub.ablation.split import SplitModel
-from repsub.capture.reader import LayerReader
+from repsub.capture.reader import LayerCapture
 from repsub.models import LoadedModel, UnitLayer, from_module, load_model
 
 
@@ -30,13 +30,13 @@ def _brute_force(model: LoadedModel, layer: UnitLayer, unit: int, value: float, 
         edited[:, unit] = value
         return edited
 
-    reader = LayerReader(
-        model.module, [layer], stop=False, edits={layer.name: zero_unit} if unit >= 0 else None
+    capture = LayerCapture(
+        model.module, [layer], output=True, edits={layer.name: zero_unit} if unit >= 0 else None
     )
     correct, loss = np.zeros(num_classes, dtype=np.int64), 0.0
-    with torch.no_grad():
+    with torch.no_grad(), capture:
         for images, labels in batches:
-            logits = reader.forward(images)[0]
+            logits = capture(images).output
             np.add.at(correct, labels.numpy(), (logits.argmax(1) == labels).numpy().astype(np.int64))
             loss += F.cross_entropy(logits, labels, reduction="sum").item()
     return correct, loss

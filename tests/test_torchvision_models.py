@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from repsub.capture.reader import LayerReader
+from repsub.capture.reader import LayerCapture
 from repsub.cli import main
 from repsub.errors import UsageError
 from repsub.models import KINDS, MODELS, READS, catalog, catalog_index, load_model, model_catalog
@@ -70,7 +70,7 @@ def test_a_real_forward_reads_every_catalog_layer(name, size):
     model = load_model(name, "random", seed=0, num_classes=10)
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():
-        read = LayerReader(model.module, model.layers, reduce="max")(x)
+        read = LayerCapture(model.module, model.layers, reduce="max")(x).units
         logits = model.module(x)
     assert list(read) == [layer.name for layer in model.layers]
     for layer in model.layers:
@@ -89,7 +89,8 @@ def test_a_residual_block_capture_equals_a_manual_forward():
     assert [layer.name for layer in layers] == ["stem", "layer2.0.relu", "layer2.0", "fc"]  # forward order
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        post, pre = LayerReader(net, layers).read(x)
+        got = LayerCapture(net, layers, pre=True)(x)
+        post, pre = got.units, got.pre
         stem = F.relu(net.bn1(net.conv1(x)))  # by hand, without inplace ops
         h = net.layer1(net.maxpool(stem))
         block = net.layer2[0]

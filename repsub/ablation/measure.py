@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from repsub.ablation.counts import AblationCounts
 from repsub.ablation.edit import ABLATIONS, ablate, ablated_copies
 from repsub.ablation.split import SplitModel
-from repsub.capture.reader import LayerReader
+from repsub.capture.reader import LayerCapture
 from repsub.errors import UsageError
 from repsub.models import LoadedModel, UnitLayer
 
@@ -30,11 +30,11 @@ CHUNK_ELEMENTS = 2**25
 @torch.no_grad()
 def unit_means(model: LoadedModel, layer: UnitLayer, batches: Iterable, device) -> torch.Tensor:
     """Each unit's mean activation over the images (a conv map's mean over images and positions): [N]."""
-    reader = LayerReader(model.module, [layer], reduce="mean")
     total, count = torch.zeros(layer.units, dtype=torch.float64), 0
-    for images, _ in batches:
-        total += reader(images.to(device))[layer.name].double().sum(0).cpu()
-        count += len(images)
+    with LayerCapture(model.module, [layer], reduce="mean") as capture:
+        for images, _ in batches:
+            total += capture(images.to(device)).units[layer.name].double().sum(0).cpu()
+            count += len(images)
     if count == 0:
         raise UsageError("no images to compute the units' means from")
     return (total / count).float()
@@ -44,7 +44,7 @@ def ablated_forward(model: LoadedModel, layer: UnitLayer, unit: int, value: floa
     """The model's output with `unit` of `layer` set to `value`: one full forward, the edit made by the
     capture's hook at the layer's read point (its last call). The reference the cut computation equals."""
     edit = {layer.name: lambda output: ablate(output, unit, value, layer.kind)}
-    return LayerReader(model.module, [layer], stop=False, edits=edit).forward(images)[0]
+    return LayerCapture(model.module, [layer], output=True, edits=edit)(images).output
 
 
 _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {layer module: SplitModel}

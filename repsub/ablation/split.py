@@ -5,7 +5,7 @@ recomputing the head each time would cost a full forward per unit. The model is 
 feature-extraction tracer (torch.fx, leaf modules named by their path) and the graph split at the node
 that produces the layer's output. `prefix(x)` returns every tensor that crosses the cut (the layer's
 output and, in models with skip connections past it, the others), `suffix` takes them and returns the
-logits. The layer's output is the node of the read module's *last* call (what `LayerReader` reads: a
+logits. The layer's output is the node of the read module's *last* call (what `LayerCapture` reads: a
 ResNet block's ReLU runs twice); for a block (a module with children) it is the last node inside it.
 """
 

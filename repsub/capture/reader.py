@@ -1,4 +1,8 @@
-"""Reading units: forward hooks that capture layers, stop the forward early and reduce space.
+"""Capturing units: one context manager that hooks layers, stops the forward early and reduces space.
+
+    with LayerCapture(model, layers, reduce="mean") as capture:  # hooks registered once, for the block
+        for images in batches:
+            units = capture(images).units  # {layer name: [B, N]}
 
 The hook reduces (or clones) a layer's output the moment it is produced, so an inplace op that
 runs later (torchvision's ``ReLU(inplace=True)``) cannot change what was captured, and gradients
@@ -11,12 +15,13 @@ captures the last; a forward that calls it another number of times is an error n
 
 Reading and editing are one mechanism (as baukit's `Trace(edit_output=...)`): `edits` maps a layer to a
 function of its output whose result replaces the output from then on (importance by ablation zeroes a
-unit there), and `forward` returns the model's output under the edits.
+unit there), and ``output=True`` returns the model's output under the edits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -62,48 +67,46 @@ def reduce_units(output: torch.Tensor, kind: str, reduce: str) -> torch.Tensor:
     return output[:, :, output.shape[2] // 2, output.shape[3] // 2].clone()
 
 
-class _Capture:
-    """The forward hook of one layer: counts the module's calls and, at the last one, keeps its units (and the
-    pre-activation the ReLU hook saw). The one place where a layer's output passes by: an edit of the output
-    (ablation) would be returned from here."""
+@dataclass(frozen=True)
+class Captured:
+    """What one forward through a `LayerCapture` gave."""
 
-    def __init__(self, reader: LayerReader, layer: UnitLayer, state: _ForwardState):
-        self.reader, self.layer, self.state = reader, layer, state
-        self.calls = 0
-
-    def __call__(self, _module, _inputs, output):
-        self.calls += 1
-        if self.calls != self.layer.calls:
-            return None  # not yet the module's last call in this forward
-        name = self.layer.name
-        edit = self.reader.edits.get(name)
-        if edit is not None:
-            output = edit(output)
-        self.state.captured[name] = self.reader._units(output, self.layer.kind)
-        if self.state.pre is not None and self.layer.relu is not None:
-            self.state.pre[name] = self.state.relu_inputs[self.layer.relu]
-        if self.reader.stop and len(self.state.captured) == len(self.reader.layers):
-            raise _StopForward
-        return output if edit is not None else None
+    units: dict[str, torch.Tensor]  # {layer name: [B, N]} (reduce=None: the full maps), in forward order
+    pre: dict[str, torch.Tensor] | None = (
+        None  # pre=True: each layer's ReLU input; layers without a ReLU absent
+    )
+    output: torch.Tensor | None = None  # output=True: the model's output, under the edits
 
 
-class _ForwardState:
-    def __init__(self, with_pre: bool):
-        self.captured: dict[str, torch.Tensor] = {}
+class _Forward:
+    """The state of one forward through the capture: each layer's module calls so far, what was captured."""
+
+    def __init__(self, layers: list[UnitLayer], with_pre: bool):
+        self.calls = dict.fromkeys((layer.name for layer in layers), 0)
+        self.units: dict[str, torch.Tensor] = {}
         self.pre: dict[str, torch.Tensor] | None = {} if with_pre else None
         self.relu_inputs: dict[str, torch.Tensor] = {}  # ReLU path -> its latest input, reduced
 
 
-class LayerReader:
-    """Runs a model and returns the requested layers' unit activations, stopping after the deepest.
+class LayerCapture:
+    """Runs a model and captures the requested layers' unit activations, stopping after the deepest.
 
-    >>> reader = LayerReader(model, [layer_a, layer_b], reduce="mean")
-    >>> acts = reader(images)  # {"conv1_1": [B, 64], ...}
+    >>> with LayerCapture(model, [layer_a, layer_b], reduce="mean") as capture:
+    ...     for images in batches:
+    ...         got = capture(images)  # Captured: got.units == {"conv1_1": [B, 64], ...}
 
-    With ``reduce=None`` conv layers come back as full maps [B, C, H, W] (cloned).
-    ``reader.read(images)`` also returns the layers' pre-activations (see `read`). With ``edits``
-    ({layer name: function of the layer's output}) the edited output replaces the layer's output, and
-    ``reader.forward(images)`` (``stop=False``) returns the model's output under the edits.
+    The hooks are registered when the ``with`` block is entered and removed when it is left (also when a
+    forward raises); inside the block they act only during the capture's own calls, so other forwards of
+    the model run untouched. Called outside a ``with`` block the capture registers its hooks for that call
+    alone: convenient for one forward, slower in a loop.
+
+    - ``reduce``: "mean", "max" or "center" over space (`reduce_units`); None: the full maps, cloned.
+    - ``pre=True``: ``got.pre`` holds, for each layer read after a ReLU, its pre-activation (the ReLU's input
+      on its last call within the layer's module), reduced as the units or by ``pre_reduce``.
+    - ``output=True``: ``got.output`` is the model's output; the forward then runs to the end.
+    - ``edits`` ({layer name: function of the layer's output}): the edited output replaces the layer's
+      output from then on (and is what is captured).
+    - ``stop=False``: run the whole forward even when the output is not kept (to compare with a cut one).
     """
 
     def __init__(
@@ -111,29 +114,36 @@ class LayerReader:
         model: nn.Module,
         layers: list[UnitLayer],
         reduce: str | None = "mean",
-        stop: bool = True,
+        *,
+        pre: bool = False,
+        output: bool = False,
         edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
         pre_reduce: str | None = None,
+        stop: bool = True,
     ):
         if reduce is not None and reduce not in REDUCTIONS:
             raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
         if not layers:
-            raise ValueError("LayerReader needs at least one layer")
+            raise ValueError("LayerCapture needs at least one layer")
         if reduce == "center" and any(layer.kind == "tokens" for layer in layers):
             raise UsageError(TOKENS_HAVE_NO_CENTER)
-        self.model = model
-        self.layers = list(layers)
         if pre_reduce is not None and (reduce is None or pre_reduce not in REDUCTIONS):
             raise UsageError(
                 f"unknown pre-activation reduction {pre_reduce!r}; valid: {', '.join(REDUCTIONS)}"
             )
+        if pre_reduce is not None and not pre:
+            raise ValueError("pre_reduce reduces pre-activations: it needs pre=True")
+        self.model = model
+        self.layers = list(layers)
         self.reduce = reduce
-        self.pre_reduce = pre_reduce or reduce  # read()'s pre-activations: by default reduced as the units
-        self.stop = stop
+        self.pre = pre
+        self.pre_reduce = pre_reduce or reduce  # by default the pre-activations are reduced as the units
+        self.output = output
+        self.stop = stop and not output  # the output needs the whole forward
         self.edits = dict(edits or {})
         unknown = sorted(set(self.edits) - {layer.name for layer in self.layers})
         if unknown:
-            raise ValueError(f"edits of layer(s) {unknown} that are not read")
+            raise ValueError(f"edits of layer(s) {unknown} that are not captured")
         self._modules = dict(model.named_modules())
         missing = [
             path
@@ -143,66 +153,95 @@ class LayerReader:
         ]
         if missing:
             raise ValueError(f"model has no module(s) {missing}")
+        self._handles: list | None = None  # while registered (inside a `with` block or a call)
+        self._forward: _Forward | None = None  # while one of this capture's forwards runs
 
-    def _units(self, tensor: torch.Tensor, kind: str) -> torch.Tensor:
-        return tensor.clone() if self.reduce is None else reduce_units(tensor, kind, self.reduce)
-
-    def _relu_input_hook(self, path: str, kind: str, state: _ForwardState):
-        # Reduced before the ReLU runs: an inplace ReLU overwrites its input. A spatial max keeps its input for
-        # the backward, so it gets a copy the ReLU cannot overwrite.
-        def hook(_module, inputs):
-            if self.pre_reduce is None:
-                state.relu_inputs[path] = inputs[0].clone()
-                return
-            pre = inputs[0].clone() if self.pre_reduce == "max" and inputs[0].requires_grad else inputs[0]
-            state.relu_inputs[path] = reduce_units(pre, kind, self.pre_reduce)
-
-        return hook
-
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._run(images, with_pre=False)[0]
-
-    def read(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(post, pre): the layers' unit activations as `__call__` returns them, and for each layer read
-        after a ReLU its pre-activation (the ReLU's input, on its last call within the layer's module),
-        reduced the same way (or by `pre_reduce` where given). Layers without a ReLU (logits, raw module
-        outputs) are absent from `pre`."""
-        return self._run(images, with_pre=True)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(the model's output, the layers' unit activations), with the edits applied; needs stop=False."""
-        if self.stop:
-            raise ValueError("forward() runs the whole model: build the reader with stop=False")
-        return self._run(images, with_pre=False, keep_output=True)
-
-    def _run(self, images: torch.Tensor, with_pre: bool, keep_output: bool = False):
-        state = _ForwardState(with_pre)
-        captures = [_Capture(self, layer, state) for layer in self.layers]
-        handles = [self._modules[c.layer.module].register_forward_hook(c) for c in captures]
-        if with_pre:
+    def __enter__(self) -> LayerCapture:
+        if self._handles is not None:
+            raise RuntimeError("this LayerCapture is already in a `with` block")
+        self._handles = [
+            self._modules[layer.module].register_forward_hook(self._layer_hook(layer))
+            for layer in self.layers
+        ]
+        if self.pre:
             relus = {layer.relu: layer.kind for layer in self.layers if layer.relu is not None}
-            handles += [
-                self._modules[path].register_forward_pre_hook(self._relu_input_hook(path, kind, state))
+            self._handles += [
+                self._modules[path].register_forward_pre_hook(self._relu_input_hook(path, kind))
                 for path, kind in relus.items()
             ]
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for handle in self._handles or []:
+            handle.remove()
+        self._handles = None
+
+    def __call__(self, images: torch.Tensor) -> Captured:
+        if self._forward is not None:
+            raise RuntimeError("a LayerCapture cannot be called from within its own forward")
+        if self._handles is None:
+            with self:
+                return self._run(images)
+        return self._run(images)
+
+    def _run(self, images: torch.Tensor) -> Captured:
+        forward = self._forward = _Forward(self.layers, self.pre)
         output = None
         try:
             output = self.model(images)
         except _StopForward:
             pass
         finally:
-            for handle in handles:
-                handle.remove()
-        if len(state.captured) != len(self.layers):
+            self._forward = None
+        if len(forward.units) != len(self.layers):
             raise RuntimeError(
                 "the forward did not reach layer(s) "
                 + ", ".join(
-                    f"{c.layer.name} (module {c.layer.module} ran {c.calls} time(s), its catalog expects "
-                    f"{c.layer.calls})"
-                    for c in captures
-                    if c.layer.name not in state.captured
+                    f"{layer.name} (module {layer.module} ran {forward.calls[layer.name]} time(s), its catalog "
+                    f"expects {layer.calls})"
+                    for layer in self.layers
+                    if layer.name not in forward.units
                 )
             )
-        if keep_output:
-            return output, state.captured
-        return state.captured, (state.pre if state.pre is not None else {})
+        return Captured(forward.units, forward.pre, output if self.output else None)
+
+    def _units(self, tensor: torch.Tensor, kind: str) -> torch.Tensor:
+        return tensor.clone() if self.reduce is None else reduce_units(tensor, kind, self.reduce)
+
+    def _layer_hook(self, layer: UnitLayer):
+        """The forward hook of one layer: counts the module's calls and, at the last one, applies the edit and
+        keeps the units (and the pre-activation the ReLU hook saw)."""
+        edit = self.edits.get(layer.name)
+
+        def hook(_module, _inputs, output):
+            forward = self._forward
+            if forward is None:
+                return None  # a forward of the model that is not this capture's
+            forward.calls[layer.name] += 1
+            if forward.calls[layer.name] != layer.calls:
+                return None  # not yet the module's last call in this forward
+            if edit is not None:
+                output = edit(output)
+            forward.units[layer.name] = self._units(output, layer.kind)
+            if forward.pre is not None and layer.relu is not None:
+                forward.pre[layer.name] = forward.relu_inputs[layer.relu]
+            if self.stop and len(forward.units) == len(self.layers):
+                raise _StopForward
+            return output if edit is not None else None
+
+        return hook
+
+    def _relu_input_hook(self, path: str, kind: str):
+        # Reduced before the ReLU runs: an inplace ReLU overwrites its input. A spatial max keeps its input for
+        # the backward, so it gets a copy the ReLU cannot overwrite.
+        def hook(_module, inputs):
+            forward = self._forward
+            if forward is None:
+                return
+            if self.pre_reduce is None:
+                forward.relu_inputs[path] = inputs[0].clone()
+                return
+            pre = inputs[0].clone() if self.pre_reduce == "max" and inputs[0].requires_grad else inputs[0]
+            forward.relu_inputs[path] = reduce_units(pre, kind, self.pre_reduce)
+
+        return hook

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from repsub.capture.precision import Precision, as_input, autocast_ready, prepare_for_speed
-from repsub.capture.reader import LayerReader
+from repsub.capture.reader import LayerCapture
 from repsub.core.selectivity import ClassMeanAccumulator
 from repsub.models import LoadedModel, UnitLayer
 
@@ -37,13 +37,14 @@ def accumulate_class_sums(
     """
     precision = precision or FP32
     channels_last = prepare_for_speed(model.module, device)
-    reader = LayerReader(autocast_ready(model.module, precision), layers, reduce=reduce)
+    capture = LayerCapture(autocast_ready(model.module, precision), layers, reduce=reduce)
     accumulator = ClassMeanAccumulator({layer.name: layer.units for layer in layers}, num_classes, device)
-    with tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress) as bar:
+    bar = tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress)
+    with bar, capture:  # one registration of the hooks for the whole pass
         for images, labels in batches:
             images = as_input(images.to(device, non_blocking=True), channels_last)
             with precision.autocast(device):
-                activations = reader(images)
+                activations = capture(images).units
             accumulator.add(activations, labels)
             if on_batch is not None:
                 on_batch(activations, labels)

@@ -74,7 +74,7 @@ class OwnUnit:
         self, images: torch.Tensor, units: torch.Tensor, reduce: str, pre_reduce: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(post, pre): each image's own unit after and before the ReLU, reduced as the layer's units are
-        (the pre-activation by `pre_reduce` where given, as LayerReader's): [B, 1] each, so that unit 0 of
+        (the pre-activation by `pre_reduce` where given, as LayerCapture's): [B, 1] each, so that unit 0 of
         this one-unit layer is the image's own."""
         x = self._input(images)
         bias = self.layer.bias[units] if self.layer.bias is not None else None

@@ -25,7 +25,7 @@ from repsub.capture.precision import (
     prepare_for_speed,
     resolve_precision,
 )
-from repsub.capture.reader import REDUCTIONS, LayerReader
+from repsub.capture.reader import REDUCTIONS, LayerCapture
 from repsub.core.rs import representative_substitution, rs_ties
 from repsub.errors import UsageError
 from repsub.models import LoadedModel, UnitLayer
@@ -90,7 +90,7 @@ def _optimize_batch(
     image = PARAMETERIZATIONS[settings.param](generators, settings.image_size, device)
     warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
     pre_reduce = pre_reduction(settings.own_term, reduce)
-    reader = LayerReader(model.module, [layer], reduce=reduce, pre_reduce=pre_reduce)
+    recording = LayerCapture(model.module, [layer], reduce=reduce)
     channels_last = prepare_for_speed(model.module, device)
     normalize = _normalizer(model, device)
     unit_index = torch.tensor(units, device=device)
@@ -100,13 +100,17 @@ def _optimize_batch(
         """The recorded layer activations of images: exact fp32 (no TF32, fixed cuDNN algorithms), no
         transforms."""
         with torch.no_grad(), exact_fp32():
-            return reader(as_input(normalize(images), channels_last))[layer.name].to(torch.float32)
+            return recording(as_input(normalize(images), channels_last)).units[layer.name].to(torch.float32)
 
     with torch.no_grad():
         objective_start = recorded(evaluate(image()), unit_index)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     own_unit = OwnUnit.find(model.module, layer, len(units)) if method == "am" else None
     own_index = torch.zeros_like(unit_index)  # each image's own unit is unit 0 of OwnUnit's one-unit layer
+    with_pre = settings.own_term != "post"  # "post": no pre-activation, exactly the plain objective's forward
+    step_capture = LayerCapture(
+        model.module, [layer], reduce=reduce, pre=with_pre, pre_reduce=pre_reduce if with_pre else None
+    )
 
     def climb(warped: torch.Tensor) -> torch.Tensor:
         """The objective the optimizer climbs, per image: [B]."""
@@ -114,19 +118,18 @@ def _optimize_batch(
         with precision.autocast(device):
             if own_unit is not None:  # [B, 1] each
                 (post, pre), index = own_unit.read(warped, unit_index, reduce, pre_reduce), own_index
-            elif settings.own_term == "post":  # no pre-activation: exactly the plain objective's forward
-                post, pre = reader(warped)[layer.name], None
             else:
-                posts, pres = reader.read(warped)
-                post, pre = posts[layer.name], pres.get(layer.name)
+                got = step_capture(warped)
+                post, pre = got.units[layer.name], (got.pre or {}).get(layer.name)
         return climbed(method, post, pre, index, settings.own_term)
 
-    for step in range(settings.steps):
-        optimizer.zero_grad(set_to_none=True)
-        objective = climb(as_input(normalize(warp(image(), step)), channels_last))
-        (-objective.sum()).backward()
-        optimizer.step()
-        progress.step(len(units))
+    with step_capture:  # the hooks stay registered across the steps
+        for step in range(settings.steps):
+            optimizer.zero_grad(set_to_none=True)
+            objective = climb(as_input(normalize(warp(image(), step)), channels_last))
+            (-objective.sum()).backward()
+            optimizer.step()
+            progress.step(len(units))
     with torch.no_grad():
         quantized = (image().nan_to_num(0.5) * 255).round().to(torch.uint8)
         final = evaluate(quantized.to(torch.float32) / 255)

@@ -92,9 +92,9 @@ class _LayerStream:
 class ActivationWriter:
     """Streams the activations of `layers` ({name: units}) into the run, one row per image per layer.
 
-    >>> with ActivationWriter(run_writer, {"fc7": 4096}) as sink:
+    >>> with ActivationWriter(run_writer, {"fc7": 4096}) as sink, LayerCapture(model, [fc7]) as capture:
     ...     for images, labels in batches:
-    ...         sink.add(reader(images), labels)
+    ...         sink.add(capture(images).units, labels)
     ...     sink.commit()
     """
 
