@@ -59,9 +59,9 @@ def projection(model, size: int = 224, images: int = 10_000, gpus: int = 8, tflo
             head = flops(lambda s=split: s.prefix(x))
             crossing = split.prefix(x)
             tail = flops(lambda s=split, c=crossing: s.suffix(*c))
-            shards = -(-layer.units // 64)
-            batched += images * (head * shards + tail * layer.units)
-    units = sum(layer.units for layer in model.layers)
+            shards = -(-layer.n_units // 64)
+            batched += images * (head * shards + tail * layer.n_units)
+    units = sum(layer.n_units for layer in model.layers)
     plain = images * full * units
     hours = batched / (gpus * tflops * 1e12) / 3600
     return (
@@ -87,14 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'layer':<8} {'units':>5} {'loop s/unit':>12} {'batched s/unit':>15} {'ratio':>7}")
     total_loop = total_batched = 0.0
     for layer in model.layers:
-        units = list(range(min(args.units, layer.units)))
+        units = list(range(min(args.units, layer.n_units)))
         loop = loop_seconds_per_unit(model, layer, units[: args.loop_units], images, args.batch)
         batched = batched_seconds_per_unit(model, layer, units, images, labels, args.batch)
-        total_loop += loop * layer.units
-        total_batched += batched * layer.units
-        print(f"{layer.name:<8} {layer.units:>5} {loop:>12.3f} {batched:>15.4f} {loop / batched:>7.1f}")
+        total_loop += loop * layer.n_units
+        total_batched += batched * layer.n_units
+        print(f"{layer.name:<8} {layer.n_units:>5} {loop:>12.3f} {batched:>15.4f} {loop / batched:>7.1f}")
     print(
-        f"all {sum(layer.units for layer in model.layers)} units (layers weighted by unit count): loop "
+        f"all {sum(layer.n_units for layer in model.layers)} units (layers weighted by unit count): loop "
         f"{total_loop / 3600:.2f} h, batched {total_batched / 3600:.2f} h, ratio {total_loop / total_batched:.1f}"
     )
     print(projection(load_model("vgg16", "random", seed=0)))

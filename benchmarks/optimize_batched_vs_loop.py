@@ -36,7 +36,7 @@ def loop_one_unit(model, layer, unit, method, settings):
     with LayerCapture(model.module, [layer], stop=False) as capture:
         for step in range(settings.steps):
             optimizer.zero_grad()
-            acts = capture((warp(image(), step) - mean) / std).units[layer.name]
+            acts = capture((warp(image(), step) - mean) / std).activations[layer.name]
             (-METHODS[method](acts, index).sum()).backward()
             optimizer.step()
 
@@ -73,9 +73,9 @@ def main() -> None:
         for side, seconds, n in (("batched", batched_s, len(units)), ("loop", loop_s, args.loop_units)):
             totals[side][0] += seconds
             totals[side][1] += n
-            full_sweep[side] += layer.units / rates[side]
+            full_sweep[side] += layer.n_units / rates[side]
         print(
-            f"{layer.name:<8} {layer.units:>5} {rates['batched']:>12.2f} {rates['loop']:>10.2f} "
+            f"{layer.name:<8} {layer.n_units:>5} {rates['batched']:>12.2f} {rates['loop']:>10.2f} "
             f"{rates['batched'] / rates['loop']:>6.1f}x"
         )
     overall = {side: n / seconds for side, (seconds, n) in totals.items()}
@@ -84,7 +84,7 @@ def main() -> None:
         f"{overall['batched'] / overall['loop']:>6.1f}x  (same units per layer)"
     )
     print(
-        f"full conv sweep ({sum(layer.units for layer in conv_layers)} units) projected: batched "
+        f"full conv sweep ({sum(layer.n_units for layer in conv_layers)} units) projected: batched "
         f"{full_sweep['batched']:.0f} s, loop {full_sweep['loop']:.0f} s, ratio "
         f"{full_sweep['loop'] / full_sweep['batched']:.1f}x"
     )

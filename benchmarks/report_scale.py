@@ -231,7 +231,7 @@ def time_report(run: Path, out: Path) -> Path:
 
     compute_importance_stats(data)
     stats = time.perf_counter()
-    rows = sum(len(r.units) for r in data.rows.values())
+    rows = sum(len(r.indices) for r in data.rows.values())
     side = thumbnail_side(rows, image_side(data))
     thumbs = thumbnails(data, side)
     thumbed = time.perf_counter()

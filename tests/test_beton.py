@@ -139,7 +139,7 @@ def test_saved_activations_equal_a_direct_forward(folder, beton, shallow_random,
     labels = [int(y) for _, ys in reference.batches(64, workers=0) for y in ys]
     layers = [shallow_random.layer("conv2"), shallow_random.layer("fc5")]
     with torch.no_grad():
-        direct = LayerCapture(shallow_random.module, layers)(images).units
+        direct = LayerCapture(shallow_random.module, layers)(images).activations
     for name, units in (("conv2", 64), ("fc5", 128)):
         rows = run.activations.to_table(filter=ds.field("layer") == name).sort_by("image_index").to_pydict()
         assert rows["image_index"] == list(range(N_IMAGES)) and rows["label"] == labels

@@ -45,7 +45,7 @@ def manual_vgg_units(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
 def test_capture_equals_manual_forward(vgg16_random):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        captured = LayerCapture(vgg16_random.module, vgg16_random.layers)(x).units
+        captured = LayerCapture(vgg16_random.module, vgg16_random.layers)(x).activations
         expected = manual_vgg_units(vgg16_random.module, x)
     assert list(captured) == list(expected)
     for name in expected:
@@ -60,8 +60,8 @@ def test_capture_is_unharmed_by_a_later_inplace_relu():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model[0](x)
-        maps = LayerCapture(model, [pre_relu], reduce=None, stop=False)(x).units["pre"]
-        means = LayerCapture(model, [pre_relu], reduce="mean", stop=False)(x).units["pre"]
+        maps = LayerCapture(model, [pre_relu], reduce=None, stop=False)(x).activations["pre"]
+        means = LayerCapture(model, [pre_relu], reduce="mean", stop=False)(x).activations["pre"]
     assert (expected < 0).any()  # the inplace ReLU would have zeroed these
     torch.testing.assert_close(maps, expected)
     torch.testing.assert_close(means, expected.mean(dim=(2, 3)))
@@ -75,9 +75,9 @@ def test_cut_forward_equals_full_forward_and_stops(vgg16_random):
     try:
         x = torch.rand(2, 3, 32, 32)
         with torch.no_grad():
-            cut = LayerCapture(vgg16_random.module, [layer])(x).units["conv3_1"]
+            cut = LayerCapture(vgg16_random.module, [layer])(x).activations["conv3_1"]
             assert calls == []  # nothing past conv3_1 ran
-            full = LayerCapture(vgg16_random.module, [layer], stop=False)(x).units["conv3_1"]
+            full = LayerCapture(vgg16_random.module, [layer], stop=False)(x).activations["conv3_1"]
             assert "classifier" in calls
     finally:
         handle.remove()
@@ -92,7 +92,7 @@ def test_other_reductions(reduce):
     layer = UnitLayer("c", 4, "1", "conv", read="relu", relu="1")
     x = torch.randn(2, 3, 5, 6)
     with torch.no_grad():
-        got = LayerCapture(model, [layer], reduce=reduce)(x).units["c"]
+        got = LayerCapture(model, [layer], reduce=reduce)(x).activations["c"]
         maps = model(x)
     expected = maps.amax(dim=(2, 3)) if reduce == "max" else maps[:, :, 2, 3]
     torch.testing.assert_close(got, expected)
@@ -113,7 +113,7 @@ def test_pre_activation_is_the_relu_input_despite_inplace_relus(reduce):
         conv_pre = model[0](x)
         fc_pre = model[3](torch.relu(conv_pre).flatten(1))
         got = LayerCapture(model, [conv, fc, logits], reduce=reduce, pre=True)(x)
-        post, pre = got.units, got.pre
+        post, pre = got.activations, got.pre
     reduced = {
         "mean": conv_pre.mean(dim=(2, 3)),
         "max": conv_pre.amax(dim=(2, 3)),
@@ -163,7 +163,7 @@ def test_pre_activation_of_a_relu_called_twice_is_its_last_call():
         block = model[0]
         last_input = block.b(torch.relu(block.a(x))) + x
         got = LayerCapture(model, [layer], pre=True)(x)
-        post, pre = got.units, got.pre
+        post, pre = got.activations, got.pre
     torch.testing.assert_close(pre["block"], last_input.mean(dim=(2, 3)))
     torch.testing.assert_close(post["block"], torch.relu(last_input).mean(dim=(2, 3)))
 
@@ -195,7 +195,7 @@ def test_a_module_called_twice_is_read_at_its_last_call():
         first = model.conv(model.stem(x))
         second = model.conv(torch.relu(first))  # computed by hand: the second call's output
         got = LayerCapture(model, [conv, relu], pre=True)(x)  # stops after the second call of relu
-        post, pre = got.units, got.pre
+        post, pre = got.activations, got.pre
     torch.testing.assert_close(post["conv"], second.mean(dim=(2, 3)))
     torch.testing.assert_close(post["relu"], torch.relu(second).mean(dim=(2, 3)))
     torch.testing.assert_close(pre["relu"], second.mean(dim=(2, 3)))  # the relu's input on its last call
@@ -261,9 +261,9 @@ def test_the_result_holds_what_was_asked_for(pre, output):
         hand = small_net_by_hand(model, x)
         got = LayerCapture(model, layers[:2], pre=pre, output=output)(x)
     assert isinstance(got, Captured)
-    assert list(got.units) == ["c", "f"]
-    torch.testing.assert_close(got.units["c"], torch.relu(hand["conv_pre"]).mean(dim=(2, 3)))
-    torch.testing.assert_close(got.units["f"], hand["fc"])
+    assert list(got.activations) == ["c", "f"]
+    torch.testing.assert_close(got.activations["c"], torch.relu(hand["conv_pre"]).mean(dim=(2, 3)))
+    torch.testing.assert_close(got.activations["f"], hand["fc"])
     if pre:
         assert set(got.pre) == {"c", "f"}
         torch.testing.assert_close(got.pre["c"], hand["conv_pre"].mean(dim=(2, 3)))
@@ -279,7 +279,7 @@ def test_the_result_holds_what_was_asked_for(pre, output):
 def test_layers_without_a_relu_have_no_pre_activation():
     model, layers = small_net()
     got = LayerCapture(model, layers[2:], pre=True)(torch.randn(2, 3, 5, 5))
-    assert got.pre == {} and set(got.units) == {"l"}
+    assert got.pre == {} and set(got.activations) == {"l"}
 
 
 def hook_counts(model: nn.Module) -> list[tuple[int, int]]:
@@ -322,12 +322,12 @@ def test_one_with_block_serves_many_batches_as_separate_calls_do():
     torch.testing.assert_close(plain, hands[0]["logits"])
     for one, many, hand in zip(separate, together, hands, strict=True):
         for name in ("c", "f", "l"):
-            torch.testing.assert_close(many.units[name], one.units[name], rtol=0, atol=0)
+            torch.testing.assert_close(many.activations[name], one.activations[name], rtol=0, atol=0)
         for name in ("c", "f"):
             torch.testing.assert_close(many.pre[name], one.pre[name], rtol=0, atol=0)
-        torch.testing.assert_close(many.units["c"], torch.relu(hand["conv_pre"]).amax(dim=(2, 3)))
+        torch.testing.assert_close(many.activations["c"], torch.relu(hand["conv_pre"]).amax(dim=(2, 3)))
         torch.testing.assert_close(many.pre["f"], hand["fc_pre"])
-        torch.testing.assert_close(many.units["l"], hand["logits"])
+        torch.testing.assert_close(many.activations["l"], hand["logits"])
 
 
 def test_an_edit_with_the_output_equals_a_forward_with_the_edit_made_by_hand():
@@ -347,7 +347,7 @@ def test_an_edit_with_the_output_equals_a_forward_with_the_edit_made_by_hand():
     assert (intact["fc"][:, 2] > 0).any()  # the edit changes something
     assert not torch.allclose(hand["logits"], intact["logits"])
     torch.testing.assert_close(got.output, hand["logits"])
-    torch.testing.assert_close(got.units["f"], hand["fc"])  # the edited output is what is captured
+    torch.testing.assert_close(got.activations["f"], hand["fc"])  # the edited output is what is captured
 
 
 def test_invalid_settings_are_refused_naming_the_value():

@@ -37,9 +37,18 @@ def two_layer(seed: int = 0) -> TwoLayer:
 
 def test_selectivity_of_a_custom_module_equals_a_hand_computation(image_folder_dir):
     model = two_layer()
-    table = repsub.selectivity(model=model, layers=["relu", "head"], data=image_folder_dir, image_size=16,
-                               mean=MEAN, std=STD, batch_size=5, workers=0, progress=False,
-                               precision="fp32")  # fmt: skip  (compared with a float32 forward)
+    table = repsub.selectivity(
+        model=model,
+        layers=["relu", "head"],
+        data=image_folder_dir,
+        image_size=16,
+        mean=MEAN,
+        std=STD,
+        batch_size=5,
+        workers=0,
+        progress=False,
+        precision="fp32",
+    )  # fmt: skip  (compared with a float32 forward)
     # By hand: the classic evaluation transform at 16 px (resize round(16 * 256 / 224) = 18, crop 16), the given
     # normalization, the two layers' outputs, per-class means.
     data = torchvision.datasets.ImageFolder(str(image_folder_dir), transform=transforms.Compose([
@@ -115,7 +124,7 @@ def test_a_custom_module_without_layers_gets_the_stages_rule():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3),
                           nn.Flatten(), nn.Linear(6 * 5 * 5, 2))  # fmt: skip
     loaded = from_module(model, image_size=16)
-    assert [(layer.name, layer.read, layer.units) for layer in loaded.layers] == [
+    assert [(layer.name, layer.read, layer.n_units) for layer in loaded.layers] == [
         ("2", "relu", 4), ("4", "module", 6), ("6", "logits", 2)
     ]  # fmt: skip
     assert loaded.num_classes == 2 and loaded.layers[0].relu == "2"

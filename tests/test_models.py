@@ -28,7 +28,7 @@ def test_vgg16_catalog():
     layers = catalog("vgg16")
     assert [layer.name for layer in layers][:3] == ["conv1_1", "conv1_2", "conv2_1"]
     assert [layer.name for layer in layers][-4:] == ["conv5_3", "fc6", "fc7", "fc8"]
-    assert [layer.units for layer in layers] == VGG16_UNITS
+    assert [layer.n_units for layer in layers] == VGG16_UNITS
     assert sum(VGG16_UNITS[:13]) == 4224  # the conv units of a full sweep
     assert all(layer.after_relu and layer.read == "relu" for layer in layers[:-1])
     assert not layers[-1].after_relu and layers[-1].read == "logits"
@@ -42,10 +42,10 @@ def test_vgg16_catalog():
 
 def test_paper_models_catalog():
     cnn, mlp = catalog("shallow_cnn"), catalog("mlp")
-    assert [(layer.name, layer.units) for layer in cnn] == [
+    assert [(layer.name, layer.n_units) for layer in cnn] == [
         ("conv1", 64), ("conv2", 64), ("conv3", 128), ("conv4", 128), ("fc5", 128), ("fc6", 10)
     ]  # fmt: skip
-    assert [(layer.name, layer.units) for layer in mlp] == [
+    assert [(layer.name, layer.n_units) for layer in mlp] == [
         ("fc1", 128), ("fc2", 512), ("fc3", 2048), ("fc4", 2048), ("fc5", 10)
     ]  # fmt: skip
     assert [layer.kind for layer in cnn] == ["conv"] * 4 + ["linear"] * 2

@@ -30,10 +30,10 @@ def test_batched_objective_gradient_equals_per_unit_gradients(vgg16_random, meth
     units = torch.tensor([0, 5, 17, 100])
     images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     with LayerCapture(vgg16_random.module, [layer]) as capture:
-        method(capture(images).units[layer.name], units).sum().backward()
+        method(capture(images).activations[layer.name], units).sum().backward()
         for b in range(4):
             single = images[b : b + 1].detach().clone().requires_grad_(True)
-            method(capture(single).units[layer.name], units[b : b + 1]).sum().backward()
+            method(capture(single).activations[layer.name], units[b : b + 1]).sum().backward()
             torch.testing.assert_close(images.grad[b : b + 1], single.grad, rtol=1e-4, atol=1e-7)
 
 
@@ -120,7 +120,7 @@ def test_recorded_activations_are_those_of_the_stored_image(shallow_random):
         torch.tensor(shallow_random.std).view(1, 3, 1, 1),
     )
     with torch.no_grad():
-        again = LayerCapture(shallow_random.module, [layer])((x - mean) / std).units["fc5"]
+        again = LayerCapture(shallow_random.module, [layer])((x - mean) / std).activations["fc5"]
     np.testing.assert_allclose(result.layer_activations, again.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(result.activation, result.layer_activations[np.arange(3), [0, 4, 9]])
     rs = representative_substitution(torch.from_numpy(result.layer_activations), torch.tensor([0, 4, 9]))

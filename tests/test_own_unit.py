@@ -20,7 +20,7 @@ def test_the_own_unit_gives_the_whole_layers_objective_and_gradient(vgg16_random
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     pre_reduce = pre_reduction(own_term, "mean")  # hybrid: the max over positions while silent
     got = LayerCapture(vgg16_random.module, [layer], pre=True, pre_reduce=pre_reduce)(images)
-    post, pre = got.units, got.pre
+    post, pre = got.activations, got.pre
     whole = climbed("am", post[name], pre[name], units, own_term)
     (whole_grad,) = torch.autograd.grad(whole.sum(), images)
     post, pre = shortcut.read(images, units, "mean", pre_reduce)
@@ -48,5 +48,5 @@ def test_channels_last_models_and_other_reductions_too(shallow_random):
     images = torch.rand(3, 3, 24, 24, generator=torch.Generator().manual_seed(1))
     images = images.contiguous(memory_format=torch.channels_last)
     own, _ = OwnUnit.find(model, layer, 3).read(images, units, "max")
-    whole = LayerCapture(model, [layer], reduce="max")(images).units[layer.name]
+    whole = LayerCapture(model, [layer], reduce="max")(images).activations[layer.name]
     torch.testing.assert_close(own.squeeze(1), whole.gather(1, units.view(-1, 1)).squeeze(1))

@@ -245,7 +245,7 @@ def test_grid_shows_the_units_with_higher_activation(real, tmp_path):
     # The default choice: an included unit (status ok, alive) that others substitute (RS > 0).
     d_layer, d_unit, d_method = choose_grid_unit(data, StatsOptions(), None)
     rows = data.rows[(d_layer, d_method)]
-    i = int(np.flatnonzero(rows.units == d_unit)[0])
+    i = int(np.flatnonzero(rows.indices == d_unit)[0])
     assert d_method == "iam" and rows.rs[i] > 0 and rows.reason[i] is None
     with pytest.raises(RunError, match=re.escape(str(real))):
         choose_grid_unit(data, StatsOptions(), "fc5:999")

@@ -22,10 +22,10 @@ ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
 def test_the_catalog_builds_for_every_torchvision_model(name):
     layers = catalog(name)
     assert len(layers) >= 5 and len({layer.name for layer in layers}) == len(layers)
-    assert all(layer.units > 0 and layer.kind in KINDS and layer.read in READS for layer in layers)
+    assert all(layer.n_units > 0 and layer.kind in KINDS and layer.read in READS for layer in layers)
     assert [layer.order for layer in layers] == sorted(layer.order for layer in layers)  # forward order
     assert all((layer.relu is not None) == (layer.read in ("relu", "block")) for layer in layers)
-    assert layers[-1].read == "logits" and layers[-1].units == 1000
+    assert layers[-1].read == "logits" and layers[-1].n_units == 1000
     if name.startswith(("resnet", "resnext", "wide_resnet", "regnet")):
         assert layers[0].name == "stem" and {layer.read for layer in layers[1:-1]} == {"block"}
     if name.startswith("vgg"):
@@ -49,11 +49,16 @@ def test_catalog_names_and_reads_of_some_families():
     assert [layer.name for layer in catalog("resnet18")] == [
         "stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1", "fc"
     ]  # fmt: skip
-    assert [layer.units for layer in catalog("resnet50")][1:4] == [256, 256, 256]  # bottleneck outputs
+    assert [layer.n_units for layer in catalog("resnet50")][1:4] == [256, 256, 256]  # bottleneck outputs
     swin = catalog("swin_t")
-    assert swin[0].kind == "nhwc" and swin[0].units == 96  # [B, 56, 56, 96]: channels last, told by the probe
+    assert (
+        swin[0].kind == "nhwc" and swin[0].n_units == 96
+    )  # [B, 56, 56, 96]: channels last, told by the probe
     vit = catalog("vit_b_16")
-    assert vit[0].name == "encoder.layers.encoder_layer_0" and (vit[0].kind, vit[0].units) == ("tokens", 768)
+    assert vit[0].name == "encoder.layers.encoder_layer_0" and (vit[0].kind, vit[0].n_units) == (
+        "tokens",
+        768,
+    )
     assert [layer.name for layer in catalog("vgg11")][:3] == ["conv1_1", "conv2_1", "conv3_1"]
     assert catalog("inception_v3")[0].name == "Conv2d_1a_3x3" and catalog("googlenet")[-1].name == "fc"
 
@@ -70,11 +75,11 @@ def test_a_real_forward_reads_every_catalog_layer(name, size):
     model = load_model(name, "random", seed=0, num_classes=10)
     x = torch.rand(2, 3, size, size)
     with torch.no_grad():
-        read = LayerCapture(model.module, model.layers, reduce="max")(x).units
+        read = LayerCapture(model.module, model.layers, reduce="max")(x).activations
         logits = model.module(x)
     assert list(read) == [layer.name for layer in model.layers]
     for layer in model.layers:
-        assert read[layer.name].shape == (2, layer.units) and torch.isfinite(read[layer.name]).all(), (
+        assert read[layer.name].shape == (2, layer.n_units) and torch.isfinite(read[layer.name]).all(), (
             layer.name
         )
         if layer.after_relu:
@@ -90,7 +95,7 @@ def test_a_residual_block_capture_equals_a_manual_forward():
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = LayerCapture(net, layers, pre=True)(x)
-        post, pre = got.units, got.pre
+        post, pre = got.activations, got.pre
         stem = F.relu(net.bn1(net.conv1(x)))  # by hand, without inplace ops
         h = net.layer1(net.maxpool(stem))
         block = net.layer2[0]

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 
 class AblationCounts:
     def __init__(self, units: list[int], num_classes: int):
-        self.units = list(units)
+        self.indices = list(units)
         self.num_classes = num_classes
         self.class_counts = torch.zeros(num_classes, dtype=torch.int64)
         self.baseline_correct = torch.zeros(num_classes, dtype=torch.int64)
         self.baseline_loss = torch.zeros((), dtype=torch.float64)
-        self.correct = torch.zeros(len(self.units), num_classes, dtype=torch.int64)
-        self.loss = torch.zeros(len(self.units), dtype=torch.float64)
+        self.correct = torch.zeros(len(self.indices), num_classes, dtype=torch.int64)
+        self.loss = torch.zeros(len(self.indices), dtype=torch.float64)
 
     @staticmethod
     def _per_class_correct(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ class AblationCounts:
         self.loss[block] += self._loss(logits, labels)
 
     def merge(self, other: AblationCounts) -> AblationCounts:
-        if other.units != self.units or other.num_classes != self.num_classes:
+        if other.indices != self.indices or other.num_classes != self.num_classes:
             raise ValueError("cannot merge ablation counts of other units or class counts")
         for name in ("class_counts", "baseline_correct", "baseline_loss", "correct", "loss"):
             getattr(self, name).add_(getattr(other, name))
@@ -78,16 +78,16 @@ class AblationCounts:
         with np.errstate(invalid="ignore", divide="ignore"):
             class_drop = ((self.baseline_correct[None] - self.correct).double() / counts[None]).numpy()
         return {
-            "units": np.asarray(self.units, dtype=np.int64),
-            "baseline_accuracy": np.full(len(self.units), baseline),
+            "units": np.asarray(self.indices, dtype=np.int64),
+            "baseline_accuracy": np.full(len(self.indices), baseline),
             "accuracy_drop": (baseline - ablated).numpy(),
             "loss_increase": ((self.loss - self.baseline_loss) / n).numpy(),
             "class_accuracy_drop": class_drop,
-            "n_images": np.full(len(self.units), n, dtype=np.int64),
+            "n_images": np.full(len(self.indices), n, dtype=np.int64),
         }
 
     def state_dict(self) -> dict:
-        return {"units": self.units, "num_classes": self.num_classes, **{
+        return {"units": self.indices, "num_classes": self.num_classes, **{
             name: getattr(self, name).clone()
             for name in ("class_counts", "baseline_correct", "baseline_loss", "correct", "loss")
         }}  # fmt: skip

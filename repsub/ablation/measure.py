@@ -30,10 +30,10 @@ CHUNK_ELEMENTS = 2**25
 @torch.no_grad()
 def unit_means(model: LoadedModel, layer: UnitLayer, batches: Iterable, device) -> torch.Tensor:
     """Each unit's mean activation over the images (a conv map's mean over images and positions): [N]."""
-    total, count = torch.zeros(layer.units, dtype=torch.float64), 0
+    total, count = torch.zeros(layer.n_units, dtype=torch.float64), 0
     with LayerCapture(model.module, [layer], reduce="mean") as capture:
         for images, _ in batches:
-            total += capture(images.to(device)).units[layer.name].double().sum(0).cpu()
+            total += capture(images.to(device)).activations[layer.name].double().sum(0).cpu()
             count += len(images)
     if count == 0:
         raise UsageError("no images to compute the units' means from")

@@ -59,7 +59,7 @@ def check_coverage(
                 if table == "selectivity"
                 else rs_units.get((info.name, table))
             )
-            gone = np.setdiff1d(np.arange(info.units or 0), have if have is not None else [])
+            gone = np.setdiff1d(np.arange(info.n_units or 0), have if have is not None else [])
             if len(gone):
                 missing[info.name] = gone.tolist()
         coverage.missing_units[table] = missing

@@ -125,7 +125,7 @@ def importance_data(
                 "images": int(rows.n_images.max()),
             }
             for (layer, abl), rows in importance.rows.items()
-            if abl == ablation and len(rows.units)
+            if abl == ablation and len(rows.indices)
         }
         for ablation in importance.ablations
     }
@@ -184,7 +184,7 @@ def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int 
     }
     document = {
         "layers": [
-            {"name": i.name, "depth": i.depth, "read": i.read, "signed": i.signed, "units": i.units}
+            {"name": i.name, "depth": i.depth, "read": i.read, "signed": i.signed, "units": i.n_units}
             for i in data.layers
         ],
         "methods": data.methods,

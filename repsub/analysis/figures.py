@@ -256,7 +256,7 @@ def choose_grid_unit(data: RunData, options: StatsOptions, unit: str | None) -> 
     if unit is not None:
         layer, index = parse_unit(unit)
         rows = data.rows.get((layer, method)) if method else None
-        if rows is None or index not in rows.units:
+        if rows is None or index not in rows.indices:
             raise RunError(f"{data.run.uri} has no IAM or AM image of unit {layer}:{index}")
         return layer, index, method
     if method is None:
@@ -269,7 +269,7 @@ def choose_grid_unit(data: RunData, options: StatsOptions, unit: str | None) -> 
             candidates.append(((r > 0, not info.signed, s >= options.high, s), info.name, u))
     if not candidates:
         first = next((key for key in data.rows if key[1] == method), None)
-        return None if first is None else (first[0], int(data.rows[first].units[0]), method)
+        return None if first is None else (first[0], int(data.rows[first].indices[0]), method)
     _, layer, index = max(candidates, key=lambda c: c[0])
     return layer, index, method
 
@@ -295,7 +295,7 @@ def substitution_grid(
     pictures = _unit_rows(data, layer, method, [unit, *shown], ["image"])
     images = dict(zip(pictures.column("unit").to_pylist(), pictures.column("image").to_pylist(), strict=True))
     sel = data.selectivity.get(layer)
-    sel_of = dict(zip(sel.units.tolist(), sel.selectivity.tolist(), strict=True)) if sel else {}
+    sel_of = dict(zip(sel.indices.tolist(), sel.selectivity.tolist(), strict=True)) if sel else {}
     panels = [unit, *shown]
     rows = math.ceil(len(panels) / GRID_COLUMNS)
     columns = min(len(panels), GRID_COLUMNS)

@@ -44,7 +44,7 @@ FRAME_COLUMNS = {
 class LayerImportance:
     """One (layer, ablation)'s importance rows, as arrays sorted by unit."""
 
-    units: np.ndarray  # int64
+    indices: np.ndarray  # int64: the units
     accuracy_drop: np.ndarray  # float64
     loss_increase: np.ndarray  # float64
     baseline_accuracy: np.ndarray  # float64
@@ -68,7 +68,7 @@ class Importance:
             values: dict[tuple[str, int], float] = {}
             for (layer, abl), rows in self.rows.items():
                 if abl == ablation:
-                    values.update(zip(((layer, u) for u in rows.units.tolist()), rows.measure(measure).tolist(),
+                    values.update(zip(((layer, u) for u in rows.indices.tolist()), rows.measure(measure).tolist(),
                                       strict=True))  # fmt: skip
             out[column] = pa.array(
                 [values.get(key) for key in zip(layers, units, strict=True)], pa.float64(), from_pandas=False
@@ -99,7 +99,7 @@ def read_importance(run, where: ds.Expression | None = None) -> Importance | Non
         units = np.asarray(part.column("unit").to_numpy(), dtype=np.int64)
         order = np.argsort(units, kind="stable")
         rows[key] = LayerImportance(
-            units=units[order],
+            indices=units[order],
             accuracy_drop=_floats(part.column("accuracy_drop"))[order],
             loss_increase=_floats(part.column("loss_increase"))[order],
             baseline_accuracy=_floats(part.column("baseline_accuracy"))[order],

@@ -77,12 +77,12 @@ def _lookup(sorted_units: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, n
 
 def pairs(data: RunData, layer: str, rows: LayerImportance, against: str) -> tuple[np.ndarray, np.ndarray]:
     """(what importance is compared with, the exclusion reason) per importance row of `rows`, in unit order."""
-    n = len(rows.units)
+    n = len(rows.indices)
     sel = data.selectivity.get(layer)
     if sel is not None:
-        at, has_sel = _lookup(sel.units, rows.units)
-        selectivity = np.where(has_sel, sel.selectivity[at] if len(sel.units) else np.nan, np.nan)
-        dead = has_sel & (sel.dead[at] if len(sel.units) else False)
+        at, has_sel = _lookup(sel.indices, rows.indices)
+        selectivity = np.where(has_sel, sel.selectivity[at] if len(sel.indices) else np.nan, np.nan)
+        dead = has_sel & (sel.dead[at] if len(sel.indices) else False)
     else:
         has_sel, selectivity, dead = np.zeros(n, bool), np.full(n, np.nan), np.zeros(n, bool)
     importance = rows.accuracy_drop + rows.loss_increase  # NaN where either is: the row is unusable
@@ -92,7 +92,7 @@ def pairs(data: RunData, layer: str, rows: LayerImportance, against: str) -> tup
     if method_rows is None:
         has_rs, rs, rs_reason = np.zeros(n, bool), np.full(n, np.nan), np.full(n, None, dtype=object)
     else:
-        at, has_rs = _lookup(method_rows.units, rows.units)
+        at, has_rs = _lookup(method_rows.indices, rows.indices)
         rs = np.where(has_rs, method_rows.rs[at], np.nan)
         rs_reason = np.where(has_rs, method_rows.reason[at], None)
     return rs, importance_reasons(importance, has_sel, dead, selectivity, rs_reason, has_rs)
@@ -113,8 +113,8 @@ def compute_importance_stats(data: RunData, options: StatsOptions | None = None)
                 continue
             head = {
                 "layer": info.name, "depth": info.depth, "read": info.read, "ablation": ablation,
-                "units": len(rows.units), "n_images": int(rows.n_images.max()) if len(rows.units) else 0,
-                "baseline_accuracy": float(np.mean(rows.baseline_accuracy)) if len(rows.units) else math.nan,
+                "units": len(rows.indices), "n_images": int(rows.n_images.max()) if len(rows.indices) else 0,
+                "baseline_accuracy": float(np.mean(rows.baseline_accuracy)) if len(rows.indices) else math.nan,
             }  # fmt: skip
             for against in against_names(data):
                 other, reason = pairs(data, info.name, rows, against)

@@ -19,7 +19,7 @@ class LayerInfo:
     name: str
     depth: int | None  # position in the model's catalog (0 = first unit layer); None if not in it
     read: str | None  # "relu", "block", "logits" or "module"; None if unknown
-    units: int | None  # units in the catalog
+    n_units: int | None  # units in the catalog
     kind: str | None = None  # "conv" or "linear"
 
     @property
@@ -55,7 +55,7 @@ def _registry_layers(identity: dict) -> tuple[list[LayerInfo], str]:
     found = []
     for depth, layer in enumerate(layers):
         read = getattr(layer, "read", None) or ("relu" if getattr(layer, "after_relu", False) else "logits")
-        found.append(LayerInfo(layer.name, depth, read, layer.units, getattr(layer, "kind", None)))
+        found.append(LayerInfo(layer.name, depth, read, layer.n_units, getattr(layer, "kind", None)))
     return found, "model registry"
 
 

@@ -68,7 +68,7 @@ OPTIONAL_COLUMNS = {
 class MethodRows:
     """One (layer, method)'s units rows joined with selectivity, as arrays sorted by unit."""
 
-    units: np.ndarray  # int64
+    indices: np.ndarray  # int64: the units
     selectivity: np.ndarray  # float64, NaN without a selectivity row
     has_selectivity: np.ndarray  # bool
     dead: np.ndarray  # bool (False without a selectivity row)
@@ -84,7 +84,7 @@ class MethodRows:
 
 @dataclass
 class LayerSelectivity:
-    units: np.ndarray  # int64, sorted
+    indices: np.ndarray  # int64, sorted: the units
     selectivity: np.ndarray  # float64, NaN for dead units
     dead: np.ndarray  # bool
 
@@ -122,7 +122,7 @@ class RunData:
             empty = np.zeros(0)
             return empty.astype(np.int64), empty, empty
         keep = rows.included
-        return rows.units[keep], rows.selectivity[keep], rows.rs[keep]
+        return rows.indices[keep], rows.selectivity[keep], rows.rs[keep]
 
 
 def _order_methods(found) -> list[str]:
@@ -336,7 +336,7 @@ def load_run_data(run) -> RunData:
             part = sel.filter(pc.equal(sel.column("layer"), layer))
             order = np.argsort(np.asarray(part.column("unit").to_numpy(), dtype=np.int64), kind="stable")
             selectivity[layer] = LayerSelectivity(
-                units=np.asarray(part.column("unit").to_numpy(), dtype=np.int64)[order],
+                indices=np.asarray(part.column("unit").to_numpy(), dtype=np.int64)[order],
                 selectivity=_floats(part.column("selectivity"))[order],
                 dead=_bools(part.column("dead"))[order],
             )
@@ -351,8 +351,8 @@ def load_run_data(run) -> RunData:
     coverage = check_coverage(
         model,
         catalog,
-        {layer: s.units for layer, s in selectivity.items()},
-        {key: r.units for key, r in rows.items()},
+        {layer: s.indices for layer, s in selectivity.items()},
+        {key: r.indices for key, r in rows.items()},
         sel is not None,
         units is not None,
         notes,
@@ -368,7 +368,7 @@ def _method_rows(frame: pa.Table) -> dict[tuple[str, str], MethodRows]:
     layer = np.array(with_method.column("layer").to_pylist(), dtype=object)
     method = np.array(with_method.column("method").to_pylist(), dtype=object)
     cols = {
-        "units": np.asarray(with_method.column("unit").to_numpy(zero_copy_only=False), dtype=np.int64),
+        "indices": np.asarray(with_method.column("unit").to_numpy(zero_copy_only=False), dtype=np.int64),
         "selectivity": _floats(with_method.column("selectivity")),
         "has_selectivity": _bools(
             pc.or_(pc.is_valid(with_method.column("dead")), pc.is_valid(with_method.column("selectivity")))

@@ -125,7 +125,7 @@ def build_report(
 
 
 def _explorer(data: RunData) -> tuple[tuple[str, str] | None, int]:
-    rows = sum(len(r.units) for r in data.rows.values())
+    rows = sum(len(r.indices) for r in data.rows.values())
     if not rows:
         return None, 0
     original = image_side(data)

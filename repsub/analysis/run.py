@@ -46,7 +46,7 @@ class Run:
         from repsub.analysis.layers import catalog_layers
 
         return [
-            {"name": i.name, "depth": i.depth, "read": i.read, "units": i.units, "kind": i.kind}
+            {"name": i.name, "depth": i.depth, "read": i.read, "units": i.n_units, "kind": i.kind}
             for i in catalog_layers(self.manifest)[0]
         ]
 

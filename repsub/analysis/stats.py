@@ -167,7 +167,7 @@ def compute_stats(data: RunData, options: StatsOptions | None = None) -> pa.Tabl
         if sel is not None:
             alive = sel.alive_values
             row.update(
-                units=len(sel.units),
+                units=len(sel.indices),
                 dead=int(sel.dead.sum()),
                 mean_selectivity=_mean(alive),
                 median_selectivity=_median(alive),
@@ -191,7 +191,7 @@ def _rs_stats(data: RunData, layer: str, method: str, options: StatsOptions) -> 
         x, y, bootstrap_rng(options.seed, layer, method), options.resamples, options.confidence
     )
     return {
-        "units_rs": len(rows.units),
+        "units_rs": len(rows.indices),
         "n_included": len(x),
         **{f"excluded_{reason}": reasons.count(reason) for reason in REASONS},
         "mean_rs": _mean(y),

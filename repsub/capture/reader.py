@@ -2,7 +2,7 @@
 
     with LayerCapture(model, layers, reduce="mean") as capture:  # hooks registered once, for the block
         for images in batches:
-            units = capture(images).units  # {layer name: [B, N]}
+            units = capture(images).activations  # {layer name: [B, N]}
 
 The hook reduces (or clones) a layer's output the moment it is produced, so an inplace op that
 runs later (torchvision's ``ReLU(inplace=True)``) cannot change what was captured, and gradients
@@ -71,7 +71,9 @@ def reduce_units(output: torch.Tensor, kind: str, reduce: str) -> torch.Tensor:
 class Captured:
     """What one forward through a `LayerCapture` gave."""
 
-    units: dict[str, torch.Tensor]  # {layer name: [B, N]} (reduce=None: the full maps), in forward order
+    activations: dict[
+        str, torch.Tensor
+    ]  # {layer name: [B, N]} (reduce=None: the full maps), in forward order
     pre: dict[str, torch.Tensor] | None = (
         None  # pre=True: each layer's ReLU input; layers without a ReLU absent
     )
@@ -83,7 +85,7 @@ class _Forward:
 
     def __init__(self, layers: list[UnitLayer], with_pre: bool):
         self.calls = dict.fromkeys((layer.name for layer in layers), 0)
-        self.units: dict[str, torch.Tensor] = {}
+        self.activations: dict[str, torch.Tensor] = {}
         self.pre: dict[str, torch.Tensor] | None = {} if with_pre else None
         self.relu_inputs: dict[str, torch.Tensor] = {}  # ReLU path -> its latest input, reduced
 
@@ -93,7 +95,7 @@ class LayerCapture:
 
     >>> with LayerCapture(model, [layer_a, layer_b], reduce="mean") as capture:
     ...     for images in batches:
-    ...         got = capture(images)  # Captured: got.units == {"conv1_1": [B, 64], ...}
+    ...         got = capture(images)  # Captured: got.activations == {"conv1_1": [B, 64], ...}
 
     The hooks are registered when the ``with`` block is entered and removed when it is left (also when a
     forward raises); inside the block they act only during the capture's own calls, so other forwards of
@@ -193,17 +195,17 @@ class LayerCapture:
             pass
         finally:
             self._forward = None
-        if len(forward.units) != len(self.layers):
+        if len(forward.activations) != len(self.layers):
             raise RuntimeError(
                 "the forward did not reach layer(s) "
                 + ", ".join(
                     f"{layer.name} (module {layer.module} ran {forward.calls[layer.name]} time(s), its catalog "
                     f"expects {layer.calls})"
                     for layer in self.layers
-                    if layer.name not in forward.units
+                    if layer.name not in forward.activations
                 )
             )
-        return Captured(forward.units, forward.pre, output if self.output else None)
+        return Captured(forward.activations, forward.pre, output if self.output else None)
 
     def _units(self, tensor: torch.Tensor, kind: str) -> torch.Tensor:
         return tensor.clone() if self.reduce is None else reduce_units(tensor, kind, self.reduce)
@@ -222,10 +224,10 @@ class LayerCapture:
                 return None  # not yet the module's last call in this forward
             if edit is not None:
                 output = edit(output)
-            forward.units[layer.name] = self._units(output, layer.kind)
+            forward.activations[layer.name] = self._units(output, layer.kind)
             if forward.pre is not None and layer.relu is not None:
                 forward.pre[layer.name] = forward.relu_inputs[layer.relu]
-            if self.stop and len(forward.units) == len(self.layers):
+            if self.stop and len(forward.activations) == len(self.layers):
                 raise _StopForward
             return output if edit is not None else None
 

@@ -38,13 +38,13 @@ def accumulate_class_sums(
     precision = precision or FP32
     channels_last = prepare_for_speed(model.module, device)
     capture = LayerCapture(autocast_ready(model.module, precision), layers, reduce=reduce)
-    accumulator = ClassMeanAccumulator({layer.name: layer.units for layer in layers}, num_classes, device)
+    accumulator = ClassMeanAccumulator({layer.name: layer.n_units for layer in layers}, num_classes, device)
     bar = tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress)
     with bar, capture:  # one registration of the hooks for the whole pass
         for images, labels in batches:
             images = as_input(images.to(device, non_blocking=True), channels_last)
             with precision.autocast(device):
-                activations = capture(images).units
+                activations = capture(images).activations
             accumulator.add(activations, labels)
             if on_batch is not None:
                 on_batch(activations, labels)

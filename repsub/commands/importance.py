@@ -75,7 +75,7 @@ def importance(
     subset = balanced_subset(source.labels(), images, seed)
     if images is not None and len(subset) < images:
         print(f"note: {data} holds {len(subset)} images, fewer than --images {images}", file=sys.stderr)
-    unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in ctx.layers}
+    unit_lists = {layer.name: parse_units(units, layer.n_units, layer.name) for layer in ctx.layers}
     config = {
         "data": source.describe(),
         "image_size": size,

@@ -97,7 +97,7 @@ def selectivity(
         sink = None
         if saved:
             sink = stack.enter_context(
-                ActivationWriter(output.writer, {layer.name: layer.units for layer in saved})
+                ActivationWriter(output.writer, {layer.name: layer.n_units for layer in saved})
             )
         acc = accumulate_class_sums(
             loaded,

@@ -70,7 +70,7 @@ def visualize(
         settings = replace(settings, **setting_overrides)
     ctx.record.say()
     settings.validate()
-    unit_lists = {layer.name: parse_units(units, layer.units, layer.name) for layer in ctx.layers}
+    unit_lists = {layer.name: parse_units(units, layer.n_units, layer.name) for layer in ctx.layers}
     reduce = ctx.reduce(reduce)
     precision = resolve_precision(settings.precision, ctx.device)
     config = {

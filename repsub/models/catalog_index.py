@@ -34,7 +34,7 @@ def load() -> dict | None:
 def layer_rows(layers) -> list[dict]:
     """What `repsub layers` shows of each layer."""
     return [
-        {"name": layer.name, "units": layer.units, "module": layer.module, "kind": layer.kind,
+        {"name": layer.name, "units": layer.n_units, "module": layer.module, "kind": layer.kind,
          "read": layer.read, "read_text": layer.describe_read()}
         for layer in layers
     ]  # fmt: skip

@@ -56,7 +56,7 @@ def layer_at(name: str, facts: ModuleFacts, hint: str) -> UnitLayer:
         read = "block" if hint == "block" else "relu"
     else:
         read = "logits" if hint == "logits" else "module"
-    return UnitLayer(name=name, units=units, module=facts.path, kind=kind, read=read, relu=facts.relu,
+    return UnitLayer(name=name, n_units=units, module=facts.path, kind=kind, read=read, relu=facts.relu,
                      calls=facts.calls, order=facts.order)  # fmt: skip
 
 

@@ -25,7 +25,7 @@ class UnitLayer:
     """One layer of units: its stable name, unit count and the module whose output is read."""
 
     name: str
-    units: int
+    n_units: int
     module: str  # dotted path of the module whose output holds the layer's units
     kind: str  # how the output maps to units: a key of KINDS
     read: str  # how the layer is read: a key of READS
@@ -44,7 +44,7 @@ class UnitLayer:
 
     def record(self, depth: int) -> dict:
         """What a run's manifest keeps about the layer, so reports read the truth, never a guess."""
-        return {"name": self.name, "units": self.units, "module": self.module, "kind": self.kind,
+        return {"name": self.name, "units": self.n_units, "module": self.module, "kind": self.kind,
                 "read": self.read, "depth": depth}  # fmt: skip
 
     def describe_read(self) -> str:

@@ -35,7 +35,7 @@ class OwnUnit:
     def find(cls, model: nn.Module, layer: UnitLayer, batch: int) -> OwnUnit | None:
         """The shortcut for `layer`, or None where it does not apply (another structure, or a batch as large
         as the layer: nothing to save)."""
-        if batch >= layer.units or layer.read != "relu" or layer.relu != layer.module or layer.calls != 1:
+        if batch >= layer.n_units or layer.read != "relu" or layer.relu != layer.module or layer.calls != 1:
             return None
         parent_path, _, name = layer.relu.rpartition(".")
         parent = model.get_submodule(parent_path)

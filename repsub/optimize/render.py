@@ -41,7 +41,7 @@ from repsub.optimize.transforms import RandomAffine
 class OptimResult:
     """Per-unit results of one layer and method, in the order of `units`."""
 
-    units: np.ndarray  # int64 [B]
+    indices: np.ndarray  # int64 [B]: the units, in the layer
     seeds: np.ndarray  # int64 [B]
     images: np.ndarray  # uint8 [B, H, W, 3]
     layer_activations: np.ndarray  # float32 [B, N]
@@ -100,7 +100,11 @@ def _optimize_batch(
         """The recorded layer activations of images: exact fp32 (no TF32, fixed cuDNN algorithms), no
         transforms."""
         with torch.no_grad(), exact_fp32():
-            return recording(as_input(normalize(images), channels_last)).units[layer.name].to(torch.float32)
+            return (
+                recording(as_input(normalize(images), channels_last))
+                .activations[layer.name]
+                .to(torch.float32)
+            )
 
     with torch.no_grad():
         objective_start = recorded(evaluate(image()), unit_index)
@@ -120,7 +124,7 @@ def _optimize_batch(
                 (post, pre), index = own_unit.read(warped, unit_index, reduce, pre_reduce), own_index
             else:
                 got = step_capture(warped)
-                post, pre = got.units[layer.name], (got.pre or {}).get(layer.name)
+                post, pre = got.activations[layer.name], (got.pre or {}).get(layer.name)
         return climbed(method, post, pre, index, settings.own_term)
 
     with step_capture:  # the hooks stay registered across the steps
@@ -138,7 +142,7 @@ def _optimize_batch(
     rs = representative_substitution(final, unit_index)
     rs[torch.tensor([s == "nonfinite" for s in status])] = float("nan")
     return OptimResult(
-        units=np.asarray(units, dtype=np.int64), seeds=np.asarray(seeds, dtype=np.int64),
+        indices=np.asarray(units, dtype=np.int64), seeds=np.asarray(seeds, dtype=np.int64),
         images=quantized.permute(0, 2, 3, 1).cpu().numpy(), layer_activations=final.cpu().numpy(),
         activation=own.cpu().numpy(), rs=rs.cpu().numpy(), rs_ties=rs_ties(final, unit_index).cpu().numpy(),
         status=np.asarray(status), objective_start=objective_start.cpu().numpy().astype(np.float32),
@@ -170,9 +174,11 @@ def optimize_units(
     if reduce not in REDUCTIONS:
         raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
     settings.validate()
-    bad_units = [u for u in units if not 0 <= u < layer.units]
+    bad_units = [u for u in units if not 0 <= u < layer.n_units]
     if bad_units:
-        raise UsageError(f"layer {layer.name} has units 0-{layer.units - 1}; out of range: {bad_units[:10]}")
+        raise UsageError(
+            f"layer {layer.name} has units 0-{layer.n_units - 1}; out of range: {bad_units[:10]}"
+        )
     device = torch.device(device)
     model.module.to(device)
     precision = resolve_precision(settings.precision, device)

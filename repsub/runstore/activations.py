@@ -94,7 +94,7 @@ class ActivationWriter:
 
     >>> with ActivationWriter(run_writer, {"fc7": 4096}) as sink, LayerCapture(model, [fc7]) as capture:
     ...     for images, labels in batches:
-    ...         sink.add(capture(images).units, labels)
+    ...         sink.add(capture(images).activations, labels)
     ...     sink.commit()
     """
 

@@ -161,10 +161,10 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def units_table(method: str, result, steps: int) -> pa.Table:
     """The units rows of one layer and method, from repsub.optimize.OptimResult."""
-    n = len(result.units)
+    n = len(result.indices)
     return pa.table({
         "method": pa.array([method] * n, pa.string()),
-        "unit": pa.array(result.units, pa.int32()),
+        "unit": pa.array(result.indices, pa.int32()),
         "activation": pa.array(result.activation, pa.float32()),
         "layer_activations": pa.array(list(result.layer_activations), pa.list_(pa.float32())),
         "rs": pa.array(result.rs, pa.float64()),

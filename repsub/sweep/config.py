@@ -318,8 +318,8 @@ def _check_units_reach(model, weights, layers, units: str, source: str) -> None:
     from repsub.selection import units_within
 
     chosen = catalog_of(model, weights=weights).select(list(layers) if layers else None)
-    if not any(units_within(units, layer.units) for layer in chosen):
-        sizes = ", ".join(f"{layer.name} {layer.units}" for layer in chosen)
+    if not any(units_within(units, layer.n_units) for layer in chosen):
+        sizes = ", ".join(f"{layer.name} {layer.n_units}" for layer in chosen)
         raise UsageError(f"{source}: units {units!r} selects no unit of any layer (units per layer: {sizes})")
 
 

@@ -82,7 +82,7 @@ def _record(config: SweepConfig, **extra) -> dict:
 def _scopes(config: SweepConfig, model, layer_names, source, importance_source) -> list[Scope]:
     """What the sweep writes, table by table, and what its rows mean (repsub.runstore.provenance)."""
     layers = model.select(layer_names)
-    units = {layer.name: ranges_text(units_within(config.units, layer.units)) for layer in layers}
+    units = {layer.name: ranges_text(units_within(config.units, layer.n_units)) for layer in layers}
     units = {name: text for name, text in units.items() if text}
     scopes = [Scope("units", method, units, units_meaning(config.optimization)) for method in config.methods]
     if source is not None:
@@ -164,8 +164,8 @@ def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard | ImportanceSh
             ("importance", shard.ablation) if isinstance(shard, ImportanceShard) else ("units", shard.method)
         )
         units, names = by_partition.setdefault((table, key, shard.layer), (set(), set()))
-        units.update(shard.units)
-        names.add(TABLES[table].block_name(key, list(shard.units)))
+        units.update(shard.indices)
+        names.add(TABLES[table].block_name(key, list(shard.indices)))
     for (table, key, layer), (units, names) in by_partition.items():
         writer.drop_rows(table, key, layer, units, keep_files=names)
 

@@ -33,30 +33,30 @@ class DataShard:
 class UnitShard:
     method: str
     layer: str
-    units: tuple[int, ...]
+    indices: tuple[int, ...]
 
     @property
     def id(self) -> str:
-        return f"{self.method}-{self.layer}-{self.units[0]:05d}-{self.units[-1]:05d}"
+        return f"{self.method}-{self.layer}-{self.indices[0]:05d}-{self.indices[-1]:05d}"
 
     @property
     def size(self) -> int:
-        return len(self.units)
+        return len(self.indices)
 
 
 @dataclass(frozen=True)
 class ImportanceShard:
     ablation: str
     layer: str
-    units: tuple[int, ...]
+    indices: tuple[int, ...]
 
     @property
     def id(self) -> str:
-        return f"importance-{self.ablation}-{self.layer}-{self.units[0]:05d}-{self.units[-1]:05d}"
+        return f"importance-{self.ablation}-{self.layer}-{self.indices[0]:05d}-{self.indices[-1]:05d}"
 
     @property
     def size(self) -> int:
-        return len(self.units)
+        return len(self.indices)
 
 
 def plan_data_shards(n_images: int, images_per_shard: int) -> list[DataShard]:
@@ -71,7 +71,7 @@ def _blocks(config: SweepConfig, num_classes: int | None):
     layers = catalog_of(config.model, num_classes, config.weights).select(config.layers)
     per_shard = config.sharding.units_per_shard
     for layer in layers:
-        units = units_within(config.units, layer.units)
+        units = units_within(config.units, layer.n_units)
         for start in range(0, len(units), per_shard):
             yield layer.name, tuple(units[start : start + per_shard])
 

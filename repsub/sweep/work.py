@@ -51,7 +51,7 @@ class ShardRunner:
         result = optimize_units(
             self.model,
             layer,
-            list(shard.units),
+            list(shard.indices),
             shard.method,
             self.config.optimization,
             run_seed=self.config.seed,
@@ -120,7 +120,7 @@ class ShardRunner:
                 self._importance_means[shard.layer] = unit_means(self.model, layer, batches(), self.device)
             means = self._importance_means[shard.layer]
         counts = measure_importance(
-            self.model, layer, list(shard.units), batches(), self.model.num_classes, shard.ablation, means,
+            self.model, layer, list(shard.indices), batches(), self.model.num_classes, shard.ablation, means,
             device=self.device, progress=False,
         )  # fmt: skip
         table = importance_table(counts.results(), shard.ablation, command="sweep")
