@@ -82,6 +82,8 @@ def check_output_file(location, option: str = "--out") -> None:
     if os.path.isdir(path):
         raise UsageError(f"{option} {shown(str(location))} is a directory: give the path of a file to write")
     parent = os.path.dirname(path)
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+        raise UsageError(f"{option} {shown(str(location))}: {parent} is a file, not a directory")
     if not os.path.isdir(parent):
         raise UsageError(f"{option} {shown(str(location))}: the directory {parent} does not exist")
     _check_writable(parent, str(location), option)
@@ -107,6 +109,8 @@ def _reason(err: OSError) -> str:
         return "a symlink loop (a link that points back to itself)"
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return "read-only or not permitted"
+    if err.errno == errno.ENOTDIR:
+        return "a file stands where the path needs a directory"
     if err.errno == errno.ENOENT:  # it exists, yet nothing can be made in it: /proc, /sys
         return "a pseudo file system that holds no new directories"
     return err.strerror or str(err)
