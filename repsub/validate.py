@@ -7,6 +7,7 @@ import errno
 import math
 import os
 import tempfile
+import unicodedata
 
 from repsub.errors import UsageError
 
@@ -27,6 +28,24 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
 def cut(text: str, limit: int = SHOWN_CHARS) -> str:
     """`text`, cut to `limit` characters with '…'."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def visible(text) -> str:
+    """`text` with its invisible characters written as escapes (`\\u202e`): bidi controls (U+202A-U+202E,
+    U+2066-U+2069), other format characters (zero-width joiners, BOM) and control characters (terminal escapes).
+    A name (a class, a layer) holding them would show reversed or hidden: visual spoofing in a page or a
+    terminal. Newlines and tabs stay."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        _escaped(c) if c not in "\n\t" and unicodedata.category(c) in ("Cf", "Cc") else c for c in text
+    )
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def check_int(value, option: str, minimum: int, maximum: int = INT_LIMIT - 1) -> int:

@@ -25,8 +25,14 @@ from repsub.analysis.layers import SIGNED_NOTE
 from repsub.analysis.load import RunData
 from repsub.analysis.stats import StatsOptions, left_out
 from repsub.runstore.tables import UNIT_STATUSES
+from repsub.validate import visible
 
-esc = html.escape
+
+def esc(text) -> str:
+    """HTML-escaped, invisible characters shown as escapes (a right-to-left override in a name would reverse
+    what follows it on the page)."""
+    return html.escape(visible(text))
+
 
 # Columns of the statistics table: (stats column, header, tooltip).
 TABLE_COLUMNS = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 
@@ -38,7 +39,9 @@ def check_device(device, option: str = "--device") -> str:
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (parsed.index or 0) >= count:
-            raise UsageError(f"{option} {shown(device)}: this machine has no such GPU; available here: {valid}")
+            raise UsageError(
+                f"{option} {shown(device)}: this machine has no such GPU; available here: {valid}"
+            )
     elif parsed.type == "mps" and "mps" not in valid:
         raise UsageError(f"{option} {shown(device)}: no MPS device here; available here: {valid}")
     elif parsed.type not in ("cpu", "cuda", "mps"):
@@ -71,10 +74,10 @@ def _meminfo_available() -> int:
 def _cgroup_room() -> int | None:
     """memory.max - memory.current of this process's cgroup (v2), None without a limit."""
     try:
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit == "max":
             return None
-        return max(0, int(limit) - int(open("/sys/fs/cgroup/memory.current").read()))
+        return max(0, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
     except (OSError, ValueError):
         return None
 
@@ -90,7 +93,9 @@ def batch_bytes(module: torch.nn.Module, image_size: int, batch: int, label: str
     return input_bytes(image_size, batch) + largest * batch * FLOAT_BYTES
 
 
-def check_memory(loaded, image_size: int, batch: int, device, option: str = "--image-size", probe=True) -> None:
+def check_memory(
+    loaded, image_size: int, batch: int, device, option: str = "--image-size", probe=True
+) -> None:
     """Refuse an image size (or batch) whose batch cannot fit in the device's free memory, with the estimate,
     what is free and a size that would fit. `probe=False`: the input alone, without a forward (done first: a
     model that cannot run on the meta device is probed with a real image)."""

@@ -58,7 +58,9 @@ class CommandContext:
         """Read the run at `out` (if any), load the model (given, else the run's, weights verified by hash)
         and choose the layers (given; `all`; else the run's)."""
         device = check_device(device) if device not in (None, "auto") else default_device()
-        if out is not None:  # a file, a symlink loop, /proc: refused before the model loads or a lock is taken
+        if (
+            out is not None
+        ):  # a file, a symlink loop, /proc: refused before the model loads or a lock is taken
             check_output_dir(out)
         record = RunRecord.read(out)
         loaded, seed, reuse = load_for_run(

@@ -110,7 +110,9 @@ def parse_weights(model: str, text: str | None, weights_enum=None) -> WeightsCho
     if path.is_file():
         return WeightsChoice(text, path=path)
     if path.is_dir():
-        raise UsageError(f"--weights {shown(text)} is a directory, not a state_dict file: give the file's path")
+        raise UsageError(
+            f"--weights {shown(text)} is a directory, not a state_dict file: give the file's path"
+        )
     valid = ", ".join(["random", *(["imagenet", *names] if names else []), "or a state_dict path"])
     if text == "imagenet" or (text.isupper() and not any(c in text for c in "./\\")):
         raise UsageError(f"{model} has no weights {text!r}; valid weights for {model}: {valid}")
@@ -140,7 +142,9 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused what the file would build, or garbage
         if "Unsupported global" not in str(err):
-            raise UsageError(f"cannot load weights from {path}: not a file torch.save wrote (unreadable)") from None
+            raise UsageError(
+                f"cannot load weights from {path}: not a file torch.save wrote (unreadable)"
+            ) from None
         raise UsageError(
             f"cannot load weights from {path}: not a plain state_dict, refused for safety: it asks to build "
             f"Python objects beyond tensors ({_refused_global(str(err))}). Save the model's "

@@ -68,6 +68,7 @@ JSON_NAMES = {int: "a number", dict: "an object", list: "an array"}
 def check_fields(manifest: dict, where: str) -> dict:
     """`manifest`, if each known field has its JSON type (null counts as absent); else a RunError naming the
     field, what it holds and the file."""
+
     def refuse(field: str, value, expected: str) -> RunError:
         hint = " (a string, not a number)" if field == "schema_version" and isinstance(value, str) else ""
         return RunError(

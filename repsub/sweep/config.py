@@ -334,7 +334,6 @@ def _model_and_layers(raw: dict, source: str) -> tuple[str | LoadedModel, tuple[
     from torch import nn
 
     from repsub.models import catalog_of, from_module
-
     from repsub.selection import parse_layer_names
 
     model, layers = raw["model"], raw.get("layers", "all")
