@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from repsub.errors import UsageError
-from repsub.validate import shown
+from repsub.errors import UsageError, shown
 
 # One range: 'A' or 'A-B', ASCII digits only (int() would also take '+3', '1_0' and other scripts' digits).
 _RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")

@@ -7,45 +7,11 @@ import errno
 import math
 import os
 import tempfile
-import unicodedata
 
-from repsub.errors import UsageError
+from repsub.errors import UsageError, shown
 
 SEED_LIMIT = 2**63  # seeds are int64 in the units table, and torch's generators take no more
 INT_LIMIT = 2**63  # every count is stored or used as an int64: larger is refused, never wrapped
-SHOWN_CHARS = 80  # an echoed value is cut to this: a message never repeats a megabyte of input
-
-
-def shown(value, limit: int = SHOWN_CHARS) -> str:
-    """`repr(value)`, cut to `limit` characters with '…' (a huge value is named, not printed)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long for repr (Python's 4300-digit limit)
-        text = f"<an integer of {value.bit_length()} bits>"
-    return cut(text, limit)
-
-
-def cut(text: str, limit: int = SHOWN_CHARS) -> str:
-    """`text`, cut to `limit` characters with '…'."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def visible(text) -> str:
-    """`text` with its invisible characters written as escapes (`\\u202e`): bidi controls (U+202A-U+202E,
-    U+2066-U+2069), other format characters (zero-width joiners, BOM) and control characters (terminal escapes).
-    A name (a class, a layer) holding them would show reversed or hidden: visual spoofing in a page or a
-    terminal. Newlines and tabs stay."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(
-        _escaped(c) if c not in "\n\t" and unicodedata.category(c) in ("Cf", "Cc") else c for c in text
-    )
-
-
-def _escaped(char: str) -> str:
-    code = ord(char)
-    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def check_int(value, option: str, minimum: int, maximum: int = INT_LIMIT - 1) -> int:

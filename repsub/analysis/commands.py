@@ -60,7 +60,7 @@ def cmd_report(args) -> None:
     """Run `repsub report` from parsed arguments; prints where the report is and what the run lacks."""
     from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE
     from repsub.analysis.report import STATS_FILE, build_report
-    from repsub.validate import cut, visible
+    from repsub.errors import cut, visible
 
     with _terminate_as_interrupt():  # a `kill` cleans up like Ctrl-C: no hidden staging folder stays
         path, data, _ = build_report(

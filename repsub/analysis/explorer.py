@@ -25,8 +25,8 @@ from repsub.analysis.exclusion import REASONS
 from repsub.analysis.importance import KEYS, MEASURES
 from repsub.analysis.layers import class_names
 from repsub.analysis.load import RunData, read_rows
+from repsub.errors import visible
 from repsub.runstore.tables import UNIT_STATUSES
-from repsub.validate import visible
 
 TOP_CLASSES = 10  # class means shown in a unit's detail (all of them when the data has this many or fewer)
 TOP_CLASS_DROPS = 5  # per-class accuracy drops shown in a unit's detail (the largest)

@@ -24,8 +24,8 @@ from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE, against_labe
 from repsub.analysis.layers import SIGNED_NOTE
 from repsub.analysis.load import RunData
 from repsub.analysis.stats import StatsOptions, left_out
+from repsub.errors import visible
 from repsub.runstore.tables import UNIT_STATUSES
-from repsub.validate import visible
 
 
 def esc(text) -> str:

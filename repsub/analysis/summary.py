@@ -18,7 +18,7 @@ import pyarrow as pa
 from repsub.analysis.importance_stats import compute_importance_stats
 from repsub.analysis.load import load_run_data
 from repsub.analysis.stats import StatsOptions, compute_stats, left_out
-from repsub.validate import visible
+from repsub.errors import visible
 
 SUMMARY_OPTIONS = StatsOptions(resamples=0)  # everything but the bootstrap interval, which it does not print
 LEGEND = (

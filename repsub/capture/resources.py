@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from repsub.errors import UsageError
+from repsub.errors import UsageError, shown
 from repsub.models.probe import probe_forward
-from repsub.validate import shown
 
 FLOAT_BYTES = 4
 

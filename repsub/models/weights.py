@@ -24,8 +24,7 @@ from pathlib import Path
 
 import torch
 
-from repsub.errors import UsageError
-from repsub.validate import cut, shown
+from repsub.errors import UsageError, cut, shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,8 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from repsub import __version__
-from repsub.errors import RunError
-from repsub.validate import shown
+from repsub.errors import RunError, shown
 
 SCHEMA_VERSION = 2
 # Version 1 runs (no per-unit status, rs_ties or objectives) are still read; their status is derived

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import socket
 
-from repsub.errors import UsageError
-from repsub.validate import shown
+from repsub.errors import UsageError, shown
 
 FORMS = "auto, local, ray://HOST:PORT (Ray Client) or HOST:PORT (the cluster's GCS)"
 CONNECT_TIMEOUT_S = 5.0

@@ -39,10 +39,10 @@ import yaml
 
 from repsub.capture.precision import PRECISIONS
 from repsub.capture.reader import REDUCTIONS
-from repsub.errors import UsageError
+from repsub.errors import UsageError, cut, shown
 from repsub.optimize import METHODS, PARAMETERIZATIONS
 from repsub.optimize.render import OptimSettings
-from repsub.validate import check_int, cut, shown
+from repsub.validate import check_int
 
 if TYPE_CHECKING:
     from repsub.models import LoadedModel
