@@ -69,9 +69,8 @@ def check_fields(manifest: dict, where: str) -> dict:
     field, what it holds and the file."""
 
     def refuse(field: str, value, expected: str) -> RunError:
-        hint = " (a string, not a number)" if field == "schema_version" and isinstance(value, str) else ""
         return RunError(
-            f"{where}: {MANIFEST} field {field!r} holds {json_kind(value)} {shown(value, 40)}{hint}, not "
+            f"{where}: {MANIFEST} field {field!r} holds {json_kind(value)} {shown(value, 40)}, not "
             f"{expected}: repair the file, or write to another output location"
         )
 
