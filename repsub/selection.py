@@ -9,6 +9,7 @@ from repsub.errors import UsageError, shown
 # One range: 'A' or 'A-B', ASCII digits only (int() would also take '+3', '1_0' and other scripts' digits).
 _RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
 _SYNTAX = "expected ranges like 0-15 or 3,7,10-12"
+MAX_DIGITS = 18  # an index beyond an int64 is no unit of any layer (and int() of 4300 digits raises)
 
 
 def parse_ranges(spec: str) -> list[tuple[int, int]]:
@@ -21,6 +22,8 @@ def parse_ranges(spec: str) -> list[tuple[int, int]]:
         if match is None:
             raise UsageError(f"--units {shown(spec)}: {_SYNTAX} (not {shown(part.strip())})")
         first, last = match.groups()
+        if max(len(first), len(last or "")) > MAX_DIGITS:
+            raise UsageError(f"--units {shown(spec)}: a unit index of more than {MAX_DIGITS} digits")
         ranges.append((int(first), int(last if last is not None else first)))
     bad = [f"{a}-{b}" for a, b in ranges if b < a]
     if bad:
