@@ -39,7 +39,15 @@ def parse_units(spec: str | list[int] | None, n_units: int, layer: str) -> list[
         ranges = parse_ranges(spec)
         # Never materialize past the layer: '0-99999999' must not allocate a hundred million ints.
         units = {u for a, b in ranges for u in range(a, min(b, n_units - 1) + 1)}
-        outside = sorted({u for a, b in ranges for u in range(max(a, n_units), min(b, n_units + 9) + 1)})
+        # The first few indices past the layer of each range, for the message (an index far past it counts).
+        outside = sorted(
+            {
+                u
+                for a, b in ranges
+                if b >= n_units
+                for u in range(max(a, n_units), min(b, max(a, n_units) + 9) + 1)
+            }
+        )
     else:
         units = {_index(u, spec) for u in spec}
         outside = sorted(u for u in units if not 0 <= u < n_units)
