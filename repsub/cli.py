@@ -31,8 +31,10 @@ WEIGHTS_HELP = (
 )
 
 
-def _layers_arg(text: str | None) -> list[str] | None:
-    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+def _layers_arg(text: str | None, option: str = "--layers") -> list[str] | None:
+    from repsub.selection import parse_layer_names
+
+    return parse_layer_names(text, option)
 
 
 def _add_model_args(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
@@ -376,7 +378,7 @@ def cmd_selectivity(args) -> None:
         seed=args.seed,
         device=args.device,
         workers=args.workers,
-        save_activations=_layers_arg(args.save_activations),
+        save_activations=_layers_arg(args.save_activations, "--save-activations"),
         progress=not args.no_progress,
         precision=args.precision,
         allow_mixed=args.allow_mixed,

@@ -2,7 +2,12 @@
 Each invalid case has valid neighbours that pass the same validation (and, on the command line, run)."""
 
 import json
+import shutil
+import time
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -41,6 +46,26 @@ INVALID = [
     (TRAIN + ["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (TRAIN + ["--image-size", "2"], "--image-size 2: the forward of shallow_cnn fails on a 2 px image"),
     (TRAIN + ["--seed", HUGE], f"--seed must be below 2**63, got {HUGE}"),
+    # Resources: one batch at this size cannot fit (a lower bound of its memory against what is free).
+    (SEL + ["--image-size", "100000"], "--image-size 100000 with a batch of 64: one batch needs at least"),
+    (VIS + ["--image-size", "100000"], "--image-size 100000 with a batch of 64: one batch needs at least"),
+    (IMP + ["--image-size", "100000"], "--image-size 100000 with a batch of 64: one batch needs at least"),
+    (TRAIN + ["--image-size", "100000"], "--image-size 100000 with a batch of 64: one batch needs at least"),
+    (SEL + ["--batch-size", HUGE], f"--batch-size must be below 2**63, got {HUGE}"),
+    (IMP + ["--images", str(2**64)], f"--images must be below 2**63, got {2**64}"),
+    # Selections that used to mean something else than written.
+    (VIS + ["--units", "1-"], "--units '1-': expected ranges like 0-15 or 3,7,10-12"),
+    (VIS + ["--units", "+1"], "--units '+1': expected ranges"),
+    (VIS + ["--layers", ""], "--layers '' names no layer"),
+    (SEL + ["--layers", ","], "--layers ',' names no layer"),
+    (IMP + ["--layers", " "], "--layers ' ' names no layer"),
+    # Devices this machine does not have.
+    (SEL + ["--device", "bogus"], "--device 'bogus' is not a device; available here: cpu"),
+    (VIS + ["--device", "cuda:9"], "--device 'cuda:9': this machine has no such GPU; available here: cpu"),
+    # Weights files that are no state_dict.
+    (SEL + ["--weights", "{empty_weights}"], "the file is empty (0 bytes)"),
+    (SEL + ["--weights", "{folder}"], "is a directory, not a state_dict file"),
+    (SEL + ["--weights", "{code_weights}"], "not a plain state_dict, refused for safety"),
 ]
 VALID = [
     SEL + ["--image-size", "4"],
@@ -54,14 +79,28 @@ VALID = [
 
 @pytest.fixture(scope="module")
 def paths(image_folder_dir, shallow_random, tmp_path_factory):
-    """What the argument lists name: data, and weights files (3 classes, as the data)."""
+    """What the argument lists name: data, weights files (3 classes, as the data) and bad ones: empty, one that
+    would run code when unpickled (print), a folder, a file and a symlink loop where an output goes."""
     where = tmp_path_factory.mktemp("inputs")
     state = shallow_random.module.state_dict()
     files = {"weights": state, "half_weights": {k: v.half() for k, v in state.items()},
-             "complex_weights": {k: v.to(torch.complex64) for k, v in state.items()}}  # fmt: skip
+             "complex_weights": {k: v.to(torch.complex64) for k, v in state.items()},
+             "code_weights": {**state, "extra": RunsCode()}}  # fmt: skip
     for name, values in files.items():
         torch.save(values, where / f"{name}.pt")
-    return {"data": str(image_folder_dir), **{name: str(where / f"{name}.pt") for name in files}}
+    (where / "empty_weights.pt").write_bytes(b"")
+    (where / "a_file").write_text("not a directory")
+    (where / "loop").symlink_to(where / "loop")
+    return {"data": str(image_folder_dir), **{name: str(where / f"{name}.pt") for name in files},
+            "empty_weights": str(where / "empty_weights.pt"), "folder": str(where), "a_file": str(where / "a_file"),
+            "loop": str(where / "loop")}  # fmt: skip
+
+
+class RunsCode:
+    """Unpickled, it would call print: what a malicious weights file does with a worse function."""
+
+    def __reduce__(self):
+        return (print, ("this ran",))
 
 
 def command_line(template, paths, out):
@@ -77,6 +116,7 @@ def test_an_invalid_argument_is_refused_clearly(template, message, paths, tmp_pa
     code, text = run_cli(capsys, *command_line(template, paths, out))
     assert code == 2 and message in text, text
     assert "Traceback" not in text and not out.exists()  # nothing written
+    assert "weights_only=False" not in text  # torch's advice to run a file's code is never passed on
 
 
 @pytest.mark.parametrize("template", VALID, ids=[" ".join(c[:1] + c[-2:]) for c in VALID])
@@ -85,6 +125,39 @@ def test_a_valid_neighbour_runs(template, paths, tmp_path, capsys):
     code, text = run_cli(capsys, *command_line(template, paths, out))
     assert code == 0, text
     assert out.exists()
+
+
+# Output locations that cannot hold a run: a file, a path through a file, a symlink loop, a pseudo file
+# system. (Tests run as root, who may write in any read-only directory: /proc stands for one.)
+BAD_OUTS = [
+    ("{a_file}", "is a file, not a directory"),
+    ("{a_file}/run", "a file stands where the path needs a directory"),
+    ("{loop}", "a symlink loop"),
+    ("{loop}/run", "a symlink loop"),
+    ("/proc/repsub-run", "cannot write in /proc"),
+]
+BAD_TRAIN_OUTS = [
+    ("{folder}", "is a directory: give the path of a file to write"),
+    ("{a_file}/w.pt", "is a file, not a directory"),
+    ("/proc/w.pt", "cannot write in /proc"),
+]
+
+
+@pytest.mark.parametrize(
+    ("template", "out", "message"),
+    [(t, out, m) for t in (SEL, VIS, IMP) for out, m in BAD_OUTS]
+    + [(TRAIN, o, m) for o, m in BAD_TRAIN_OUTS],
+    ids=[f"{t[0]} {o}" for t in (SEL, VIS, IMP) for o, _ in BAD_OUTS]
+    + [f"train {o}" for o, _ in BAD_TRAIN_OUTS],
+)
+def test_an_output_location_that_cannot_be_written_is_refused_first(template, out, message, paths, capsys):
+    out = out.format(**paths)
+    before = sorted(p.name for p in Path(paths["folder"]).iterdir())
+    code, text = run_cli(capsys, *command_line(template, paths, out))
+    assert code == 2 and message in text and repr(out) in text, text
+    assert "Traceback" not in text
+    assert sorted(p.name for p in Path(paths["folder"]).iterdir()) == before  # nothing made, nothing left
+    assert Path(paths["a_file"]).read_text() == "not a directory"
 
 
 @pytest.mark.parametrize(
@@ -96,6 +169,31 @@ def test_a_valid_neighbour_runs(template, paths, tmp_path, capsys):
         ("manifest.json", "{", "manifest.json is not valid JSON"),
         ("_lock.json", "garbage", "_lock.json is not a repsub run lock (7 bytes that are not a JSON object)"),
         ("_lock.json", "[1]", "_lock.json is not a repsub run lock"),
+        (
+            "manifest.json",
+            '{"schema_version": "2"}',
+            "field 'schema_version' holds a string '2', not a number",
+        ),
+        (
+            "manifest.json",
+            '{"schema_version": 2, "catalog": "x"}',
+            "field 'catalog' holds a string 'x', not an array",
+        ),
+        (
+            "manifest.json",
+            '{"schema_version": 2, "commands": []}',
+            "field 'commands' holds an array [], not an object",
+        ),
+        (
+            "manifest.json",
+            '{"schema_version": 2, "model": "vgg"}',
+            "field 'model' holds a string 'vgg', not an object",
+        ),
+        (
+            "manifest.json",
+            '{"schema_version": 2, "commands": {"visualize/am": 1}}',
+            "field 'commands.visualize/am' holds a number 1, not an object",
+        ),
     ],
 )
 def test_a_damaged_run_file_is_refused_and_left_as_it_is(name, content, message, paths, tmp_path, capsys):
@@ -107,6 +205,58 @@ def test_a_damaged_run_file_is_refused_and_left_as_it_is(name, content, message,
     assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == content
     if name == "_lock.json":  # only --force-unlock removes what is not a lock
         assert run_cli(capsys, *command_line(VIS, paths, out) + ["--force-unlock"])[0] == 0
+    else:  # the readers refuse it alike, named, and write nothing
+        for argv in (["summary", out], ["report", out, "--out", out.parent / "report"]):
+            code, text = run_cli(capsys, *argv)
+            assert code == 2 and message in text and "Traceback" not in text, text
+        assert not (out.parent / "report").exists()
+
+
+@pytest.fixture(scope="module")
+def small_run(paths, tmp_path_factory):
+    """A run of 4 AM units of fc6 (one optimization step)."""
+    out = tmp_path_factory.mktemp("small") / "run"
+    argv = command_line(VIS, paths, out)
+    argv[argv.index("--units") + 1] = "0-3"
+    assert main_status(argv) == 0
+    return out
+
+
+def main_status(argv) -> int:
+    from repsub.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_a_foreign_parquet_file_in_a_table_is_named(small_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    foreign = run / "units" / "layer=fc6" / "notes.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    for argv in (["summary", run], ["report", run, "--out", tmp_path / "report"]):
+        code, text = run_cli(capsys, *argv)
+        assert code == 2 and f"{foreign} is not a file of the units table" in text, text
+        assert "Traceback" not in text
+    assert not (tmp_path / "report").exists()
+
+
+def test_report_resamples_below_one_get_one_message(small_run, tmp_path, capsys):
+    texts = [
+        run_cli(capsys, "report", small_run, "--out", tmp_path / "r", "--resamples", n) for n in ("0", "-5")
+    ]
+    assert texts == [
+        (2, f"repsub report: error: --resamples must be at least 1, got {n}\n") for n in ("0", "-5")
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_removes_staging_folders_of_killed_reports(small_run, tmp_path, capsys):
+    out = tmp_path / "report"
+    killed = out / ".tmp-report-999999999-abc"  # no such pid runs: its report was killed
+    (killed / "figures").mkdir(parents=True)
+    assert run_cli(capsys, "report", small_run, "--out", out, "--resamples", "10")[0] == 0
+    assert not killed.exists() and not list(out.glob(".tmp-report-*"))
+    assert (out / "report.html").exists()
 
 
 BASE_CONFIG = {"model": "shallow_cnn", "layers": ["fc6"], "units": "0", "methods": ["am"],
@@ -131,6 +281,14 @@ BAD_CONFIGS = [
     ),
     ({"importance": {"data": "{data}", "images": 0}}, "importance.images must be at least 1, got 0"),
     ({"allow_mixed": "yes"}, "allow_mixed must be true or false, got 'yes'"),
+    ({"workers": {"count": 2**64}}, f"workers.count must be below 2**63, got {2**64}"),
+    ({"importance": {"data": "{data}", "images": 2**64}}, "importance.images must be below 2**63"),
+    ({"units": "1-"}, "units '1-': expected ranges like 0-15 or 3,7,10-12"),
+    ({"units": [1, True]}, "units [1, True]: expected unit ranges"),
+    ({"layers": ""}, "layers '' names no layer"),
+    ({"layers": []}, "layers [] names no layer"),
+    ({"units": "9" * 100_000}, "units '99999999"),  # named, cut short (below)
+    ({"units": "x" * 100_000}, "units 'xxxxxxxx"),
 ]
 GOOD_CONFIGS = [
     ({"units": 3}, "units", "3"),
@@ -150,11 +308,57 @@ def write_config(tmp_path, change: dict, paths) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(("change", "message"), BAD_CONFIGS, ids=[str(c[0]) for c in BAD_CONFIGS])
+@pytest.mark.parametrize(("change", "message"), BAD_CONFIGS, ids=[str(c[0])[:60] for c in BAD_CONFIGS])
 def test_an_invalid_sweep_config_value_is_refused_clearly(change, message, paths, tmp_path, capsys):
     code, text = run_cli(capsys, "sweep", "--config", write_config(tmp_path, change, paths), "--no-progress")
     assert code == 2 and message in text, text
     assert "Traceback" not in text and not (tmp_path / "run").exists()  # refused before Ray or any write
+    assert len(text) < 600  # an echoed value is cut short
+
+
+BILLION_LAUGHS = """model: shallow_cnn
+out: {out}
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+units: [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BILLION_LAUGHS, "YAML anchor &a at line 3: anchors and aliases are refused in a sweep config"),
+        ("model: shallow_cnn\nout: {out}\nunits: *nowhere\n", "YAML alias *nowhere at line 3"),
+    ],
+)
+def test_yaml_anchors_and_aliases_are_refused(text, message, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text(text.format(out=tmp_path / "run"))
+    code, output = run_cli(capsys, "sweep", "--config", config, "--no-progress")
+    assert code == 2 and message in output and "Traceback" not in output, output
+    assert len(output) < 300 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        (
+            "http://127.0.0.1:8265",
+            "Ray's driver cannot use http:// addresses; give auto, local, ray://HOST:PORT",
+        ),
+        ("ray://", "expected auto, local, ray://HOST:PORT"),
+        ("ray://127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1 (Connection refused, within 5 s)"),
+        ("127.0.0.1:1", "no Ray cluster answers at 127.0.0.1:1"),
+    ],
+)
+def test_a_sweep_address_ray_cannot_use_is_refused_at_once(address, message, paths, tmp_path, capsys):
+    config = write_config(tmp_path, {}, paths)
+    started = time.monotonic()
+    code, text = run_cli(capsys, "sweep", "--config", config, "--address", address, "--no-progress")
+    assert code == 2 and message in text and "Traceback" not in text, text
+    assert time.monotonic() - started < 20 and not (tmp_path / "run").exists()  # no 30 s wait, no lock
 
 
 @pytest.mark.parametrize(("change", "key", "value"), GOOD_CONFIGS, ids=[str(c[0]) for c in GOOD_CONFIGS])

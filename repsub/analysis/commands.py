@@ -7,6 +7,9 @@ command functions import what they run, so `repsub --help` starts fast (tests/te
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
 
 from repsub.analysis.options import (
     BOOTSTRAP_RESAMPLES,
@@ -57,20 +60,40 @@ def cmd_report(args) -> None:
     """Run `repsub report` from parsed arguments; prints where the report is and what the run lacks."""
     from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE
     from repsub.analysis.report import STATS_FILE, build_report
+    from repsub.errors import cut, visible
 
-    path, data, _ = build_report(
-        args.run,
-        args.out,
-        high=args.high,
-        low=args.low,
-        seed=args.seed,
-        resamples=args.resamples,
-        unit=args.unit,
-    )
+    with _terminate_as_interrupt():  # a `kill` cleans up like Ctrl-C: no hidden staging folder stays
+        path, data, _ = build_report(
+            args.run,
+            args.out,
+            high=args.high,
+            low=args.low,
+            seed=args.seed,
+            resamples=args.resamples,
+            unit=args.unit,
+        )
     for note in data.coverage.notes[:20]:
-        print(f"note: {note if len(note) < 300 else note[:297] + '...'}")
+        print(f"note: {cut(visible(note), 300)}")
     tables = [STATS_FILE] + ([IMPORTANCE_STATS_FILE] if data.importance is not None else [])
     print(f"wrote {path} and {', '.join(str(path.with_name(name)) for name in tables)}")
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while the block runs, so that its `finally` clauses run (the main
+    thread only: elsewhere signal handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_summary_parser(subparsers) -> argparse.ArgumentParser:

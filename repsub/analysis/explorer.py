@@ -25,6 +25,7 @@ from repsub.analysis.exclusion import REASONS
 from repsub.analysis.importance import KEYS, MEASURES
 from repsub.analysis.layers import class_names
 from repsub.analysis.load import RunData, read_rows
+from repsub.errors import visible
 from repsub.runstore.tables import UNIT_STATUSES
 
 TOP_CLASSES = 10  # class means shown in a unit's detail (all of them when the data has this many or fewer)
@@ -184,13 +185,19 @@ def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int 
     }
     document = {
         "layers": [
-            {"name": i.name, "depth": i.depth, "read": i.read, "signed": i.signed, "units": i.n_units}
+            {
+                "name": visible(i.name),
+                "depth": i.depth,
+                "read": i.read,
+                "signed": i.signed,
+                "units": i.n_units,
+            }
             for i in data.layers
         ],
         "methods": data.methods,
         "statuses": UNIT_STATUSES,
         "reasons": REASONS,
-        "classes": class_names(data.run.manifest),
+        "classes": _visible_names(class_names(data.run.manifest)),
         "importance": importance,  # null for a run without importance
         "thumb": {"side": thumb_side, "format": "webp", "image_side": image_side},
         "units": units,
@@ -198,6 +205,11 @@ def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int 
     }
     thumb_list = [thumbs.get(key, "") for key in row_keys]
     return _script_json(document), _script_json(thumb_list)
+
+
+def _visible_names(names: list[str] | None) -> list[str] | None:
+    """Names as the page shows them: invisible characters (a right-to-left override) escaped, not obeyed."""
+    return None if names is None else [visible(name) for name in names]
 
 
 def _script_json(value) -> str:

@@ -24,9 +24,15 @@ from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE, against_labe
 from repsub.analysis.layers import SIGNED_NOTE
 from repsub.analysis.load import RunData
 from repsub.analysis.stats import StatsOptions, left_out
+from repsub.errors import visible
 from repsub.runstore.tables import UNIT_STATUSES
 
-esc = html.escape
+
+def esc(text) -> str:
+    """HTML-escaped, invisible characters shown as escapes (a right-to-left override in a name would reverse
+    what follows it on the page)."""
+    return html.escape(visible(text))
+
 
 # Columns of the statistics table: (stats column, header, tooltip).
 TABLE_COLUMNS = [

@@ -56,10 +56,12 @@ from repsub.analysis.stats import (
 from repsub.analysis.thumbnails import image_side, thumbnail_side, thumbnails
 from repsub.errors import RunError, UsageError
 from repsub.runstore.storage import check_location
+from repsub.validate import check_int, check_output_dir
 
 STATS_FILE = "stats.parquet"
 HTML_FILE = "report.html"
 FIGURES_DIR = "figures"
+STAGING_PREFIX = ".tmp-report-"  # + pid + random: the hidden folder a report is made in
 OLD_FIGURE_PATTERNS = ("fig[1-4]_*.png",)  # names of reports written before the figures were renamed
 
 
@@ -94,20 +96,24 @@ def build_report(
     unit that other units substitute (RS > 0). Raises RunError for a path holding no run, a run of another
     schema version or unreadable tables, UsageError for bad options: before anything is written.
     """
+    check_int(resamples, "--resamples", 1)  # the report's interval needs one (the summary takes 0: none)
     options = StatsOptions(high=high, low=low, seed=seed, resamples=resamples)
     options.validate()
-    if resamples < 1:
-        raise UsageError(f"--resamples must be at least 1, got {resamples}")
     out = Path(out_dir) if out_dir is not None else default_out(run_uri)
+    check_output_dir(out, "--out")
     data = load_run_data(open_run(run_uri))
     stats = compute_stats(data, options)
     importance = compute_importance_stats(data, options) if data.importance is not None else None
     grid_unit = choose_grid_unit(data, options, unit)  # a bad --unit fails before anything is written
+    created = _missing_dirs(out)  # removed again if the report fails
     try:
         out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-report-", dir=out))
+        _remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     except OSError as err:
+        _remove_empty(created)
         raise RunError(f"cannot create the report directory {out}: {err}") from err
+    committed = False
     try:
         (staging / FIGURES_DIR).mkdir()
         figures = _draw_figures(data, stats, importance, options, grid_unit, staging / FIGURES_DIR)
@@ -119,9 +125,49 @@ def build_report(
             pq.write_table(importance.replace_schema_metadata(meta), staging / IMPORTANCE_STATS_FILE)
         (staging / HTML_FILE).write_text(page, encoding="utf-8")
         _commit(staging, out)
+        committed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not committed:
+            _remove_empty(created)
     return out / HTML_FILE, data, stats
+
+
+def _missing_dirs(out: Path) -> list[Path]:
+    """The directories that making `out` creates, deepest first."""
+    missing = []
+    for directory in [out, *out.parents]:
+        if directory.exists():
+            break
+        missing.append(directory)
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in directories:  # deepest first; one that holds something stays
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders of reports that were killed (SIGKILL, power loss), recognized by their writer's pid no
+    longer running on this host; a report at work beside this one keeps its own."""
+    for folder in out.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name.removeprefix(STAGING_PREFIX).partition("-")[0]
+        if folder.is_dir() and (not pid.isdigit() or not _running(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _explorer(data: RunData) -> tuple[tuple[str, str] | None, int]:

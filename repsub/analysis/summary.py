@@ -18,6 +18,7 @@ import pyarrow as pa
 from repsub.analysis.importance_stats import compute_importance_stats
 from repsub.analysis.load import load_run_data
 from repsub.analysis.stats import StatsOptions, compute_stats, left_out
+from repsub.errors import visible
 
 SUMMARY_OPTIONS = StatsOptions(resamples=0)  # everything but the bootstrap interval, which it does not print
 LEGEND = (
@@ -108,4 +109,4 @@ def _cell(value) -> str:
         return "-"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
+    return visible(value)  # a name's bidi controls and terminal escapes shown, not obeyed

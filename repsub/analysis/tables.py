@@ -33,7 +33,27 @@ def read_rows(
         rows = dataset.to_table(columns=[*columns, FILENAME], filter=where)
     except (pa.ArrowException, OSError) as err:
         raise RunError(f"{run.uri}: cannot read the {table} table: {err}") from err
+    _refuse_foreign_files(run, table, rows, keys, dataset)
     return drop_duplicates(rows, keys, dataset.filesystem, table)
+
+
+def _refuse_foreign_files(run, table: str, rows: pa.Table, keys: list[str], dataset: ds.Dataset) -> None:
+    """A key that is null comes from a file without the table's columns (read with the table's schema, its
+    missing columns are nulls): a Parquet file of another schema placed in the table. Named, never read as
+    rows."""
+    missing = [key for key in keys if rows.column(key).null_count]
+    if not missing:
+        return
+    nulls = pc.is_null(rows.column(missing[0]))
+    files = sorted(set(rows.filter(nulls).column(FILENAME).to_pylist()))
+    schema = next((f.physical_schema for f in dataset.get_fragments() if f.path == files[0]), None)
+    lacks = [key for key in keys if schema is not None and key not in schema.names and key != "layer"]
+    raise RunError(
+        f"{run.uri}: {files[0]} is not a file of the {table} table (it has no {', '.join(lacks or missing)} "
+        f"column{'s' if len(lacks or missing) > 1 else ''})"
+        + (f" (and {len(files) - 1} other file(s) like it)" if len(files) > 1 else "")
+        + ": move it out of the run directory"
+    )
 
 
 def _codes(column: pa.ChunkedArray) -> np.ndarray:

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 
 from repsub.capture.precision import default_device
 from repsub.capture.reader import REDUCTIONS
+from repsub.capture.resources import check_device, check_memory
 from repsub.commands.extend import RunRecord, layers_for_run, load_for_run
 from repsub.errors import UsageError
 from repsub.models import LoadedModel, UnitLayer, check_image_size
 from repsub.runstore.provenance import Scope
 from repsub.runstore.session import WriteSession
 from repsub.runstore.writer import RunWriter
-from repsub.validate import check_int, check_seed
+from repsub.validate import check_int, check_output_dir, check_seed
 
 DEFAULT_REDUCE = "mean"
 
@@ -56,7 +57,11 @@ class CommandContext:
     def open(cls, table: str, *, out, model, weights, seed, device, layers, image_size, mean, std):
         """Read the run at `out` (if any), load the model (given, else the run's, weights verified by hash)
         and choose the layers (given; `all`; else the run's)."""
-        device = device or default_device()
+        device = check_device(device) if device not in (None, "auto") else default_device()
+        if (
+            out is not None
+        ):  # a file, a symlink loop, /proc: refused before the model loads or a lock is taken
+            check_output_dir(out)
         record = RunRecord.read(out)
         loaded, seed, reuse = load_for_run(
             record, model, weights, seed, device, image_size, mean, std, record.image_size(table)
@@ -74,14 +79,23 @@ class CommandContext:
             table, RunRecord(None, None), model, seed, False, model.select(layers), device, RunWriter(out)
         )
 
-    def image_size(self, given: int | None, option: str = "--image-size") -> int:
-        """The image size of the command (module docstring), checked against the model."""
+    def image_size(self, given: int | None, option: str = "--image-size", batch: int | None = None) -> int:
+        """The image size of the command (module docstring), checked against the model and, with `batch`,
+        against the device's free memory (before anything is allocated or locked)."""
         size = given
         if size is None and self.reuse and (size := self.record.image_size(self.table)):
             self.record.taken.append(f"image size {size}")
         size = size or self.model.image_size
+        if batch is not None:
+            check_memory(self.model, size, batch, self.device, option, probe=False)
         check_image_size(self.model, size, option)
+        if batch is not None:
+            self.check_memory(size, batch, option)
         return size
+
+    def check_memory(self, size: int, batch: int, option: str = "--image-size") -> None:
+        """One batch at `size` fits in the device's free memory (repsub.capture.resources)."""
+        check_memory(self.model, size, batch, self.device, option)
 
     def reduce(self, given: str | None) -> str:
         """The spatial reduction of conv units: the one asked for, else the run's, else mean. Selectivity, the

@@ -17,6 +17,7 @@ from repsub.errors import RunError, UsageError
 from repsub.optimize.settings import OptimSettings, reused_names
 from repsub.runstore.location import RunLocation
 from repsub.runstore.manifest import model_mismatch
+from repsub.selection import parse_layer_names
 
 ALL_LAYERS = "all"
 IMAGE_SIZE_TABLES = (
@@ -213,8 +214,7 @@ def same_model(record: RunRecord, loaded) -> bool:
 def layers_for_run(record: RunRecord, layers, reuse: bool, catalog: list[str]) -> list[str] | None:
     """The layers asked for (`all`: every layer), else the run's when `reuse`, else None (every layer of
     `catalog`, the model's default layers)."""
-    if isinstance(layers, str):
-        layers = [name.strip() for name in layers.split(",") if name.strip()]
+    layers = parse_layer_names(layers, "layers")
     if layers and list(layers) == [ALL_LAYERS]:
         return None
     if layers:

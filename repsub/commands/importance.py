@@ -64,7 +64,7 @@ def importance(
     ctx = CommandContext.open("importance", out=out, model=model, weights=weights, seed=seed, device=device,
                               layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
     loaded, device, seed = ctx.model, ctx.device, ctx.seed
-    size = ctx.image_size(image_size)
+    size = ctx.image_size(image_size, batch=batch_size)
     ctx.record.say()
     source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) != loaded.num_classes:

@@ -64,7 +64,7 @@ def selectivity(
     used_precision = resolve_precision(precision, ctx.device)
     loaded, chosen = ctx.model, ctx.layers
     saved = _activation_layers(save_activations, chosen, loaded, out)
-    size = ctx.image_size(image_size)
+    size = ctx.image_size(image_size, batch=batch_size)
     ctx.record.say()
     source = open_source(data, size, loaded.mean, loaded.std, loaded.resize_ratio)
     if len(source.classes) < 2:

@@ -12,10 +12,11 @@ from torch import nn
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from repsub.capture.resources import check_memory
 from repsub.data.imagefolder import eval_transform, image_folder, resize_size
 from repsub.errors import RunError, UsageError
 from repsub.models import check_image_size, get_spec, load_model
-from repsub.validate import check_int, check_seed
+from repsub.validate import check_int, check_output_file, check_seed
 
 # Training augmentations. Horizontal flips suit natural images, not orientation-bearing data such as
 # digits or text, so they are a choice.
@@ -76,8 +77,7 @@ def train_classifier(
     if image_size is not None:
         check_int(image_size, "--image-size", 1)
     out = Path(out)
-    if not out.parent.is_dir():  # refused now, not after the training
-        raise UsageError(f"--out {out}: the directory {out.parent} does not exist")
+    check_output_file(out)  # refused now, not after the training
     spec = get_spec(model)
     size = image_size or spec.default_image_size
     train_set = image_folder(data, size, (0, 0, 0), (1, 1, 1))
@@ -85,7 +85,9 @@ def train_classifier(
     if held_out is not None and held_out.classes != train_set.classes:
         raise UsageError(f"--val-data {val_data}: classes differ from the training data's")
     loaded = load_model(model, weights="random", seed=seed, num_classes=len(train_set.classes))
+    check_memory(loaded, size, batch_size, "cpu", probe=False)  # the input alone first: no forward yet
     check_image_size(loaded, size)
+    check_memory(loaded, size, batch_size, "cpu")
     net = loaded.module.train().requires_grad_(True)
     train_set.transform = _train_transform(augment, size, loaded.mean, loaded.std)
     generator = torch.Generator().manual_seed(seed)

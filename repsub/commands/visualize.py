@@ -70,6 +70,7 @@ def visualize(
         settings = replace(settings, **setting_overrides)
     ctx.record.say()
     settings.validate()
+    ctx.check_memory(size, settings.batch_size)
     unit_lists = {layer.name: parse_units(units, layer.n_units, layer.name) for layer in ctx.layers}
     reduce = ctx.reduce(reduce)
     precision = resolve_precision(settings.precision, ctx.device)

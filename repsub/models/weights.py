@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
+import re
 import sys
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from repsub.errors import UsageError
+from repsub.errors import UsageError, cut, shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,10 +108,14 @@ def parse_weights(model: str, text: str | None, weights_enum=None) -> WeightsCho
     path = Path(text)
     if path.is_file():
         return WeightsChoice(text, path=path)
+    if path.is_dir():
+        raise UsageError(
+            f"--weights {shown(text)} is a directory, not a state_dict file: give the file's path"
+        )
     valid = ", ".join(["random", *(["imagenet", *names] if names else []), "or a state_dict path"])
     if text == "imagenet" or (text.isupper() and not any(c in text for c in "./\\")):
         raise UsageError(f"{model} has no weights {text!r}; valid weights for {model}: {valid}")
-    raise UsageError(f"weights file not found: {text} (valid weights for {model}: {valid})")
+    raise UsageError(f"weights file not found: {shown(text)[1:-1]} (valid weights for {model}: {valid})")
 
 
 def state_dict_sha256(state: dict) -> str:
@@ -129,15 +135,39 @@ def state_dict_sha256(state: dict) -> str:
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.stat().st_size == 0:
+        raise UsageError(f"cannot load weights from {path}: the file is empty (0 bytes)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refused what the file would build, or garbage
+        if "Unsupported global" not in str(err):
+            raise UsageError(
+                f"cannot load weights from {path}: not a file torch.save wrote (unreadable)"
+            ) from None
+        raise UsageError(
+            f"cannot load weights from {path}: not a plain state_dict, refused for safety: it asks to build "
+            f"Python objects beyond tensors ({_refused_global(str(err))}). Save the model's "
+            "state_dict() alone (torch.save(model.state_dict(), path))"
+        ) from None
     except Exception as err:  # torch raises several types for a bad file
-        raise UsageError(f"cannot load weights from {path}: {err}") from err
+        raise UsageError(f"cannot load weights from {path}: {cut(_first_line(err), 200)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
     return as_float32(state, path)
+
+
+def _refused_global(text: str) -> str:
+    """What torch's safe loader refused ("GLOBAL builtins.print"), without its advice: the advice to load with
+    weights_only=False would run the file's code."""
+    match = re.search(r"Unsupported global: (GLOBAL \S+)", text)
+    return cut(match.group(1), 80) if match else "an object that is not a tensor"
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else type(err).__name__
 
 
 def as_float32(state: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:

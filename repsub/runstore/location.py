@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from repsub.errors import RunError
-from repsub.runstore.manifest import MANIFEST, json_kind
+from repsub.runstore.manifest import MANIFEST, check_fields, json_kind
 from repsub.runstore.storage import explain_s3_error, filesystem_for, is_s3, scrub
 
 
@@ -100,7 +100,7 @@ class RunLocation:
                 "(a JSON object): repair or remove it (a run's tables are described by it), or write to "
                 "another output location"
             )
-        return manifest
+        return check_fields(manifest, self.uri)
 
     def run_invariant(self, key: str) -> object | None:
         """A run-wide setting recorded in the manifest (None for a new run or one without it)."""

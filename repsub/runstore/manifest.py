@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from repsub import __version__
+from repsub.errors import RunError, shown
 
 SCHEMA_VERSION = 2
 # Version 1 runs (no per-unit status, rs_ties or objectives) are still read; their status is derived
@@ -56,6 +57,36 @@ def library_versions() -> dict[str, str]:
     }
 
 
+# The manifest's fields that readers and writers use, and the JSON type each must have: a field of another type
+# (hand-edited, another tool's file) is refused, named, instead of failing deep inside a reader.
+FIELD_TYPES = {"schema_version": int, "model": dict, "catalog": list, "commands": dict, "invariants": dict,
+               "next_seq": int}  # fmt: skip
+JSON_NAMES = {int: "a number", dict: "an object", list: "an array"}
+
+
+def check_fields(manifest: dict, where: str) -> dict:
+    """`manifest`, if each known field has its JSON type (null counts as absent); else a RunError naming the
+    field, what it holds and the file."""
+
+    def refuse(field: str, value, expected: str) -> RunError:
+        return RunError(
+            f"{where}: {MANIFEST} field {field!r} holds {json_kind(value)} {shown(value, 40)}, not "
+            f"{expected}: repair the file, or write to another output location"
+        )
+
+    for field, kind in FIELD_TYPES.items():
+        value = manifest.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise refuse(field, value, JSON_NAMES[kind])
+    for entry in manifest.get("catalog") or []:
+        if not isinstance(entry, dict):
+            raise refuse("catalog", entry, "an array of objects (one per layer)")
+    for name, entry in (manifest.get("commands") or {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("invocations") or [], list):
+            raise refuse(f"commands.{name}", entry, "an object with an array of invocations")
+    return manifest
+
+
 IDENTITY_KEYS = {"model": "architecture", "weights_sha256": "weights", "num_classes": "classes"}
 
 
@@ -88,5 +119,6 @@ def now_utc() -> str:
 
 
 def json_kind(value) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+             dict: "an object"}  # fmt: skip
     return "null" if value is None else kinds.get(type(value), type(value).__name__)

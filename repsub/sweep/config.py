@@ -39,9 +39,10 @@ import yaml
 
 from repsub.capture.precision import PRECISIONS
 from repsub.capture.reader import REDUCTIONS
-from repsub.errors import UsageError
+from repsub.errors import UsageError, cut, shown
 from repsub.optimize import METHODS
 from repsub.optimize.settings import OptimSettings
+from repsub.validate import check_int
 
 if TYPE_CHECKING:
     from repsub.models import LoadedModel
@@ -137,9 +138,9 @@ def _section(name: str, cls, values, defaults: dict | None = None):
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise UsageError(f"config key {name!r} must be a mapping, got {values!r}")
+        raise UsageError(f"config key {name!r} must be a mapping, got {shown(values)}")
     valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(values) - set(valid))
+    unknown = sorted(shown(k)[1:-1] if isinstance(k, str) else shown(k) for k in set(values) - set(valid))
     if unknown:
         raise UsageError(
             f"unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; valid keys of {name}: "
@@ -161,7 +162,7 @@ def _typed(key: str, value, type_name):
         return float(value)
     if "str" in text and isinstance(value, str):
         return value
-    raise UsageError(f"config key {key!r}: expected {text.replace(' | None', '')}, got {value!r}")
+    raise UsageError(f"config key {key!r}: expected {text.replace(' | None', '')}, got {shown(value)}")
 
 
 def parse_config(
@@ -172,21 +173,23 @@ def parse_config(
     if not isinstance(raw, dict):
         raise UsageError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
     valid = [f.name for f in fields(SweepConfig)]
-    unknown = sorted(set(raw) - set(valid))
+    unknown = sorted(shown(k)[1:-1] if isinstance(k, str) else shown(k) for k in set(raw) - set(valid))
     if unknown:
         raise UsageError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
     for key in ("model", "out"):
         if raw.get(key) is None or raw.get(key) == "":
             raise UsageError(f"{source}: {key!r} is required")
+    for key in ("out", "weights"):
+        if key in raw and not isinstance(raw[key], str):
+            raise UsageError(f"{source}: {key} must be text (a path or name), got {shown(raw[key])}")
     model, layers = _model_and_layers(raw, source, settings)
     methods = raw.get("methods", ["am", "iam"])
-    methods = [methods] if isinstance(methods, str) else list(methods or [])
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise UsageError(f"{source}: methods {methods}: valid methods are {', '.join(METHODS)}")
+    methods = [methods] if isinstance(methods, str) else methods
+    if not isinstance(methods, list) or not methods or not all(m in tuple(METHODS) for m in methods):
+        raise UsageError(f"{source}: methods {shown(methods)}: valid methods are {', '.join(METHODS)}")
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"{source}: device {device!r}; valid: auto, cpu, cuda")
+        raise UsageError(f"{source}: device {shown(device)}; valid: auto, cpu, cuda")
     optimization = _section("optimization", settings, raw.get("optimization"))
     try:
         optimization.validate()
@@ -199,7 +202,7 @@ def parse_config(
         )
     reduce = raw.get("reduce", "mean")
     if reduce not in REDUCTIONS:
-        raise UsageError(f"{source}: reduce {reduce!r}; valid: {', '.join(REDUCTIONS)}")
+        raise UsageError(f"{source}: reduce {shown(reduce)}; valid: {', '.join(REDUCTIONS)}")
     selectivity = _section("selectivity", SelectivityConfig, raw.get("selectivity"))
     if selectivity.precision not in PRECISIONS:
         raise UsageError(
@@ -228,16 +231,18 @@ def parse_config(
         check_location(location or "", f"{source}: {key}")
     if storage.endpoint_url:
         check_endpoint(storage.endpoint_url, f"{source}: storage.endpoint_url")
-    for key, value in (
-        ("selectivity.batch_size", selectivity.batch_size),
-        ("selectivity.images_per_shard", selectivity.images_per_shard),
-        ("importance.batch_size", importance.batch_size),
-        ("importance.images", 1 if importance.images is None else importance.images),
-        ("sharding.units_per_shard", sharding.units_per_shard),
-        ("workers.count", workers.count),
-    ):
-        if value < 1:
-            raise UsageError(f"{source}: {key} must be at least 1, got {value}")
+    try:
+        for key, value in (
+            ("selectivity.batch_size", selectivity.batch_size),
+            ("selectivity.images_per_shard", selectivity.images_per_shard),
+            ("importance.batch_size", importance.batch_size),
+            ("importance.images", 1 if importance.images is None else importance.images),
+            ("sharding.units_per_shard", sharding.units_per_shard),
+            ("workers.count", workers.count),
+        ):
+            check_int(value, key, 1)
+    except UsageError as err:
+        raise UsageError(f"{source}: {err}") from None
     units = _units(raw.get("units"), source)
     _check_numbers(source, selectivity, importance, workers)
     if units is not None:
@@ -251,7 +256,7 @@ def parse_config(
         raise UsageError(f"{source}: {err}") from None
     allow_mixed = raw.get("allow_mixed", False)
     if not isinstance(allow_mixed, bool):
-        raise UsageError(f"{source}: allow_mixed must be true or false, got {allow_mixed!r}")
+        raise UsageError(f"{source}: allow_mixed must be true or false, got {shown(allow_mixed)}")
     return SweepConfig(
         model=model,
         out=str(raw["out"]),
@@ -284,8 +289,8 @@ def _units(value, source: str) -> str | None:
         value = ",".join(map(str, value))
     if not isinstance(value, str):
         raise UsageError(
-            f'{source}: units {value!r}: expected unit ranges like "0-15" or "3,7,10-12", a unit index or a '
-            "list of indices"
+            f'{source}: units {shown(value)}: expected unit ranges like "0-15" or "3,7,10-12", a unit index or '
+            "a list of indices"
         )
     try:
         parse_ranges(value)  # the syntax, checked before any work
@@ -320,7 +325,9 @@ def _check_units_reach(model, weights, layers, units: str, source: str) -> None:
     chosen = catalog_of(model, weights=weights).select(list(layers) if layers else None)
     if not any(units_within(units, layer.n_units) for layer in chosen):
         sizes = ", ".join(f"{layer.name} {layer.n_units}" for layer in chosen)
-        raise UsageError(f"{source}: units {units!r} selects no unit of any layer (units per layer: {sizes})")
+        raise UsageError(
+            f"{source}: units {shown(units)} selects no unit of any layer (units per layer: {cut(sizes, 200)})"
+        )
 
 
 def _model_and_layers(raw: dict, source: str, settings) -> tuple[str | LoadedModel, tuple[str, ...] | None]:
@@ -329,13 +336,13 @@ def _model_and_layers(raw: dict, source: str, settings) -> tuple[str | LoadedMod
     from torch import nn
 
     from repsub.models import catalog_of, from_module
+    from repsub.selection import parse_layer_names
 
     model, layers = raw["model"], raw.get("layers", "all")
-    if layers in (None, "all"):
-        layers = None
-    elif isinstance(layers, str):
-        layers = [name.strip() for name in layers.split(",")]
     try:
+        layers = None if layers in (None, "all") else parse_layer_names(layers, "layers")
+        if not isinstance(model, str | nn.Module):
+            raise UsageError(f"model {shown(model)}: expected a model name")
         if isinstance(model, nn.Module):
             size = _section("optimization", settings, raw.get("optimization")).image_size
             model = from_module(model, layers, image_size=size)
@@ -351,9 +358,26 @@ def load_config(path: str | Path, out: str | None = None) -> SweepConfig:
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
-        raise UsageError(f"{path}: not valid YAML: {err}") from None
+        raise UsageError(f"{path}: not valid YAML: {cut(str(err), 400)}") from None
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from None
     if out is not None and isinstance(raw, dict):
         raw["out"] = out
     return parse_config(raw, source=str(path))
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a config needs none, and nested aliases ('billion laughs') expand a
+    few lines into gigabytes. Refused at the first one, before anything is built."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise UsageError(
+                f"YAML {kind}{cut(str(event.anchor), 40)} at line {event.start_mark.line + 1}: anchors and "
+                "aliases are refused in a sweep config (write the value out)"
+            )
+        return super().compose_node(parent, index)

@@ -19,6 +19,7 @@ from repsub.runstore.storage import configure_s3
 from repsub.runstore.tables import TABLES, selectivity_table
 from repsub.runstore.writer import RunWriter
 from repsub.selection import ranges_text, units_within
+from repsub.sweep.address import check_address
 from repsub.sweep.commit import ShardLedger
 from repsub.sweep.config import SweepConfig
 from repsub.sweep.plan import (
@@ -29,6 +30,7 @@ from repsub.sweep.plan import (
     plan_importance_shards,
     plan_unit_shards,
 )
+from repsub.validate import check_output_dir
 
 
 class SweepError(RepsubError):
@@ -43,6 +45,8 @@ def run_sweep(
     Writes in the run's write session (repsub.runstore.session): its lock is held throughout, so any other writer
     of the location is refused. `force_unlock` removes a stale lock left by a command that died on another
     host."""
+    check_address(address)  # before the lock: no 30 s wait, no traceback
+    check_output_dir(config.out, "out")
     configure_s3(config.storage.endpoint_url, config.storage.region)
     model = resolve_model(config.model, config.weights, seed=config.seed, device="cpu")  # identity, catalog
     layer_names = config.layer_names(model.layers)
