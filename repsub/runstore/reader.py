@@ -46,12 +46,9 @@ class RunReader(RunLocation):
         None if the run has none."""
         directory = self._path(name)
         source = self.files(name)
-        if source is None:  # a run without a file list: its directory, as listed now
-            if not self._exists(directory):
-                return None
-            source = directory
-        elif not source:
+        if not self._exists(directory) or source == []:  # a table directory removed by hand: none either
             return None
+        source = source or directory  # a run without a file list: its directory, as listed now
         return ds.dataset(
             source,
             filesystem=self.fs,
