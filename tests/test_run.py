@@ -131,6 +131,7 @@ def test_duplicate_rows_one_rule_everywhere(crafted, tmp_path):
     """Overlapping files: the newest file's row counts in the frame, the statistics, the summary, the images."""
     run_dir = tmp_path / "run"
     shutil.copytree(crafted, run_dir)
+    crafted_files = repsub.open_run(run_dir).files("units")
     rng = np.random.default_rng(99)
     newer = units_rows(rng, "am", np.arange(8), 64)
     newer = newer.set_column(newer.schema.get_field_index("rs"), "rs", pa.array(np.full(8, 0.99)))
@@ -144,6 +145,8 @@ def test_duplicate_rows_one_rule_everywhere(crafted, tmp_path):
     older_sel = run_dir / "selectivity" / "layer=conv1" / "older.parquet"
     pq.write_table(selectivity_rows(np.arange(4), np.full(4, 0.123), np.zeros(4, bool)), older_sel)
     set_mtime(older_sel, -3600)  # the original selectivity file stays the newest
+    assert repsub.open_run(run_dir).files("units") == crafted_files  # not committed: not read
+    record_command(RunWriter(run_dir), "selectivity", IDENTITY, {})  # the next write session adopts them
 
     run = repsub.open_run(run_dir)
     with pytest.warns(UserWarning) as caught:

@@ -7,7 +7,9 @@
     run.importance_stats().to_pandas()    # importance by ablation against RS and selectivity (if measured)
 
 The tables stay available as pyarrow datasets (`run.units`, `run.selectivity`, `run.activations`,
-`run.importance`) for anything else (filters, streaming, duckdb).
+`run.importance`) for anything else (filters, streaming), and their files as `run.files("units")` (duckdb,
+polars). They are the files of the snapshot read when the run was opened (repsub.runstore.snapshot): open
+the run again to see what a writer committed since.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ class Run:
     units: ds.Dataset | None
     activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
     importance: ds.Dataset | None = None  # importance by ablation (repsub importance)
+
+    def files(self, name: str) -> list[str]:
+        """The files of table `name` in the snapshot this Run read (local paths or s3:// URIs), for duckdb
+        and polars: `duckdb.sql(f"... FROM read_parquet({run.files('units')}, hive_partitioning=true)")`.
+        Empty for a table the run does not have."""
+        dataset = getattr(self, name)
+        if dataset is None:
+            return []
+        prefix = "s3://" if self.uri.startswith("s3://") else ""
+        return [prefix + path for path in dataset.files]
 
     def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
         dataset = getattr(self, name)

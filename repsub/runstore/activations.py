@@ -12,6 +12,8 @@ files into place once the pass is complete; ``abort`` (or an exception inside ``
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -129,8 +131,12 @@ class ActivationWriter:
         """Finish the files and move them into place; returns {layer: path}."""
         for stream in self.streams.values():
             stream.close()
-        for stream in self.streams.values():
-            stream.run.publish(stream.staged, stream.final)
+        runs = {id(stream.run): stream.run for stream in self.streams.values()}  # one writer, in practice
+        with contextlib.ExitStack() as commits:  # every layer's file in one snapshot
+            for run in runs.values():
+                commits.enter_context(run.committing())
+            for stream in self.streams.values():
+                stream.run.publish(stream.staged, stream.final)
         self.committed = True
         return {name: stream.final for name, stream in self.streams.items()}
 

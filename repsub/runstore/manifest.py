@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from datetime import UTC, datetime
@@ -122,3 +123,7 @@ def json_kind(value) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
              dict: "an object"}  # fmt: skip
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def encode_manifest(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()

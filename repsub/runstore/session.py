@@ -17,7 +17,6 @@ words, and the lock is released.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 
@@ -26,7 +25,14 @@ import pyarrow.fs as pafs
 from repsub.errors import RunError
 from repsub.runstore.location import disk_full
 from repsub.runstore.lock import LOCK, RunLock
-from repsub.runstore.manifest import MANIFEST, SCHEMA_VERSION, code_version, library_versions, now_utc
+from repsub.runstore.manifest import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    code_version,
+    encode_manifest,
+    library_versions,
+    now_utc,
+)
 from repsub.runstore.provenance import (
     Scope,
     finish_invocation,
@@ -81,9 +87,10 @@ class WriteSession:
             creating = manifest is None
             manifest = manifest or {"schema_version": SCHEMA_VERSION, "created_at": now_utc(), "commands": {}}
             self._describe(manifest)
+            self.writer.reconcile_files(manifest)  # the file list: started, strays adopted, garbage collected
             inv = start_invocation(manifest, self.command, self.config, self.scopes, conflicts, now_utc())
             self.seq = inv["seq"]
-            data = _encode(manifest)
+            data = encode_manifest(manifest)
             if creating:
                 if not self.writer.put_if_absent(MANIFEST, data):  # only a --force-unlock race gets here
                     raise RunError(f"{self.writer.uri}: another command created the run meanwhile; rerun")
@@ -132,7 +139,8 @@ class WriteSession:
             self.catalog = catalog
         self._describe(manifest)
         finish_invocation(manifest, self.command, self.seq, "completed", now_utc(), config)
-        self.writer.put_bytes(MANIFEST, _encode(manifest))
+        self.writer.collect_garbage(manifest)
+        self.writer.put_bytes(MANIFEST, encode_manifest(manifest))
         self.completed = True
         return manifest
 
@@ -161,7 +169,7 @@ class WriteSession:
             if self.created and not _has_invocations(manifest) and not self._holds_files():
                 self.writer.delete(MANIFEST)
                 return True
-            self.writer.put_bytes(MANIFEST, _encode(manifest))
+            self.writer.put_bytes(MANIFEST, encode_manifest(manifest))
         except Exception as cleanup:  # storage down, disk full...
             print(f"warning: could not record the failure in the manifest: {cleanup}", file=sys.stderr)
         return False
@@ -200,7 +208,3 @@ class WriteSession:
 
 def _has_invocations(manifest: dict) -> bool:
     return any((entry or {}).get("invocations") for entry in (manifest.get("commands") or {}).values())
-
-
-def _encode(manifest: dict) -> bytes:
-    return json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()

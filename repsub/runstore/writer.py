@@ -11,21 +11,38 @@ dataset readers skip) and renamed into place; on S3 an object becomes visible on
 and an incomplete multipart upload is no object at all. Re-running a command replaces its own rows, never
 duplicates them. Every command writes inside a write session (repsub.runstore.session), which holds the run's
 lock and records the command in the manifest.
+
+Readers see only committed files (repsub.runstore.snapshot): a writer never changes a file a reader may hold.
+A block or layer file whose name is taken gets a new one (`<name>-<random>.parquet`), a rewritten block is
+written anew and the old file retired, and each `write_table` (or a `committing()` block of them) publishes
+the new file list at once. A sweep's shard writer (`shard=True`) writes deterministic names and publishes
+nothing: the driver publishes a shard's files once its marker exists (repsub.sweep.commit).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import uuid
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from repsub.errors import RunError
+from repsub.runstore import snapshot
 from repsub.runstore.location import RunLocation
-from repsub.runstore.manifest import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, model_mismatch
+from repsub.runstore.manifest import (
+    MANIFEST,
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    encode_manifest,
+    model_mismatch,
+    now_utc,
+)
 from repsub.runstore.storage import explain_s3_error, is_s3, put_if_absent, s3_client
 from repsub.runstore.tables import TABLES
 
@@ -33,8 +50,10 @@ from repsub.runstore.tables import TABLES
 class RunWriter(RunLocation):
     """Writes tables and files into one run location."""
 
-    def __init__(self, uri: str | os.PathLike):
+    def __init__(self, uri: str | os.PathLike, shard: bool = False):
         super().__init__(uri)
+        self.shard = shard  # a sweep worker's: deterministic names, published by the driver (module doc)
+        self._batch: tuple[list[str], list[str]] | None = None  # (added, retired) of an open `committing()`
         self.command: str | None = None  # the manifest command writing now (a WriteSession sets it)
         self.written: dict[str, set[str]] = {}  # table scope ("units/am", "selectivity") -> layers written
         self._digests: dict[str, dict] = {}  # path -> {"size", "sha256"} of the files this writer wrote
@@ -132,20 +151,143 @@ class RunWriter(RunLocation):
 
     def stage(self, table: str, layer: str, name: str) -> tuple[str, str]:
         """(hidden temporary path, final path) of a file of `table` in a layer partition, for a file
-        written incrementally: write the temporary, then `publish` it (or `discard` it)."""
+        written incrementally: write the temporary, then `publish` it (or `discard` it). The final name is
+        one no file of the run has now (`_unused_name`)."""
         directory = self._partition_dir(table, layer)
-        return self._staged(directory, name), f"{directory}/{name}"
+        return self._staged(directory, name), f"{directory}/{self._unused_name(directory, name)}"
 
     def publish(self, staged: str, final: str) -> None:
-        """Move a staged file into place (replacing the file there)."""
+        """Move a staged file into place and commit it, retiring the other files of its layer partition."""
         with self._storage_errors(f"{self.uri}: writing {final}"):
             self.fs.move(staged, final)
-        table, _, partition = final.removeprefix(self.root.rstrip("/") + "/").partition("/")
-        self.written.setdefault(table, set()).add(partition.partition("/")[0].removeprefix("layer="))
+        table, _, partition = self._relative(final).partition("/")
+        layer = partition.partition("/")[0].removeprefix("layer=")
+        self.written.setdefault(table, set()).add(layer)
+        superseded = [path for path in self.partition_files(table, layer) if path != final]
+        self._commit([final], superseded)
 
     def discard(self, staged: str) -> None:
         if self._exists(staged):
             self.fs.delete_file(staged)
+
+    # -------------------------------------------------------------- the committed file list (snapshot)
+
+    def _relative(self, path: str) -> str:
+        return path.removeprefix(self.root.rstrip("/") + "/")
+
+    def _unused_name(self, directory: str, name: str) -> str:
+        """`name`, or when a file has it (listed, retired or a stray) `<stem>-<random>.parquet`: a file a reader
+        may hold is never overwritten. A shard writer keeps its deterministic name (repsub.sweep.commit)."""
+        if self.shard or not self._exists(f"{directory}/{name}"):
+            return name
+        stem, dot, suffix = name.rpartition(".")
+        return f"{stem}-{uuid.uuid4().hex[:8]}{dot}{suffix}"
+
+    def partition_files(self, table: str, layer: str) -> list[str]:
+        """The paths of the files of a table's layer partition: the committed ones (the manifest's list), or
+        for a run without a list, those a directory listing finds; with what an open `committing()` block
+        has added and retired so far."""
+        directory = self._partition_dir(table, layer)
+        files = snapshot.listed(self.read_manifest() or {})
+        if files is None:
+            found = {f"{directory}/{name}" for name in self.list_names(f"{table}/layer={layer}")}
+        else:
+            prefix = f"layer={layer}/"
+            found = {
+                self._path(table, inside) for inside in files.get(table, []) if inside.startswith(prefix)
+            }
+        if self._batch is not None:
+            added, retired = ({self._path(r) for r in paths} for paths in self._batch)
+            found = (found | {p for p in added if p.startswith(directory + "/")}) - retired
+        return sorted(found)
+
+    @contextlib.contextmanager
+    def committing(self):
+        """Publish every file written inside at once, as one new snapshot (nested blocks join the outer one).
+        On an error nothing is published and the block's new files are removed (no reader can hold them)."""
+        if self._batch is not None:
+            yield
+            return
+        self._batch = batch = ([], [])
+        try:
+            yield
+        except BaseException:
+            self._batch = None
+            for relative in batch[0]:
+                with contextlib.suppress(Exception):
+                    self.delete(relative)
+            raise
+        self._batch = None
+        self.commit_files(*batch)
+
+    def _commit(self, added: list[str], retired: list[str]) -> None:
+        self.commit_files([self._relative(p) for p in added], [self._relative(p) for p in retired])
+
+    def commit_files(self, added: list[str], retired: list[str] = ()) -> None:
+        """Publish `added` and retire `retired` (paths relative to the run) as a new snapshot: one manifest
+        write. A run without a file list (read by listing) has its retired files deleted at once instead."""
+        if self.shard or not (added or retired):
+            return
+        if self._batch is not None:
+            pending, retiring = self._batch
+            pending.extend(added)
+            for relative in retired:
+                if relative in pending:  # written in this block, never published: no reader holds it
+                    pending.remove(relative)
+                    self.delete(relative)
+                else:
+                    retiring.append(relative)
+            return
+        manifest = self.read_manifest()
+        if manifest is None or snapshot.listed(manifest) is None:
+            for relative in retired:
+                self.delete(relative)
+            return
+        snapshot.commit(manifest, list(added), list(retired), now_utc())
+        self.put_bytes(MANIFEST, encode_manifest(manifest))
+
+    def _stored_table_files(self) -> list[str]:
+        """The visible table files in storage, relative to the run (what a directory listing reads)."""
+        found = []
+        for table in TABLES:
+            selector = pafs.FileSelector(self._path(table), recursive=True, allow_not_found=True)
+            with self._storage_errors(f"{self.uri}: listing {table}"):
+                infos = self.fs.get_file_info(selector)
+            found += [
+                self._relative(i.path)
+                for i in infos
+                if i.type == pafs.FileType.File
+                and i.base_name.endswith(".parquet")
+                and not i.base_name.startswith((".", "_"))
+                and "layer=" in i.path
+            ]
+        return sorted(found)
+
+    def reconcile_files(self, manifest: dict) -> None:
+        """Under the run lock, in a manifest about to be written: start the file list of a run read by listing
+        until now (with every table file found), adopt table files written outside a write session (by
+        hand, by a command killed before its commit, by a sweep's workers), delete expired retired files."""
+        found = self._stored_table_files()
+        if snapshot.listed(manifest) is None:
+            manifest[snapshot.FILES] = {}
+            strays = found
+        else:
+            known = snapshot.listed_paths(manifest) | set(manifest.get(snapshot.RETIRED) or {})
+            strays = [relative for relative in found if relative not in known]
+            if strays:
+                print(f"note: {len(strays)} table file(s) written outside a command now belong to the run's "
+                      "snapshot", file=sys.stderr)  # fmt: skip
+        snapshot.commit(manifest, strays, [], now_utc())
+        self.collect_garbage(manifest)
+
+    def collect_garbage(self, manifest: dict) -> list[str]:
+        """Under the run lock: delete the retired files whose grace period is over (repsub.runstore.snapshot),
+        and forget them in `manifest` (about to be written); returns them."""
+        gone = snapshot.expired(manifest, datetime.now(UTC), snapshot.grace_seconds())
+        for relative in gone:
+            self.delete(relative)
+            manifest[snapshot.RETIRED].pop(relative)
+        return gone
 
     def check_run(self, model_identity: dict, invariants: dict | None = None) -> None:
         """Refuse a location that cannot be written, or holds a run of another schema version, of another
@@ -194,23 +336,28 @@ class RunWriter(RunLocation):
             )
         rows = spec.conform(rows)
         directory = self._partition_dir(name, layer)
-        if spec.key is None:
-            path = self._write_parquet(rows, directory, f"{name}.parquet", spec.row_group)
-            self.written.setdefault(name, set()).add(layer)
+        with self.committing():
+            if spec.key is None:
+                superseded = self.partition_files(name, layer)
+                file_name = self._unused_name(directory, f"{name}.parquet")
+                path = self._write_parquet(rows, directory, file_name, spec.row_group)
+                self._commit([path], superseded)
+                self.written.setdefault(name, set()).add(layer)
+                return path
+            keys = set(rows.column(spec.key).to_pylist())
+            if len(keys) != 1:
+                raise ValueError(
+                    f"a block of the {name} table holds one {spec.key}, got {sorted(map(str, keys))}"
+                )
+            key = keys.pop()
+            units = [int(u) for u in rows.column("unit").to_pylist()]
+            file_name = self._unused_name(directory, spec.block_name(key, units))
+            if replace_existing:
+                self.drop_rows(name, key, layer, set(units), keep_files={file_name} if self.shard else set())
+            path = self._write_parquet(rows, directory, file_name, spec.row_group)
+            self._commit([path], [])
+            self.written.setdefault(f"{name}/{key}", set()).add(layer)
             return path
-        keys = set(rows.column(spec.key).to_pylist())
-        if len(keys) != 1:
-            raise ValueError(
-                f"a block of the {name} table holds one {spec.key}, got {sorted(map(str, keys))}"
-            )
-        key = keys.pop()
-        units = [int(u) for u in rows.column("unit").to_pylist()]
-        file_name = spec.block_name(key, units)
-        if replace_existing:
-            self.drop_rows(name, key, layer, set(units), keep_files={file_name})
-        path = self._write_parquet(rows, directory, file_name, spec.row_group)
-        self.written.setdefault(f"{name}/{key}", set()).add(layer)
-        return path
 
     def write_selectivity(self, layer: str, rows: pa.Table, command: str | None = None) -> str:
         return self.write_table("selectivity", layer, rows, command=command)
@@ -231,20 +378,24 @@ class RunWriter(RunLocation):
         self, name: str, key: str, layer: str, units: set[int], keep_files: set[str] = frozenset()
     ) -> None:
         """Remove the given units' rows of `key` (a method, an ablation) from the files of a block table's
-        layer partition, except the files named in `keep_files` (which a caller is about to overwrite)."""
+        layer partition, except the files named in `keep_files` (a sweep's own shard files). A file that
+        holds some of them is never changed: what it keeps is written to a new file and it is retired, in
+        one commit."""
         spec = TABLES[name]
         directory = self._partition_dir(name, layer)
-        selector = pafs.FileSelector(directory, allow_not_found=True)
-        for info in self.fs.get_file_info(selector):
-            base = info.base_name
-            if base in keep_files or not (base.startswith(f"{key}-") and base.endswith(".parquet")):
-                continue
-            stored = self._read_parquet(info.path, ["unit"]).column("unit").to_pylist()
-            if not units.intersection(stored):
-                continue
-            kept = self._read_parquet(info.path)
-            kept = kept.filter(pa.array([u not in units for u in stored]))
-            if kept.num_rows:
-                self._write_parquet(kept, directory, base, spec.row_group)
-            else:
-                self.fs.delete_file(info.path)
+        with self.committing():
+            for path in self.partition_files(name, layer):
+                base = path.rsplit("/", 1)[-1]
+                if base in keep_files or not (base.startswith(f"{key}-") and base.endswith(".parquet")):
+                    continue
+                stored = self._read_parquet(path, ["unit"]).column("unit").to_pylist()
+                if not units.intersection(stored):
+                    continue
+                kept = self._read_parquet(path)
+                kept = kept.filter(pa.array([u not in units for u in stored]))
+                added = []
+                if kept.num_rows:
+                    rest = [int(u) for u in kept.column("unit").to_pylist()]
+                    new_name = self._unused_name(directory, spec.block_name(key, rest))
+                    added.append(self._write_parquet(kept, directory, new_name, spec.row_group))
+                self._commit(added, [path])

@@ -4,7 +4,10 @@
    unit shards into the units table itself, data shards as partial sums under `_sweep/`.
 2. Only then is its completion marker written, create-only: `RUN/_sweep/<plan>/done/<shard id>.json`,
    holding the size and SHA-256 of every file the shard wrote.
-3. The manifest is written last, once every shard is done.
+3. The driver then publishes the shard's table files in the run's snapshot (the manifest's file list,
+   repsub.runstore.snapshot), so readers see a committed shard's rows and never a shard being written; a
+   resumed sweep publishes the files of every shard whose marker verifies.
+4. The manifest's command record is written last, once every shard is done.
 
 A rerun trusts a marker only when its files verify (`ShardLedger.verified_done`): a file that is missing,
 truncated or overwritten makes the shard pending again, and its stale marker is removed. The run lock
@@ -29,6 +32,7 @@ from repsub.errors import RunError
 from repsub.runstore.location import unreadable_file
 from repsub.runstore.lock import LOCK, RunLock  # noqa: F401  (importable from here as before)
 from repsub.runstore.manifest import now_utc
+from repsub.runstore.tables import TABLES
 from repsub.runstore.writer import RunWriter
 
 VERIFY_THREADS = 8  # files read at once when verifying (S3 latency)
@@ -72,14 +76,30 @@ class ShardLedger:
                 self.writer.delete(self._marker(shard_id))
         return {shard_id for shard_id, problem in problems.items() if not problem}
 
+    def committed_files(self, shard_ids) -> list[str]:
+        """The table files (relative to the run) that the markers of `shard_ids` record: what the driver
+        publishes in the run's snapshot (a data shard's partial sums under `_sweep/` are no table's)."""
+        ids = sorted(shard_ids)
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            records = list(pool.map(self._record, ids))
+        return [
+            entry["path"]
+            for record in records
+            for entry in record.get("files") or []
+            if str(entry.get("path")).partition("/")[0] in TABLES
+        ]
+
+    def _record(self, shard_id: str) -> dict:
+        try:
+            record = json.loads(self.writer.get_bytes(self._marker(shard_id)) or b"")
+        except ValueError:
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def _problem(self, shard_id: str) -> str | None:
         """Why a marked shard cannot be trusted, or None when its files verify."""
-        data = self.writer.get_bytes(self._marker(shard_id))
-        try:
-            record = json.loads(data or b"")
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("files"), list) or not record["files"]:
+        record = self._record(shard_id)
+        if not isinstance(record.get("files"), list) or not record["files"]:
             return "its marker records no verifiable files"
         for entry in record["files"]:
             path = self.writer._path(str(entry.get("path")))

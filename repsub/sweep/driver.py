@@ -112,6 +112,7 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
     _clear_foreign_rows(writer, unit_shards)
 
     done = ledger.verified_done()
+    writer.commit_files(ledger.committed_files(done))  # a resumed sweep's committed shards, in the snapshot
     pending = [s for s in data_shards + unit_shards if s.id not in done]
     total_units = sum(s.size for s in unit_shards)
     print(
@@ -125,7 +126,7 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
         workers = ray_runner.start_workers(config, model.num_classes)
         try:
             failures = _run_with_progress(
-                ray_runner, workers, pending, unit_shards, total_units, done, progress
+                ray_runner, workers, pending, unit_shards, total_units, done, progress, ledger
             )
         finally:
             for worker in workers:  # idle actors would keep autoscaled nodes alive
@@ -139,8 +140,9 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
 
     if data_shards:
         merged = _merge_partial_sums(ledger, data_shards)
-        for name in layer_names:
-            writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
+        with writer.committing():  # every layer's selectivity in one snapshot
+            for name in layer_names:
+                writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
     shards = len(data_shards) + len(unit_shards)
     output.complete(_record(config, classes=classes, shards=shards))
     return run_summary(open_run(config.out))
@@ -170,8 +172,9 @@ def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard | ImportanceSh
         units, names = by_partition.setdefault((table, key, shard.layer), (set(), set()))
         units.update(shard.indices)
         names.add(TABLES[table].block_name(key, list(shard.indices)))
-    for (table, key, layer), (units, names) in by_partition.items():
-        writer.drop_rows(table, key, layer, units, keep_files=names)
+    with writer.committing():  # rewritten under new names, the old files retired: one snapshot
+        for (table, key, layer), (units, names) in by_partition.items():
+            writer.drop_rows(table, key, layer, units, keep_files=names)
 
 
 def _merge_partial_sums(ledger: ShardLedger, shards: list[DataShard]) -> ClassMeanAccumulator:
@@ -184,7 +187,7 @@ def _merge_partial_sums(ledger: ShardLedger, shards: list[DataShard]) -> ClassMe
     return merged
 
 
-def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, done, progress):
+def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, done, progress, ledger):
     units_done = sum(s.size for s in unit_shards if s.id in done)
     shards_total = len(pending) + len(done)
     state = {"shards": len(done)}
@@ -195,6 +198,7 @@ def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, d
         bar.set_postfix_str(f"shards {state['shards']}/{shards_total}")
 
         def on_done(shard, _result):
+            ledger.writer.commit_files(ledger.committed_files([shard.id]))  # readers see it from now on
             state["shards"] += 1
             if not isinstance(shard, DataShard):
                 bar.update(shard.size)

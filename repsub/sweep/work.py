@@ -32,7 +32,7 @@ class ShardRunner:
         self.model: LoadedModel = resolve_model(
             config.model, config.weights, seed=config.seed, device=self.device, num_classes=num_classes
         )
-        self.writer = RunWriter(config.out)
+        self.writer = RunWriter(config.out, shard=True)  # deterministic names; the driver publishes them
         self.ledger = ShardLedger(self.writer, config.fingerprint())
         self._sources: dict[tuple[str, int], object] = {}
         self._importance_means: dict[str, object] = {}  # layer -> its units' means (mean ablation)
