@@ -5,8 +5,15 @@ from __future__ import annotations
 # Imported before anything loads numba (FFCV): hypothesis's pytest plugin imports it at the end of the run, and
 # pytest's assertion rewriting then parses its source while numba's finalizers may run, which CPython 3.11.7
 # turns into "SystemError: AST constructor recursion depth mismatch" (an INTERNALERROR).
+import os
+
 import hypothesis  # noqa: F401
 import pytest
+
+# Precision auto on a CPU with fast-bf16 flags times a probe per process; on a busy machine two processes (a test
+# and the sweep workers it starts) may then choose differently, and results compared with a float32 forward
+# differ. The suite fixes the measurement (inherited by every process it starts); tests of the choice set it.
+os.environ.setdefault("REPSUB_CPU_BF16_SPEEDUP", "1.0")
 
 from repsub.data.synthetic import make_image_folder
 from repsub.models import load_model

@@ -11,6 +11,7 @@ from scipy import stats
 import repsub
 from repsub.capture.precision import (
     FAST_ENOUGH,
+    SPEEDUP_VARIABLE,
     Hardware,
     autocast_ready,
     choose_precision,
@@ -56,10 +57,29 @@ def test_an_explicit_precision_is_used_as_asked_and_a_wrong_one_lists_the_valid(
         resolve_precision("fp16", "cpu")
 
 
-def test_this_cpus_choice_follows_its_flags_and_measured_bf16_speed():
+def test_this_cpus_choice_follows_its_flags_and_measured_bf16_speed(monkeypatch):
+    monkeypatch.delenv(SPEEDUP_VARIABLE, raising=False)  # the probe itself (the suite sets the variable)
     chosen = resolve_precision("auto", "cpu")
     fast = bool(cpu_bf16_flags()) and cpu_bf16_speedup() >= FAST_ENOUGH
     assert chosen.used == ("bf16" if fast else "fp32")
+
+
+@pytest.mark.parametrize("given", ["1.0", "8"])
+def test_a_given_speedup_replaces_the_probe_in_every_process(monkeypatch, given):
+    monkeypatch.setenv(SPEEDUP_VARIABLE, given)
+    fast = bool(cpu_bf16_flags()) and float(given) >= FAST_ENOUGH
+    assert resolve_precision("auto", "cpu").used == ("bf16" if fast else "fp32")
+    if cpu_bf16_flags():
+        assert f"measured {float(given):.2f}x" in resolve_precision("auto", "cpu").reason
+
+
+@pytest.mark.parametrize("given", ["fast", "0", "-2", "nan"])
+def test_a_given_speedup_that_is_no_positive_number_is_refused(monkeypatch, given):
+    monkeypatch.setenv(SPEEDUP_VARIABLE, given)
+    if not cpu_bf16_flags():
+        pytest.skip("this CPU has no fast-bf16 flags: the variable is never read")
+    with pytest.raises(UsageError, match=SPEEDUP_VARIABLE):
+        resolve_precision("auto", "cpu")
 
 
 def test_speed_settings_per_device():

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,8 @@ class Precision:
         if self.used == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+SPEEDUP_VARIABLE = "REPSUB_CPU_BF16_SPEEDUP"
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,23 @@ def hardware(device: str | torch.device) -> Hardware:
     if device.type != "cpu":
         return Hardware(device.type)
     flags = cpu_bf16_flags()
-    return Hardware("cpu", cpu_flags=flags, cpu_bf16_speedup=cpu_bf16_speedup() if flags else None)
+    return Hardware("cpu", cpu_flags=flags, cpu_bf16_speedup=measured_cpu_bf16_speedup() if flags else None)
+
+
+def measured_cpu_bf16_speedup() -> float:
+    """The probe's speed-up, or the one given by REPSUB_CPU_BF16_SPEEDUP (a number): the probe times a busy,
+    shared machine, so two processes may choose differently; the variable makes every process of a job (a
+    sweep's workers, a test suite) choose alike."""
+    given = os.environ.get(SPEEDUP_VARIABLE)
+    if given is None:
+        return cpu_bf16_speedup()
+    try:
+        speedup = float(given)
+    except ValueError:
+        raise UsageError(f"{SPEEDUP_VARIABLE}={given!r}: expected a number (bf16 speed over fp32)") from None
+    if not math.isfinite(speedup) or speedup <= 0:
+        raise UsageError(f"{SPEEDUP_VARIABLE}={given!r}: expected a positive number")
+    return speedup
 
 
 def choose_precision(requested: str, hw: Hardware) -> Precision:
