@@ -9,6 +9,10 @@ import json
 import math
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +428,21 @@ def test_unit_ranges_read_back_as_the_same_units():
     assert ranges_text([]) == ""
     units = [0, 1, 2, 5, 7, 8, 40]
     assert parse_units(ranges_text(units), 64, "conv1") == units
+
+
+def test_a_terminated_report_leaves_nothing(tmp_path):
+    """SIGTERM while the report is being made: its staging folder is removed and the output directory it
+    created too (the report becomes KeyboardInterrupt, so its cleanup runs)."""
+    run = crafted_run(tmp_path / "run")
+    out = tmp_path / "new" / "report"
+    # The staging folder exists while the figures are drawn (seconds): terminated then.
+    command = [sys.executable, "-m", "repsub.cli", "report", str(run), "--out", str(out)]
+    report = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".tmp-report-*")) and report.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert report.poll() is None, "the report ended before it could be terminated"
+    report.send_signal(signal.SIGTERM)
+    report.communicate(timeout=120)
+    assert report.returncode != 0
+    assert not (tmp_path / "new").exists()  # nothing left: no staging folder, no empty directories
