@@ -6,18 +6,18 @@ Method: "Understanding the Importance of Single Directions via Representative Su
 
 __version__ = "0.1.0"
 
-import importlib as _importlib
+from repsub.lazy import lazy_exports
 
 # The API, imported on first use: `import repsub` (and the command line's start) stays free of torch, which
 # costs seconds to import. name -> the module that defines it.
 _API = {
-    "selectivity": "repsub.commands.selectivity",
-    "visualize": "repsub.commands.visualize",
-    "importance": "repsub.commands.importance",
-    "catalog": "repsub.models",
-    "load_model": "repsub.models",
-    "open_run": "repsub.analysis.run",
-    "Run": "repsub.analysis.run",
+    "selectivity": "commands.selectivity",
+    "visualize": "commands.visualize",
+    "importance": "commands.importance",
+    "catalog": "models",
+    "load_model": "models",
+    "open_run": "analysis.run",
+    "Run": "analysis.run",
 }
 __all__ = [
     "Run",
@@ -31,12 +31,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _API:
-        value = getattr(_importlib.import_module(_API[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _API)
 
 
 def __dir__():

@@ -17,6 +17,8 @@ page        the self-contained HTML page (with report.css, explorer.js)
 report      writing it all (`repsub report`); commands: the CLI's options
 """
 
+from repsub.lazy import lazy_exports
+
 # Names resolved on first use, so that importing a light module of the package (options, commands) does not
 # import pyarrow, scipy and matplotlib.
 _EXPORTS = {
@@ -37,13 +39,4 @@ _EXPORTS = {
     "summary_rows": "summary",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -60,6 +60,7 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
+
 SPEEDUP_VARIABLE = "REPSUB_CPU_BF16_SPEEDUP"
 
 

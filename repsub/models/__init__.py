@@ -10,7 +10,7 @@
 - `loading`: LoadedModel, load_model (by name), from_module (any nn.Module), resolve_model (either).
 """
 
-import importlib as _importlib
+from repsub.lazy import lazy_exports
 
 # Resolved on first use, so that `repsub layers` can read the shipped catalog index (repsub.models.catalog_index)
 # without importing torch. name -> the submodule that defines it.
@@ -27,13 +27,4 @@ _EXPORTS = {
     "state_dict_sha256": "weights",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        from repsub.models import loading  # noqa: F401  (registers the paper's and torchvision's models)
-
-        value = getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS, first=("loading",))

@@ -5,6 +5,8 @@ Lucid's split: ``objectives`` (what to maximize), ``param`` (how an image is par
 ``progress`` (one bar across layers) and ``settings`` (the settings, declared once; light).
 """
 
+from repsub.lazy import lazy_exports
+
 # Names resolved on first use, so that importing the light `settings` module (the command line does) does not
 # import torch.
 _EXPORTS = {
@@ -18,13 +20,4 @@ _EXPORTS = {
     "unit_seed": "render",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -7,7 +7,7 @@ work        what one actor does with a shard     commit      the shard-commit pr
 resources   what the cluster offers              command     `repsub sweep` / jobs/sweep.py options
 """
 
-import importlib as _importlib
+from repsub.lazy import lazy_exports
 
 # Resolved on first use: `repsub sweep --help` (command) must not import the driver's torch and Ray.
 _EXPORTS = {
@@ -18,9 +18,4 @@ _EXPORTS = {
     "run_sweep": "driver",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(_importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
