@@ -174,6 +174,14 @@ def build_parser(
         help="comma-separated layers (among --layers) whose per-image activations go to RUN/activations/ "
         "(default: none)",
     )
+    p.add_argument(
+        "--exemplars",
+        type=int,
+        default=16,
+        metavar="K",
+        help="keep every unit's K top and K bottom images (RUN/exemplars/, thumbnails in RUN/images/); "
+        "0: none (default 16)",
+    )
 
     p = sub.add_parser(
         "visualize",
@@ -377,6 +385,7 @@ def cmd_selectivity(args) -> None:
         device=args.device,
         workers=args.workers,
         save_activations=_layers_arg(args.save_activations),
+        exemplars=args.exemplars,
         progress=not args.no_progress,
         precision=args.precision,
         allow_mixed=args.allow_mixed,
