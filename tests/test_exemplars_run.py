@@ -135,3 +135,36 @@ def test_data_shards_merge_into_the_unsharded_pass_exactly(tmp_path, image_folde
     path.write_bytes(path.read_bytes()[:-10])
     assert ledger.verified_done() == {shards[0].id, shards[2].id}
     assert f"{path} holds" in capsys.readouterr().err
+
+
+def test_interpretability_command_writes_the_seeded_index_of_every_unit(tmp_path, capsys):
+    # The index stored per unit is checked against repsub.core.interpretability applied to the unit's stored
+    # exemplars (read back with Run.exemplars), independently of the command's grouping of the rows. The
+    # index's own values (1.0 for a one-class unit, 0.5 for random ones) are tested in test_interpretability.py.
+    from repsub.core.interpretability import labels_similarity, two_afc_index, unit_rng
+    from repsub.data.synthetic import make_image_folder
+
+    data = make_image_folder(tmp_path / "images", num_classes=3, images_per_class=12, size=20)
+    out = tmp_path / "run"
+    repsub.selectivity(model="shallow_cnn", weights="random", seed=0, data=data, out=out, image_size=16,
+                       layers=["fc5"], batch_size=8, workers=0, progress=False, exemplars=12)  # fmt: skip
+    assert main(["interpretability", str(out), "--similarity", "labels", "--no-progress"]) == 0
+    assert "interpretability index of" in capsys.readouterr().out
+    assert main(["interpretability", str(out), "--similarity", "pixels", "--no-progress"]) == 0
+    run = repsub.open_run(out)
+    table = run.interpretability.to_table().sort_by([("similarity", "ascending"), ("unit", "ascending")])
+    units = load_model("shallow_cnn", weights="random", seed=0).layer("fc5").units
+    assert table.num_rows == 2 * units and set(table.column("similarity").to_pylist()) == {"labels", "pixels"}
+    index = table.column("index").to_numpy()
+    assert ((index >= 0) & (index <= 1)).all()
+    for unit in (0, units - 1):  # the stored index equals the core function on the unit's stored exemplars
+        frame = run.exemplars("fc5", unit, images=False)
+        top, bottom = frame[frame["side"] == "top"]["label"], frame[frame["side"] == "bottom"]["label"]
+        expected = two_afc_index(
+            top.to_numpy(), bottom.to_numpy(), labels_similarity, unit_rng(0, "fc5", unit)
+        )
+        assert table.column("index")[unit].as_py() == expected
+    again = repsub.interpretability(out, similarity="labels", progress=False)  # seeded: the same again
+    assert again.column("index").to_pylist() == table.column("index").to_pylist()[:units]
+    with pytest.raises(UsageError, match="valid similarities: labels, pixels"):
+        repsub.interpretability(out, similarity="lpips")

@@ -41,6 +41,9 @@ class Run:
     importance: ds.Dataset | None = None  # importance by ablation (repsub importance)
     exemplar_rows: ds.Dataset | None = None  # the `exemplars` table (selectivity --exemplars)
     images: ds.Dataset | None = None  # the exemplars' thumbnails
+    interpretability: ds.Dataset | None = (
+        None  # the 2AFC index per unit and similarity (repsub interpretability)
+    )
 
     def _dataset(self, name: str) -> ds.Dataset | None:
         return getattr(self, ATTRIBUTES.get(name, name))

@@ -33,6 +33,7 @@ from repsub.selection import ranges_text
 MEANING = {
     "selectivity": ("data", "image_size"),  # data: location, image count, classes
     "exemplars": ("data", "image_size"),
+    "interpretability": ("trials", "references", "temperature"),
     "units": meaning_names(OptimSettings),
     "importance": ("data", "image_size", "images"),  # images: the size of the class-balanced subset
 }

@@ -6,6 +6,7 @@
     RUN/activations/layer=<layer>/activations.parquet                      selectivity --save-activations
     RUN/exemplars/layer=<layer>/exemplars.parquet                          selectivity --exemplars K
     RUN/images/images.parquet                                              the exemplars' thumbnails
+    RUN/interpretability/layer=<layer>/<similarity>-<first>-<last>-<hash>.parquet   repsub interpretability
 
 Every table but `images` is hive-partitioned by `layer` (`images` is one file: an image that several
 layers' exemplars refer to is stored once; its `layer` column reads null). A block table keys its rows by (its `key` column, unit): a
@@ -125,7 +126,19 @@ IMAGES = TableSpec("images", pa.schema([
     ("source", pa.string()),  # the data's location (images of other data are never mixed: see exemplars.py)
 ]))  # fmt: skip
 
-TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, EXEMPLARS, IMAGES)}
+# Per unit and similarity, the simulated 2AFC interpretability index on its exemplars (repsub interpretability).
+INTERPRETABILITY = TableSpec("interpretability", pa.schema([
+    ("unit", pa.int32()),
+    ("similarity", pa.string()),  # repsub.core.interpretability.SIMILARITIES
+    ("variant", pa.string()),  # extremal: top vs bottom exemplars
+    ("index", pa.float64()),  # mean probability of the right choice: 0.5 chance, 1 always right
+    ("trials", pa.int32()),
+    ("seed", pa.int64()),
+    ("command", pa.string()),  # the manifest command that wrote the row
+]), key="similarity")  # fmt: skip
+
+TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, EXEMPLARS, IMAGES,
+                                       INTERPRETABILITY)}  # fmt: skip
 
 UNIT_STATUSES = {
     "ok": "the unit responds to its image (own activation > 0)",
