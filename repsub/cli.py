@@ -176,6 +176,14 @@ def build_parser(
         help="comma-separated layers (among --layers) whose per-image activations go to RUN/activations/ "
         "(default: none)",
     )
+    p.add_argument(
+        "--exemplars",
+        type=int,
+        default=16,
+        metavar="K",
+        help="keep every unit's K top and K bottom images (RUN/exemplars/, thumbnails in RUN/images/); "
+        "0: none (default 16)",
+    )
 
     p = sub.add_parser(
         "visualize",
@@ -221,6 +229,25 @@ def build_parser(
         default=None,
         help="ImageFolder of held-out images: report their accuracy (default: none)",
     )
+
+    p = sub.add_parser(
+        "interpretability",
+        help="the simulated 2AFC interpretability index of every unit, from the run's exemplars",
+        description="For every unit with exemplars (repsub selectivity --exemplars K): the mean probability, over "
+        "seeded trials, that a simulated observer tells a top exemplar from a bottom one by its similarity to "
+        "9 top and 9 bottom reference exemplars (Klindt et al. 2023); 0.5 is chance. Written to "
+        "RUN/interpretability/, one block per layer and similarity.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory (or URI) with exemplars")
+    p.add_argument("--similarity", default="labels",
+                   help="labels (same class or not) or pixels (negative L2 of the thumbnails) (default labels)")  # fmt: skip
+    p.add_argument(
+        "--layers", default=None, help="comma-separated layers (default: every layer with exemplars)"
+    )
+    p.add_argument("--trials", type=int, default=20, help="trials per unit (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the trials' draws (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_write_args(p)
 
     p = sub.add_parser(
         "importance",
@@ -379,6 +406,7 @@ def cmd_selectivity(args) -> None:
         device=args.device,
         workers=args.workers,
         save_activations=_layers_arg(args.save_activations, "--save-activations"),
+        exemplars=args.exemplars,
         progress=not args.no_progress,
         precision=args.precision,
         allow_mixed=args.allow_mixed,
@@ -439,6 +467,24 @@ def cmd_importance(args) -> None:
     print(f"wrote importance ({args.ablation} ablation) of {table.num_rows} units to {args.out}")
 
 
+def cmd_interpretability(args) -> None:
+    from repsub.commands.interpretability import interpretability
+
+    table = interpretability(
+        args.run,
+        similarity=args.similarity,
+        layers=_layers_arg(args.layers),
+        trials=args.trials,
+        seed=args.seed,
+        progress=not args.no_progress,
+        allow_mixed=args.allow_mixed,
+        force_unlock=args.force_unlock,
+    )
+    index = table.column("index").to_numpy()
+    print(f"wrote the {args.similarity} interpretability index of {table.num_rows} units to {args.run} "
+          f"(mean {index.mean():.3f})")  # fmt: skip
+
+
 def cmd_train(args) -> None:
     from repsub.commands.train import train_classifier
 
@@ -485,6 +531,7 @@ def cmd_prepare(args) -> None:
 
 COMMANDS = {
     "importance": cmd_importance,
+    "interpretability": cmd_interpretability,
     "layers": cmd_layers,
     "selectivity": cmd_selectivity,
     "visualize": cmd_visualize,

@@ -12,7 +12,18 @@ import sys
 import pytest
 
 HEAVY = ("torch", "torchvision", "ray", "pyarrow", "scipy", "matplotlib", "pandas")
-COMMANDS = ["layers", "selectivity", "visualize", "train", "importance", "sweep", "summary", "report", "demo"]
+COMMANDS = [
+    "layers",
+    "selectivity",
+    "visualize",
+    "train",
+    "importance",
+    "interpretability",
+    "sweep",
+    "summary",
+    "report",
+    "demo",
+]
 
 
 def imported_after(code: str) -> dict:
@@ -73,6 +84,7 @@ out = [before, names, callable(repsub.selectivity), repsub.selectivity.__module_
         "Run": "repsub.analysis.run", "open_run": "repsub.analysis.run",
         "selectivity": "repsub.commands.selectivity", "visualize": "repsub.commands.visualize",
         "importance": "repsub.commands.importance", "catalog": "repsub.models.loading",
+        "interpretability": "repsub.commands.interpretability",
         "load_model": "repsub.models.loading",
     }  # fmt: skip
     assert callable_ and selectivity_module == "repsub.commands.selectivity"

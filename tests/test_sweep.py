@@ -75,6 +75,17 @@ def test_sweep_equals_the_single_process_commands(local_ray, tmp_path, image_fol
         # Not bit-equal: the float32 forward runs in processes with other thread counts and batches, and the
         # convolution kernels round differently. The merge itself is exact (test_selectivity.py, bitwise).
         assert b["dead"].to_pylist() == a["dead"].to_pylist() and set(b["n_images"].to_pylist()) == {21}
+    # Exemplars: merged from the data shards on the workers (exactness: test_exemplars_run.py); all 21 images
+    # ranked (k 16 of 21), best first, and the thumbnails of every image they refer to, once.
+    run = repsub.open_run(config.out)
+    exemplars = run.exemplar_rows.to_table()
+    assert exemplars.num_rows == (model.layer("conv2").n_units + model.layer("fc5").n_units) * 2 * 16
+    top = run.exemplars("fc5", 3, side="top", images=False)
+    assert top["image_index"].nunique() == 16 and list(top["activation"]) == sorted(
+        top["activation"], reverse=True
+    )
+    referenced = sorted(set(exemplars.column("image_index").to_pylist()))
+    assert run.images.to_table().sort_by("image_index").column("image_index").to_pylist() == referenced
 
     direct = repsub.visualize(
         model=model,

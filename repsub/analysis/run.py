@@ -5,11 +5,12 @@
     run.image("conv3", 17, "iam")         # the unit's IAM image (PIL)
     run.stats().to_pandas()               # the report's statistics table
     run.importance_stats().to_pandas()    # importance by ablation against RS and selectivity (if measured)
+    run.exemplars("conv3", 17)            # the unit's top and bottom images: activation, label, thumbnail
 
 The tables stay available as pyarrow datasets (`run.units`, `run.selectivity`, `run.activations`,
-`run.importance`) for anything else (filters, streaming), and their files as `run.files("units")` (duckdb,
-polars). They are the files of the snapshot read when the run was opened (repsub.runstore.snapshot): open
-the run again to see what a writer committed since.
+`run.importance`, `run.exemplar_rows`, `run.images`) for anything else (filters, streaming), and their files as
+`run.files("units")` (duckdb, polars). They are the files of the snapshot read when the run was opened
+(repsub.runstore.snapshot): open the run again to see what a writer committed since.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from repsub.errors import RunError
 from repsub.runstore.reader import RunReader
 from repsub.runstore.tables import TABLES
 
+# A table whose attribute is not its name (`exemplars` is the method that reads it).
+ATTRIBUTES = {"exemplars": "exemplar_rows"}
+
 
 @dataclass
 class Run:
@@ -37,6 +41,14 @@ class Run:
     units: ds.Dataset | None
     activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
     importance: ds.Dataset | None = None  # importance by ablation (repsub importance)
+    exemplar_rows: ds.Dataset | None = None  # the `exemplars` table (selectivity --exemplars)
+    images: ds.Dataset | None = None  # the exemplars' thumbnails
+    interpretability: ds.Dataset | None = (
+        None  # the 2AFC index per unit and similarity (repsub interpretability)
+    )
+
+    def _dataset(self, name: str) -> ds.Dataset | None:
+        return getattr(self, ATTRIBUTES.get(name, name))
 
     def files(self, name: str) -> list[str]:
         """The files of table `name` in the snapshot this Run read (local paths or s3:// URIs), for duckdb
@@ -49,7 +61,7 @@ class Run:
         return [prefix + path for path in dataset.files]
 
     def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
-        dataset = getattr(self, name)
+        dataset = self._dataset(name)
         return None if dataset is None else dataset.to_table(**to_table_kwargs)
 
     @property
@@ -109,6 +121,14 @@ class Run:
         image = Image.open(io.BytesIO(rows.column("image")[0].as_py()))
         return image.convert("RGB")
 
+    def exemplars(self, layer: str, unit: int, side: str | None = None, images: bool = True):
+        """One unit's exemplars as a pandas DataFrame, top side first, best first: side, rank, image_index,
+        label, class (its name, where the manifest records the data's classes), activation and, with `images`,
+        image (the thumbnail as a PIL image; None where the run has none)."""
+        from repsub.analysis.exemplars import unit_exemplars
+
+        return unit_exemplars(self, layer, int(unit), side, images)
+
     def stats(self, **options) -> pa.Table:
         """The report's statistics table (repsub.analysis.stats), with the report's default options unless
         given: high, low, seed, resamples, confidence."""
@@ -128,7 +148,7 @@ class Run:
 
     def __repr__(self) -> str:
         model = (self.manifest.get("model") or {}).get("model", "?")
-        tables = [name for name in TABLES if getattr(self, name) is not None]
+        tables = [name for name in TABLES if self._dataset(name) is not None]
         return f"Run({self.uri!r}, model {model}, tables {', '.join(tables) or 'none'})"
 
 
@@ -139,4 +159,5 @@ def open_run(uri: str | os.PathLike) -> Run:
     >>> run.to_pandas()
     """
     reader = RunReader(uri)
-    return Run(uri=reader.uri, manifest=reader.manifest, **reader.datasets())
+    datasets = {ATTRIBUTES.get(name, name): dataset for name, dataset in reader.datasets().items()}
+    return Run(uri=reader.uri, manifest=reader.manifest, **datasets)

@@ -12,12 +12,18 @@ import torch
 from repsub.capture.precision import resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.commands.context import CommandContext, check_common, say_precision
+from repsub.core.exemplars import ExemplarAccumulator
 from repsub.data.sources import open_source
+from repsub.data.thumbnails import read_thumbnails
 from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
 from repsub.runstore.activations import ActivationWriter
-from repsub.runstore.provenance import Scope, selectivity_meaning
+from repsub.runstore.exemplars import write_exemplars, write_images
+from repsub.runstore.provenance import Scope, data_meaning, selectivity_meaning
 from repsub.runstore.tables import selectivity_table, with_layer
+from repsub.validate import check_int
+
+DEFAULT_EXEMPLARS = 16
 
 
 def selectivity(
@@ -39,6 +45,7 @@ def selectivity(
     std: tuple[float, float, float] | None = None,
     allow_mixed: bool = False,
     force_unlock: bool = False,
+    exemplars: int = DEFAULT_EXEMPLARS,
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
     or an FFCV .beton file from `repsub prepare`).
@@ -48,7 +55,9 @@ def selectivity(
     `save_activations` (layers among `layers`) also streams every image's activations of those layers
     into `out`/activations/ (repsub.runstore.activations), one row per image per layer. `reduce` (how a conv
     channel's map becomes one value: mean, max, center) defaults to the run's, else mean. `precision`
-    (auto, fp32, bf16) is that of the forward; class sums are float64 in every case.
+    (auto, fp32, bf16) is that of the forward; class sums are float64 in every case. `exemplars` (k, 0: none)
+    keeps, in the same pass, every unit's k top and k bottom images (repsub.core.exemplars) and writes them into
+    `out`/exemplars/, with the thumbnails of the images they refer to in `out`/images/ (nothing without `out`).
 
     Into an existing run, what is not given is the run's (repsub.commands.extend): `model` None re-creates its
     model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
@@ -59,6 +68,7 @@ def selectivity(
     gone (README, "Run integrity").
     """
     check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed)
+    check_int(exemplars, "--exemplars", 0)
     ctx = CommandContext.open("selectivity", out=out, model=model, weights=weights, seed=seed, device=device,
                               layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
     used_precision = resolve_precision(precision, ctx.device)
@@ -88,17 +98,28 @@ def selectivity(
         "device": str(ctx.device),
         "precision": used_precision.to_dict(),
     }
+    keep = exemplars if out is not None else 0  # exemplars are only worth their work when written
+    if keep:
+        config["exemplars"] = keep
     say_precision(used_precision, "selectivity")
-    scope = Scope("selectivity", None, dict.fromkeys(config["layers"]), selectivity_meaning(source, size))
+    meaning = selectivity_meaning(source, size)
+    scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning)
+              for table in ("selectivity", "exemplars")[: 2 if keep else 1]]  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(
-            "selectivity", config, [scope], reduce=reduce, allow_mixed=allow_mixed, force_unlock=force_unlock
+            "selectivity", config, scopes, reduce=reduce, allow_mixed=allow_mixed, force_unlock=force_unlock
         ))  # fmt: skip
         sink = None
         if saved:
             sink = stack.enter_context(
                 ActivationWriter(output.writer, {layer.name: layer.n_units for layer in saved})
             )
+        kept = (
+            ExemplarAccumulator({layer.name: layer.n_units for layer in chosen}, keep, device=ctx.device)
+            if keep
+            else None
+        )
+        on_batch = _each(sink.add if sink else None, kept.add if kept else None)
         acc = accumulate_class_sums(
             loaded,
             chosen,
@@ -108,7 +129,7 @@ def selectivity(
             device=ctx.device,
             total=len(source),
             progress=progress,
-            on_batch=sink.add if sink else None,
+            on_batch=on_batch,
             precision=used_precision,
         )
         if acc.n_images != len(source):
@@ -121,12 +142,37 @@ def selectivity(
         }
         for name, table in tables.items():
             output.write("selectivity", name, table)
+        if kept is not None:
+            write_exemplars(output.writer, kept, list(tables))
+            store_thumbnails(output.writer, source, kept, loaded, batch_size, workers, progress)
         config["n_images"] = acc.n_images
         if saved:
             config["save_activations"] = [layer.name for layer in saved]
             config["activations_row_group_rows"] = activation_rows
         output.complete(config)
     return with_layer(tables)
+
+
+def _each(*callbacks):
+    """One on_batch callback calling each of `callbacks` (None ones left out); None if there is none."""
+    present = [callback for callback in callbacks if callback is not None]
+    if not present:
+        return None
+
+    def each(*batch):  # (activations, labels[, index]): whatever the pass hands over
+        for callback in present:
+            callback(*batch)
+
+    return each
+
+
+def store_thumbnails(writer, source, exemplars: ExemplarAccumulator, model: LoadedModel, batch_size: int,
+                     workers: int, progress: bool) -> int:  # fmt: skip
+    """The thumbnails of every image the exemplars refer to, read once each from `source` into the run."""
+    indices = exemplars.image_indices().tolist()
+    batches = read_thumbnails(source, indices, model.mean, model.std, batch_size=batch_size, workers=workers,
+                              progress=progress)  # fmt: skip
+    return write_images(writer, batches, data_meaning(source)["location"])
 
 
 def _activation_layers(names, chosen, loaded: LoadedModel, out) -> list:

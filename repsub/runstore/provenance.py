@@ -32,6 +32,8 @@ from repsub.selection import ranges_text
 # and each invocation its whole configuration. The units' are the optimization settings declared `meaning`.
 MEANING = {
     "selectivity": ("data", "image_size"),  # data: location, image count, classes
+    "exemplars": ("data", "image_size"),
+    "interpretability": ("trials", "references", "temperature"),
     "units": meaning_names(OptimSettings),
     "importance": ("data", "image_size", "images"),  # images: the size of the class-balanced subset
 }

@@ -4,8 +4,12 @@
     RUN/units/layer=<layer>/<method>-<first>-<last>-<hash>.parquet         blocks of units, per method
     RUN/importance/layer=<layer>/<ablation>-<first>-<last>-<hash>.parquet  blocks of units, per ablation
     RUN/activations/layer=<layer>/activations.parquet                      selectivity --save-activations
+    RUN/exemplars/layer=<layer>/exemplars.parquet                          selectivity --exemplars K
+    RUN/images/images.parquet                                              the exemplars' thumbnails
+    RUN/interpretability/layer=<layer>/<similarity>-<first>-<last>-<hash>.parquet   repsub interpretability
 
-Every table is hive-partitioned by `layer`. A block table keys its rows by (its `key` column, unit): a
+Every table but `images` is hive-partitioned by `layer` (`images` is one file: an image that several
+layers' exemplars refer to is stored once; its `layer` column reads null). A block table keys its rows by (its `key` column, unit): a
 block's file name follows from the key and the units, so rewriting the same units replaces the same file
 (repsub.runstore.writer.RunWriter.write_block), and a sweep's shards write deterministic names.
 
@@ -102,7 +106,39 @@ ACTIVATIONS = TableSpec("activations", pa.schema([
     ("activations", pa.list_(pa.float32())),
 ]))  # fmt: skip
 
-TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS)}
+# Per unit, the k images of the data with the highest (side "top") and lowest ("bottom") activation, best
+# first (rank 0), ties by the lower image index (repsub.core.exemplars); written by the selectivity pass.
+EXEMPLARS = TableSpec("exemplars", pa.schema([
+    ("unit", pa.int32()),
+    ("side", pa.string()),  # top | bottom
+    ("rank", pa.int32()),  # 0: the most extreme
+    ("image_index", pa.int64()),  # the image's index in the data (dataset order, as the pass reads it)
+    ("label", pa.int32()),
+    ("activation", pa.float32()),
+    ("command", pa.string()),  # the manifest command that wrote the row
+]))  # fmt: skip
+
+# The thumbnails of the images the exemplars refer to, once each (repsub.runstore.exemplars).
+IMAGES = TableSpec("images", pa.schema([
+    ("image_index", pa.int64()),
+    ("label", pa.int32()),
+    ("image", pa.binary()),  # JPEG of the model's input (after resize and crop), scaled to a thumbnail
+    ("source", pa.string()),  # the data's location (images of other data are never mixed: see exemplars.py)
+]))  # fmt: skip
+
+# Per unit and similarity, the simulated 2AFC interpretability index on its exemplars (repsub interpretability).
+INTERPRETABILITY = TableSpec("interpretability", pa.schema([
+    ("unit", pa.int32()),
+    ("similarity", pa.string()),  # repsub.core.interpretability.SIMILARITIES
+    ("variant", pa.string()),  # extremal: top vs bottom exemplars
+    ("index", pa.float64()),  # mean probability of the right choice: 0.5 chance, 1 always right
+    ("trials", pa.int32()),
+    ("seed", pa.int64()),
+    ("command", pa.string()),  # the manifest command that wrote the row
+]), key="similarity")  # fmt: skip
+
+TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, EXEMPLARS, IMAGES,
+                                       INTERPRETABILITY)}  # fmt: skip
 
 UNIT_STATUSES = {
     "ok": "the unit responds to its image (own activation > 0)",
@@ -145,6 +181,27 @@ def selectivity_table(class_means: torch.Tensor, n_images: int) -> pa.Table:
         "n_images": pa.array(np.full(means.shape[0], n_images), pa.int64()),
         "dead": pa.array(result.dead, pa.bool_()),
     })  # fmt: skip
+
+
+def exemplars_table(sides: dict[str, dict]) -> pa.Table:
+    """The exemplars rows of one layer, from {side: {values, index, labels} [k, N]}
+    (repsub.core.exemplars.ExemplarAccumulator.side), ordered by unit, side (top first), rank."""
+    parts = []
+    for side in ("top", "bottom"):
+        fields = {name: tensor.cpu().numpy().T for name, tensor in sides[side].items()}  # [N, k]
+        units, k = fields["values"].shape
+        parts.append({
+            "unit": np.repeat(np.arange(units, dtype=np.int32), k),
+            "side": np.full(units * k, side, dtype=object),
+            "rank": np.tile(np.arange(k, dtype=np.int32), units),
+            "image_index": fields["index"].reshape(-1),
+            "label": fields["labels"].reshape(-1).astype(np.int32),
+            "activation": fields["values"].reshape(-1).astype(np.float32),
+        })  # fmt: skip
+    columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    order = np.lexsort((columns["rank"], columns["side"] != "top", columns["unit"]))
+    schema = EXEMPLARS.schema.remove(EXEMPLARS.schema.get_field_index("command"))
+    return pa.table({name: values[order] for name, values in columns.items()}, schema=schema)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

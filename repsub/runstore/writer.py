@@ -183,16 +183,17 @@ class RunWriter(RunLocation):
         stem, dot, suffix = name.rpartition(".")
         return f"{stem}-{uuid.uuid4().hex[:8]}{dot}{suffix}"
 
-    def partition_files(self, table: str, layer: str) -> list[str]:
-        """The paths of the files of a table's layer partition: the committed ones (the manifest's list), or
-        for a run without a list, those a directory listing finds; with what an open `committing()` block
-        has added and retired so far."""
-        directory = self._partition_dir(table, layer)
+    def partition_files(self, table: str, layer: str | None) -> list[str]:
+        """The paths of the files of a table's layer partition (`layer` None: of a table without partitions):
+        the committed ones (the manifest's list), or for a run without a list, those a directory listing
+        finds; with what an open `committing()` block has added and retired so far."""
+        inside_dir = table if layer is None else f"{table}/layer={layer}"
+        directory = self._path(inside_dir)
         files = snapshot.listed(self.read_manifest() or {})
         if files is None:
-            found = {f"{directory}/{name}" for name in self.list_names(f"{table}/layer={layer}")}
+            found = {f"{directory}/{name}" for name in self.list_names(inside_dir)}
         else:
-            prefix = f"layer={layer}/"
+            prefix = "" if layer is None else f"layer={layer}/"
             found = {
                 self._path(table, inside) for inside in files.get(table, []) if inside.startswith(prefix)
             }
@@ -200,6 +201,18 @@ class RunWriter(RunLocation):
             added, retired = ({self._path(r) for r in paths} for paths in self._batch)
             found = (found | {p for p in added if p.startswith(directory + "/")}) - retired
         return sorted(found)
+
+    def write_whole_table(self, name: str, rows: pa.Table) -> str:
+        """Replace a table without layer partitions (the exemplars' thumbnails) by `rows`, under a name no
+        file has had, the old files retired: one commit."""
+        spec = TABLES[name]
+        directory = self._path(name)
+        with self.committing():
+            superseded = self.partition_files(name, None)
+            file_name = self._unused_name(directory, f"{name}.parquet")
+            path = self._write_parquet(spec.conform(rows), directory, file_name, spec.row_group)
+            self._commit([path], superseded)
+        return path
 
     @contextlib.contextmanager
     def committing(self):

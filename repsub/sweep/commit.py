@@ -1,7 +1,8 @@
 """The shard-commit protocol, in one place.
 
 1. A shard writes its result under a deterministic name, atomically (hidden temporary, then move):
-   unit shards into the units table itself, data shards as partial sums under `_sweep/`.
+   unit shards into the units table itself, data shards as partial sums (and partial exemplars) under
+   `_sweep/`.
 2. Only then is its completion marker written, create-only: `RUN/_sweep/<plan>/done/<shard id>.json`,
    holding the size and SHA-256 of every file the shard wrote.
 3. The driver then publishes the shard's table files in the run's snapshot (the manifest's file list,
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from repsub.core.exemplars import ExemplarAccumulator
 from repsub.core.selectivity import ClassMeanAccumulator
 from repsub.errors import RunError
 from repsub.runstore.location import unreadable_file
@@ -124,14 +126,31 @@ class ShardLedger:
         return self.writer._path(relative)
 
     def load_partial_sums(self, shard_id: str) -> ClassMeanAccumulator:
-        relative = self.partial_sums_path(shard_id)
+        return ClassMeanAccumulator.from_state_dict(self._load(self.partial_sums_path(shard_id), shard_id))
+
+    def partial_exemplars_path(self, shard_id: str) -> str:
+        return f"{self.base}/exemplars/{shard_id}.pt"
+
+    def save_partial_exemplars(self, shard_id: str, accumulator: ExemplarAccumulator) -> str:
+        """Write a data shard's exemplars (its images' top and bottom k); returns the file's path (for its marker)."""
+        buffer = io.BytesIO()
+        torch.save(accumulator.state_dict(), buffer)
+        relative = self.partial_exemplars_path(shard_id)
+        self.writer.put_bytes(relative, buffer.getvalue())
+        return self.writer._path(relative)
+
+    def load_partial_exemplars(self, shard_id: str) -> ExemplarAccumulator:
+        return ExemplarAccumulator.from_state(self._load(self.partial_exemplars_path(shard_id), shard_id))
+
+    def _load(self, relative: str, shard_id: str) -> dict:
+        """A data shard's saved state, read back (torch.load of plain tensors only)."""
         data = self.writer.get_bytes(relative)
         if data is None:
             raise RunError(
-                f"{self.writer.uri}: the partial sums {relative} of {shard_id} are missing although the shard is "
+                f"{self.writer.uri}: the partial result {relative} of {shard_id} is missing although the shard is "
                 "marked done; rerun the sweep (it recomputes shards whose files do not verify)"
             )
         try:
-            return ClassMeanAccumulator.from_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+            return torch.load(io.BytesIO(data), weights_only=True)
         except Exception as err:  # torch raises several types for a damaged file
             raise unreadable_file(self.writer.uri, self.writer._path(relative), err) from None

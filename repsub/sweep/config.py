@@ -14,7 +14,7 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64,
                    own_term: hybrid, precision: auto}   # any setting of repsub.optimize.settings
     selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, precision: auto,
-                   workers: 8, images_per_shard: 5000}
+                   workers: 8, images_per_shard: 5000, exemplars: 16}
     importance:   {data: /data/imagenet_val.beton, images: 10000, ablation: zero, batch_size: 256, workers: 8}
     sharding:     {units_per_shard: 64}  # units per AM/IAM and importance shard
     workers:      {count: 8, gpus: 1, cpus: 4}
@@ -56,6 +56,7 @@ class SelectivityConfig:
     precision: str = "auto"  # of the forward: auto | fp32 | bf16 (class sums are float64 always)
     workers: int = 2  # data-loading processes per actor
     images_per_shard: int = 5000
+    exemplars: int = 16  # every unit's k top and k bottom images (repsub.core.exemplars); 0: none
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ def _check_numbers(source: str, selectivity, importance, workers) -> None:
 
     try:
         for key, value in (("selectivity.workers", selectivity.workers),
+                           ("selectivity.exemplars", selectivity.exemplars),
                            ("importance.workers", importance.workers)):  # fmt: skip
             check_int(value, key, 0)
         for key, value in (("selectivity.image_size", selectivity.image_size),

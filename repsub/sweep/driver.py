@@ -9,11 +9,14 @@ from tqdm.auto import tqdm
 from repsub.analysis.run import open_run
 from repsub.analysis.summary import run_summary
 from repsub.commands.context import CommandContext
+from repsub.commands.selectivity import store_thumbnails
+from repsub.core.exemplars import ExemplarAccumulator
 from repsub.core.selectivity import ClassMeanAccumulator
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
 from repsub.errors import RepsubError, UsageError
 from repsub.models import resolve_model
+from repsub.runstore.exemplars import write_exemplars
 from repsub.runstore.provenance import Scope, importance_meaning, selectivity_meaning, units_meaning
 from repsub.runstore.storage import configure_s3
 from repsub.runstore.tables import TABLES, selectivity_table
@@ -92,6 +95,8 @@ def _scopes(config: SweepConfig, model, layer_names, source, importance_source) 
     if source is not None:
         meaning = selectivity_meaning(source, config.selectivity_image_size())
         scopes.append(Scope("selectivity", None, dict.fromkeys(layer_names), meaning))
+        if config.selectivity.exemplars:
+            scopes.append(Scope("exemplars", None, dict.fromkeys(layer_names), meaning))
     if importance_source is not None:
         images = len(balanced_subset(importance_source.labels(), config.importance.images, config.seed))
         meaning = importance_meaning(importance_source, config.importance_image_size(), images)
@@ -140,9 +145,14 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
 
     if data_shards:
         merged = _merge_partial_sums(ledger, data_shards)
-        with writer.committing():  # every layer's selectivity in one snapshot
+        with writer.committing():  # every layer's selectivity and exemplars in one snapshot
             for name in layer_names:
                 writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
+            if config.selectivity.exemplars:
+                exemplars = merge_partial_exemplars(ledger, data_shards)
+                write_exemplars(writer, exemplars, layer_names)
+                cfg = config.selectivity
+                store_thumbnails(writer, source, exemplars, model, cfg.batch_size, cfg.workers, progress)
     shards = len(data_shards) + len(unit_shards)
     output.complete(_record(config, classes=classes, shards=shards))
     return run_summary(open_run(config.out))
@@ -184,6 +194,18 @@ def _merge_partial_sums(ledger: ShardLedger, shards: list[DataShard]) -> ClassMe
     expected = shards[-1].stop
     if merged.n_images != expected:
         raise SweepError(f"the data shards hold {merged.n_images} images, the dataset {expected}")
+    return merged
+
+
+def merge_partial_exemplars(ledger: ShardLedger, shards: list[DataShard]) -> ExemplarAccumulator:
+    """The data shards' exemplars merged in shard order (the merge is exact in any order)."""
+    merged = ledger.load_partial_exemplars(shards[0].id)
+    for shard in shards[1:]:
+        merged.merge(ledger.load_partial_exemplars(shard.id))
+    if merged.n_images != shards[-1].stop:
+        raise SweepError(
+            f"the data shards' exemplars cover {merged.n_images} images, the dataset {shards[-1].stop}"
+        )
     return merged
 
 

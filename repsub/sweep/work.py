@@ -10,6 +10,7 @@ import time
 from repsub.ablation import measure_importance, unit_means
 from repsub.capture.precision import resolve_device, resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
+from repsub.core.exemplars import ExemplarAccumulator
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
 from repsub.models import LoadedModel, resolve_model
@@ -82,6 +83,10 @@ class ShardRunner:
         batches = source.batches(
             cfg.batch_size, indices=range(shard.start, shard.stop), workers=cfg.workers, device=self.device
         )
+        exemplars = None
+        if cfg.exemplars:  # image indices count from the shard's first image: they are the dataset's
+            units = {layer.name: layer.n_units for layer in layers}
+            exemplars = ExemplarAccumulator(units, cfg.exemplars, first_index=shard.start, device=self.device)
         acc = accumulate_class_sums(
             self.model,
             layers,
@@ -90,18 +95,21 @@ class ShardRunner:
             reduce=self.config.reduce,
             device=self.device,
             progress=False,
+            on_batch=exemplars.add if exemplars else None,
             precision=precision,
         )
         if acc.n_images != shard.size:
             raise RuntimeError(f"{shard.id}: saw {acc.n_images} images, expected {shard.size}")
-        path = self.ledger.save_partial_sums(shard.id, acc)
+        paths = [self.ledger.save_partial_sums(shard.id, acc)]
+        if exemplars is not None:
+            paths.append(self.ledger.save_partial_exemplars(shard.id, exemplars))
         info = {
             "images": acc.n_images,
             "seconds": time.monotonic() - started,
             "device": self.device,
             "precision": precision.used,
         }
-        self.ledger.mark_done(shard.id, info, [path])
+        self.ledger.mark_done(shard.id, info, paths)
         return {"shard": shard.id, **info}
 
     def run_importance_shard(self, shard: ImportanceShard) -> dict:

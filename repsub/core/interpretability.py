@@ -1,0 +1,97 @@
+"""An automated interpretability index: a simulated two-alternative forced choice on a unit's exemplars
+(Klindt et al. 2023; Zimmermann et al.'s machine interpretability score).
+
+Each of `trials` trials draws, without replacement, `references` + 1 of the unit's top exemplars and as many
+of its bottom ones: one of each is a query, the others the two reference sets. Each query's similarity to
+the 2 x `references` reference images is z-scored over them (0 where they are all equal) and pooled by the
+mean over each set: m_top(q), m_bottom(q). The right assignment (the top query is the top one) has the logit
+m_top(q_top) + m_bottom(q_bottom), the wrong one m_top(q_bottom) + m_bottom(q_top); a softmax over the two,
+at `temperature`, gives the probability of the right choice. The index is its mean over the trials: 0.5 is
+chance, 1 a unit whose top and bottom images are told apart every time.
+
+Z-scoring makes the logits scale-free. A unit that fires for exactly one class, under the `labels`
+similarity: the top query is like every top reference and unlike every bottom one (z +1 and -1), and the
+bottom query is unlike the top references; the logit difference is 2 or more, so the default temperature
+0.05 gives p >= 1 - 1e-17, which is 1.0 in float64. A lower temperature approaches an ideal observer's hard
+choice; a higher one grades close calls.
+
+Similarities take items of a batch of trials, queries [T, Q, ...] and references [T, R, ...], and return
+[T, Q, R]: `labels` (1 for the same class, else 0) and `pixels` (negative L2 distance of the images).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+DEFAULT_TRIALS = 20
+DEFAULT_REFERENCES = 9
+DEFAULT_TEMPERATURE = 0.05
+
+Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def labels_similarity(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """1.0 where a query and a reference have the same class label, else 0.0: [T, Q] x [T, R] -> [T, Q, R]."""
+    return (queries[:, :, None] == references[:, None, :]).astype(np.float64)
+
+
+def pixels_similarity(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Negative Euclidean distance of the images (any shape past [T, Q]): [T, Q, ...] x [T, R, ...] -> [T, Q, R]."""
+    q = queries.reshape(*queries.shape[:2], -1).astype(np.float64)
+    r = references.reshape(*references.shape[:2], -1).astype(np.float64)
+    return -np.linalg.norm(q[:, :, None, :] - r[:, None, :, :], axis=-1)
+
+
+SIMILARITIES: dict[str, Similarity] = {"labels": labels_similarity, "pixels": pixels_similarity}
+
+
+def unit_rng(seed: int, layer: str, unit: int) -> np.random.Generator:
+    """The generator of one unit's trials: the same for the same (seed, layer, unit) in any process or order."""
+    return np.random.default_rng([int(seed), zlib.crc32(layer.encode()), int(unit)])
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    """Z-scores along the last axis; 0 where the values are all equal."""
+    spread = values.std(axis=-1, keepdims=True)
+    centred = values - values.mean(axis=-1, keepdims=True)
+    return np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+
+
+def two_afc_index(
+    top: np.ndarray,
+    bottom: np.ndarray,
+    similarity: Similarity,
+    rng: np.random.Generator,
+    trials: int = DEFAULT_TRIALS,
+    references: int = DEFAULT_REFERENCES,
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> float:
+    """The index of one unit from its top and bottom exemplars' items (labels [k] or images [k, ...], one per
+    exemplar; the two sides may hold different counts), all trials at once."""
+    needed = references + 1
+    for side, items in (("top", top), ("bottom", bottom)):
+        if len(items) < needed:
+            raise ValueError(
+                f"{references} references and a query need {needed} {side} exemplars, the unit has {len(items)}"
+            )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    def draw(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        picks = np.argsort(rng.random((trials, len(items))), axis=1)[:, :needed]  # distinct, per trial
+        chosen = items[picks]  # [T, references + 1, ...]
+        return chosen[:, :1], chosen[:, 1:]
+
+    query_top, refs_top = draw(np.asarray(top))
+    query_bottom, refs_bottom = draw(np.asarray(bottom))
+    queries = np.concatenate([query_top, query_bottom], axis=1)  # [T, 2, ...]: top query first
+    refs = np.concatenate([refs_top, refs_bottom], axis=1)  # [T, 2 * references, ...]
+    z = _zscore(similarity(queries, refs))  # [T, 2, 2 * references]
+    to_top, to_bottom = z[..., :references].mean(-1), z[..., references:].mean(-1)  # [T, 2]
+    right = to_top[:, 0] + to_bottom[:, 1]
+    wrong = to_top[:, 1] + to_bottom[:, 0]
+    p_right = 0.5 * (1 + np.tanh((right - wrong) / (2 * temperature)))  # the two-way softmax, stably
+    return float(p_right.mean())
