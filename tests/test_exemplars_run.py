@@ -168,3 +168,24 @@ def test_interpretability_command_writes_the_seeded_index_of_every_unit(tmp_path
     assert again.column("index").to_pylist() == table.column("index").to_pylist()[:units]
     with pytest.raises(UsageError, match="valid similarities: labels, pixels"):
         repsub.interpretability(out, similarity="lpips")
+
+
+def test_thumbnails_are_replaced_under_a_new_name_in_one_snapshot(tmp_path, image_folder_dir):
+    """A second pass over other layers stores its thumbnails as a new file and retires the old one: a reader
+    holding the first snapshot keeps reading it, the new snapshot lists one images file."""
+    model = load_model("shallow_cnn", weights="random", seed=0, num_classes=3)
+    out = tmp_path / "run"
+    common = {"model": model, "data": image_folder_dir, "out": out, "image_size": 16, "batch_size": 4,
+              "workers": 0, "progress": False, "exemplars": 2}  # fmt: skip
+    repsub.selectivity(layers=["conv1"], **common)
+    first = repsub.open_run(out)
+    (old,) = first.files("images")
+    before = first.images.to_table().sort_by("image_index")
+    repsub.selectivity(layers=["fc5"], **common)
+    second = repsub.open_run(out)
+    (new,) = second.files("images")
+    retired = second.manifest["retired"]
+    assert new != old and any(old.endswith("/" + path) for path in retired)  # retired, not overwritten
+    assert first.images.to_table().sort_by("image_index").equals(before)  # the old snapshot reads as it was
+    referenced = set(second.exemplar_rows.to_table().column("image_index").to_pylist())
+    assert referenced <= set(second.images.to_table().column("image_index").to_pylist())

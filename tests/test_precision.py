@@ -70,7 +70,10 @@ def test_a_given_speedup_replaces_the_probe_in_every_process(monkeypatch, given)
     fast = bool(cpu_bf16_flags()) and float(given) >= FAST_ENOUGH
     assert resolve_precision("auto", "cpu").used == ("bf16" if fast else "fp32")
     if cpu_bf16_flags():
-        assert f"measured {float(given):.2f}x" in resolve_precision("auto", "cpu").reason
+        assert (
+            f"given {float(given):.2f}x fp32 (REPSUB_CPU_BF16_SPEEDUP)"
+            in resolve_precision("auto", "cpu").reason
+        )
 
 
 @pytest.mark.parametrize("given", ["fast", "0", "-2", "nan"])

@@ -73,6 +73,7 @@ class Hardware:
     cuda_capability: tuple[int, int] | None = None
     cpu_flags: tuple[str, ...] = ()  # the CPU's fast-bf16 instruction sets among FAST_BF16_CPU_FLAGS
     cpu_bf16_speedup: float | None = None  # fp32 time / bf16 time of a conv, measured (cpu_bf16_speedup())
+    speedup_given: bool = False  # the speed-up came from REPSUB_CPU_BF16_SPEEDUP, not the probe
 
 
 @functools.cache
@@ -128,7 +129,9 @@ def hardware(device: str | torch.device) -> Hardware:
     if device.type != "cpu":
         return Hardware(device.type)
     flags = cpu_bf16_flags()
-    return Hardware("cpu", cpu_flags=flags, cpu_bf16_speedup=measured_cpu_bf16_speedup() if flags else None)
+    given = flags and SPEEDUP_VARIABLE in os.environ
+    speedup = measured_cpu_bf16_speedup() if flags else None
+    return Hardware("cpu", cpu_flags=flags, cpu_bf16_speedup=speedup, speedup_given=bool(given))
 
 
 def measured_cpu_bf16_speedup() -> float:
@@ -166,12 +169,16 @@ def choose_precision(requested: str, hw: Hardware) -> Precision:
     if hw.kind == "cpu" and hw.cpu_flags:
         flags = " and ".join(hw.cpu_flags)
         speedup = hw.cpu_bf16_speedup
-        if speedup is not None and speedup >= FAST_ENOUGH:
-            return Precision(
-                "auto", "bf16", f"CPU with {flags}: bf16 convolutions measured {speedup:.2f}x fp32"
-            )
-        measured = "not measured" if speedup is None else f"measured {speedup:.2f}x fp32"
-        return Precision("auto", "fp32", f"CPU with {flags} but bf16 convolutions {measured} here")
+        if speedup is None:
+            return Precision("auto", "fp32", f"CPU with {flags} but bf16 convolutions not measured here")
+        how = (
+            f"given {speedup:.2f}x fp32 ({SPEEDUP_VARIABLE})"
+            if hw.speedup_given
+            else f"measured {speedup:.2f}x fp32"
+        )
+        if speedup >= FAST_ENOUGH:
+            return Precision("auto", "bf16", f"CPU with {flags}: bf16 convolutions {how}")
+        return Precision("auto", "fp32", f"CPU with {flags} but bf16 convolutions {how} here")
     return Precision("auto", "fp32", f"no fast bf16 on {hw.kind}")
 
 
