@@ -35,6 +35,7 @@ class Run:
     units: ds.Dataset | None
     activations: ds.Dataset | None = None  # per-image activations (selectivity --save-activations)
     importance: ds.Dataset | None = None  # importance by ablation (repsub importance)
+    bases: ds.Dataset | None = None  # the fitted bases, one row each (repsub basis fit)
 
     def table(self, name: str, **to_table_kwargs) -> pa.Table | None:
         dataset = getattr(self, name)

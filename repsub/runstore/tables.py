@@ -4,6 +4,7 @@
     RUN/units/layer=<layer>/<method>-<first>-<last>-<hash>.parquet         blocks of units, per method
     RUN/importance/layer=<layer>/<ablation>-<first>-<last>-<hash>.parquet  blocks of units, per ablation
     RUN/activations/layer=<layer>/activations.parquet                      selectivity --save-activations
+    RUN/bases/layer=<layer>/<name>.parquet                                 one basis (repsub.runstore.bases)
 
 Every table is hive-partitioned by `layer`. A block table keys its rows by (its `key` column, unit): a
 block's file name follows from the key and the units, so rewriting the same units replaces the same file
@@ -102,7 +103,30 @@ ACTIVATIONS = TableSpec("activations", pa.schema([
     ("activations", pa.list_(pa.float32())),
 ]))  # fmt: skip
 
-TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS)}
+# One row per basis of a layer, in its own file, `<name>.parquet` (repsub.runstore.bases): what it is, how it was
+# fitted, its metrics on held-out activation vectors, and its tensors.
+BASES = TableSpec("bases", pa.schema([
+    ("name", pa.string()),
+    ("kind", pa.string()),  # repsub.core.bases.fit.KINDS
+    ("size", pa.int32()),  # K, its directions
+    ("n_channels", pa.int32()),  # C, the layer's values at one position
+    ("signed", pa.bool_()),  # responses of either sign (projections), oriented so the largest are positive
+    ("encoder", pa.string()),  # linear, relu, topk (repsub.core.bases.basis)
+    ("hash", pa.string()),  # Basis.content_hash(), as the manifest records it
+    ("meta", pa.string()),  # JSON: Basis.meta(), its fit settings included
+    ("fit", pa.string()),  # JSON: the data, image size, positions, seed of the sampled vectors
+    ("model", pa.string()),  # JSON: the identity of the model it was fitted on
+    ("fve", pa.float64()),  # fraction of variance explained on held-out vectors
+    ("mean_l0", pa.float64()),  # active responses per position (held-out)
+    ("dead", pa.int32()),  # directions never active on held-out vectors
+    ("stability", pa.float64()),  # mean matched |cosine| with a fit of another seed (NaN: not measured)
+    ("n_fit", pa.int64()),  # activation vectors of the fit
+    ("n_held_out", pa.int64()),  # ... held out for the metrics
+    ("state", pa.binary()),  # .npz of its float32 tensors (directions, encoder_weight, encoder_bias, center)
+    ("command", pa.string()),  # the manifest command that wrote the row
+]))  # fmt: skip
+
+TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, BASES)}
 
 UNIT_STATUSES = {
     "ok": "the unit responds to its image (own activation > 0)",

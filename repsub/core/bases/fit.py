@@ -56,7 +56,7 @@ def check_size(kind: str, layer: str, size: int, n_channels: int, n_vectors: int
             f"--size {size} is larger than {kind} allows on {layer}: K <= C = {n_channels} (its channels at "
             "one position)"
         )
-    if kind in ("ica", "kmeans", "sae") and n_vectors is not None and size > n_vectors:
+    if kind in ("ica", "kmeans") and n_vectors is not None and size > n_vectors:
         raise UsageError(
             f"--size {size}: {kind} on {layer} needs at least K activation vectors to fit, the sample holds "
             f"{n_vectors}: give a smaller --size or more --positions or images"
