@@ -22,6 +22,15 @@ from repsub.optimize.settings import PRECISIONS, OptimSettings, declared, option
 # their declaration, repsub.optimize.settings, which is light.)
 REDUCTIONS = ("mean", "max", "center")
 METHODS = ("am", "iam")
+BASIS_KINDS = (
+    "random",
+    "pca",
+    "ica",
+    "nmf",
+    "kmeans",
+    "sae",
+    "vectors",
+)  # repsub.core.bases.fit.KINDS, unit aside
 PREPARE_HELP = "write an ImageFolder (or a flat folder with --labels) as an FFCV .beton"
 # `repsub demo`'s time, measured on a 2-core CPU (336-364 s of CPU in three runs); the README says the same.
 DEMO_TIME = "6 CPU-minutes"
@@ -292,6 +301,7 @@ def build_parser(
 
     add_sweep_arguments(p, address_default=None)
 
+    _add_basis_parser(sub)
     add_summary_parser(sub)
     add_report_parser(sub)
 
@@ -312,6 +322,68 @@ def build_parser(
     for action in sub._choices_actions:
         _say_defaults(sub.choices[action.dest], action.help)
     return parser
+
+
+def _add_basis_parser(sub) -> None:
+    """`repsub basis fit|list`: bases of a layer's activation space stored in a run (repsub.commands.basis)."""
+    p = sub.add_parser(
+        "basis",
+        help="fit bases of layers' activation spaces (pca, ica, nmf, kmeans, sae...) into a run, or list them",
+        description="A basis of a layer: K directions and an encoder from the layer's activation vector at one "
+        "position to K responses. `fit` samples activation vectors from the run's data, fits one basis per "
+        "layer and stores it in the run with its metrics; `list` prints the run's bases.",
+    )
+    verbs = p.add_subparsers(dest="basis_command", required=True, metavar="{fit,list}")
+    fit = verbs.add_parser("fit", help="fit a basis on each of --layers and store it in the run")
+    fit.add_argument("run", help="the run (directory or s3:// URI): its model, data and image size are used")
+    fit.add_argument("--layers", default=None, help="comma-separated layer names (default: the run's)")
+    fit.add_argument("--kind", required=True, choices=BASIS_KINDS, help="the kind of basis (required)")
+    fit.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="K, its directions (default: the layer's C; sae: --expansion x C; vectors: the file's)",
+    )
+    fit.add_argument("--name", default=None, help="the name it is stored under (default: the kind)")
+    fit.add_argument(
+        "--data", default=None, help="ImageFolder or .beton (default: the run's selectivity data)"
+    )
+    fit.add_argument("--positions", type=int, default=16, help="positions sampled per image (default 16)")
+    fit.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="a seeded, class-balanced subset of this many images (default: all)",
+    )
+    fit.add_argument(
+        "--seed", type=int, default=None, help="seed of the sampling and the solver (default: the run's)"
+    )
+    fit.add_argument(
+        "--expansion", type=int, default=4, help="sae: K = expansion x C unless --size (default 4)"
+    )
+    fit.add_argument(
+        "--top-k", type=int, default=None, help="sae: active latents per position (default C / 8)"
+    )
+    fit.add_argument(
+        "--sae-epochs", type=int, default=20, help="sae: passes over the sampled vectors (default 20)"
+    )
+    fit.add_argument("--vectors", default=None, help="kind vectors: a .npy or .pt file of K x C directions")
+    fit.add_argument(
+        "--no-stability", action="store_true", help="skip the second fit (seed + 1) that measures stability"
+    )
+    fit.add_argument("--replace", action="store_true", help="refit a name the run holds with another fit")
+    fit.add_argument("--image-size", type=int, default=None, help="input size S (default: the run's)")
+    fit.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    fit.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+    fit.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
+    fit.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="remove the run's lock left by a command that died (check that none is running)",
+    )
+    listing = verbs.add_parser("list", help="the run's bases with their metrics")
+    listing.add_argument("run", help="the run (directory or s3:// URI)")
+    listing.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
 def _say_defaults(command: argparse.ArgumentParser, help_line: str) -> None:
@@ -485,6 +557,34 @@ def cmd_interpretability(args) -> None:
           f"(mean {index.mean():.3f})")  # fmt: skip
 
 
+def cmd_basis(args) -> None:
+    from repsub.commands.basis import fit_basis, list_bases
+
+    if args.basis_command == "list":
+        rows = list_bases(args.run).to_pylist()
+        if args.json:
+            print(json.dumps(rows))
+            return
+        print(f"{'layer':<12} {'name':<12} {'kind':<8} {'K':>6} {'C':>6} {'fve':>7} {'L0':>8} {'dead':>6} "
+              f"{'stability':>9}  hash")  # fmt: skip
+        for r in rows:
+            print(f"{r['layer']:<12} {r['name']:<12} {r['kind']:<8} {r['size']:>6} {r['n_channels']:>6} "
+                  f"{r['fve']:>7.4f} {r['mean_l0']:>8.2f} {r['dead']:>6} {r['stability']:>9.4f}  {r['hash'][:12]}")  # fmt: skip
+        print(f"{len(rows)} basis(es); unit (the identity) is every layer's")
+        return
+    table = fit_basis(
+        args.run, layers=_layers_arg(args.layers), kind=args.kind, size=args.size, name=args.name,
+        data=args.data, positions=args.positions, seed=args.seed, expansion=args.expansion, top_k=args.top_k,
+        vectors=args.vectors, images=args.images, image_size=args.image_size, batch_size=args.batch_size,
+        device=args.device, workers=args.workers, stability=not args.no_stability, replace=args.replace,
+        sae_epochs=args.sae_epochs, force_unlock=args.force_unlock,
+    )  # fmt: skip
+    for r in table.to_pylist():
+        print(f"{r['layer']}/{r['name']}: {r['kind']} K={r['size']} fve {r['fve']:.4f}, mean L0 {r['mean_l0']:.2f}, "
+              f"dead {r['dead']}, stability {r['stability']:.4f}, hash {r['hash'][:12]}")  # fmt: skip
+    print(f"wrote {table.num_rows} basis(es) to {args.run}")
+
+
 def cmd_train(args) -> None:
     from repsub.commands.train import train_classifier
 
@@ -530,6 +630,7 @@ def cmd_prepare(args) -> None:
 
 
 COMMANDS = {
+    "basis": cmd_basis,
     "importance": cmd_importance,
     "interpretability": cmd_interpretability,
     "layers": cmd_layers,

@@ -19,6 +19,7 @@ COMMANDS = [
     "train",
     "importance",
     "interpretability",
+    "basis",
     "sweep",
     "summary",
     "report",
@@ -50,7 +51,8 @@ out = sorted(parser._subparsers._group_actions[0].choices)
     assert set(found["out"]) == {*COMMANDS, "prepare"}
 
 
-@pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS)], ids=lambda a: " ".join(a))
+@pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS), ["basis", "fit", "--help"]],
+                         ids=lambda a: " ".join(a))  # fmt: skip
 def test_help_imports_nothing_heavy(argv):
     found = imported_after(f"""
 import contextlib, io
@@ -85,7 +87,8 @@ out = [before, names, callable(repsub.selectivity), repsub.selectivity.__module_
         "selectivity": "repsub.commands.selectivity", "visualize": "repsub.commands.visualize",
         "importance": "repsub.commands.importance", "catalog": "repsub.models.loading",
         "interpretability": "repsub.commands.interpretability",
-        "load_model": "repsub.models.loading",
+        "load_model": "repsub.models.loading", "fit_basis": "repsub.commands.basis",
+        "list_bases": "repsub.commands.basis", "load_basis": "repsub.commands.basis",
     }  # fmt: skip
     assert callable_ and selectivity_module == "repsub.commands.selectivity"
     assert index_module == "repsub.core.selectivity"
@@ -106,6 +109,9 @@ def test_the_cli_copies_of_the_library_choices_agree():
 
     assert (tuple(REDUCTIONS), tuple(PRECISIONS)) == (cli.REDUCTIONS, cli.PRECISIONS)
     assert set(cli.METHODS) == set(METHODS)
+    from repsub.core.bases.fit import KINDS
+
+    assert tuple(kind for kind in KINDS if kind != "unit") == cli.BASIS_KINDS
 
 
 def test_prepare_keeps_its_options(capsys):

@@ -47,6 +47,8 @@ class Run:
         None  # the 2AFC index per unit and similarity (repsub interpretability)
     )
 
+    bases: ds.Dataset | None = None  # the fitted bases, one row each (repsub basis fit)
+
     def _dataset(self, name: str) -> ds.Dataset | None:
         return getattr(self, ATTRIBUTES.get(name, name))
 

@@ -145,10 +145,11 @@ class CommandOutput:
         if self.session:
             self.context.writer.write_table(table, layer, rows)
 
-    def complete(self, config: dict) -> None:
-        """Record the command as completed (the manifest last), with its final configuration."""
+    def complete(self, config: dict, update=None) -> None:
+        """Record the command as completed (the manifest last), with its final configuration; `update(manifest)`
+        adds what the command records beside it."""
         if self.session:
-            self.session.complete(config, self.context.catalog())
+            self.session.complete(config, self.context.catalog(), update)
 
 
 def check_common(image_size=None, batch_size=None, workers=None, seed=None, images=None) -> None:

@@ -61,7 +61,7 @@ def library_versions() -> dict[str, str]:
 # The manifest's fields that readers and writers use, and the JSON type each must have: a field of another type
 # (hand-edited, another tool's file) is refused, named, instead of failing deep inside a reader.
 FIELD_TYPES = {"schema_version": int, "model": dict, "catalog": list, "commands": dict, "invariants": dict,
-               "next_seq": int}  # fmt: skip
+               "next_seq": int, "bases": dict}  # fmt: skip
 JSON_NAMES = {int: "a number", dict: "an object", list: "an array"}
 
 

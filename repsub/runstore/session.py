@@ -132,12 +132,15 @@ class WriteSession:
 
     # -------------------------------------------------------------- exit
 
-    def complete(self, config: dict | None = None, catalog: list[dict] | None = None) -> dict:
-        """Record the invocation as completed (with its final `config`); the manifest is written last."""
+    def complete(self, config: dict | None = None, catalog: list[dict] | None = None, update=None) -> dict:
+        """Record the invocation as completed (with its final `config`); the manifest is written last.
+        `update(manifest)` adds what the command records beside its invocation (the bases it fitted)."""
         manifest = self.writer.read_manifest() or {}
         if catalog is not None:
             self.catalog = catalog
         self._describe(manifest)
+        if update is not None:
+            update(manifest)
         finish_invocation(manifest, self.command, self.seq, "completed", now_utc(), config)
         self.writer.collect_garbage(manifest)
         self.writer.put_bytes(MANIFEST, encode_manifest(manifest))

@@ -7,6 +7,7 @@
     RUN/exemplars/layer=<layer>/exemplars.parquet                          selectivity --exemplars K
     RUN/images/images.parquet                                              the exemplars' thumbnails
     RUN/interpretability/layer=<layer>/<similarity>-<first>-<last>-<hash>.parquet   repsub interpretability
+    RUN/bases/layer=<layer>/<name>.parquet                                 one basis (repsub.runstore.bases)
 
 Every table but `images` is hive-partitioned by `layer` (`images` is one file: an image that several
 layers' exemplars refer to is stored once; its `layer` column reads null). A block table keys its rows by (its `key` column, unit): a
@@ -137,8 +138,31 @@ INTERPRETABILITY = TableSpec("interpretability", pa.schema([
     ("command", pa.string()),  # the manifest command that wrote the row
 ]), key="similarity")  # fmt: skip
 
+# One row per basis of a layer, in its own file, `<name>.parquet` (repsub.runstore.bases): what it is, how it was
+# fitted, its metrics on held-out activation vectors, and its tensors.
+BASES = TableSpec("bases", pa.schema([
+    ("name", pa.string()),
+    ("kind", pa.string()),  # repsub.core.bases.fit.KINDS
+    ("size", pa.int32()),  # K, its directions
+    ("n_channels", pa.int32()),  # C, the layer's values at one position
+    ("signed", pa.bool_()),  # responses of either sign (projections), oriented so the largest are positive
+    ("encoder", pa.string()),  # linear, relu, topk (repsub.core.bases.basis)
+    ("hash", pa.string()),  # Basis.content_hash(), as the manifest records it
+    ("meta", pa.string()),  # JSON: Basis.meta(), its fit settings included
+    ("fit", pa.string()),  # JSON: the data, image size, positions, seed of the sampled vectors
+    ("model", pa.string()),  # JSON: the identity of the model it was fitted on
+    ("fve", pa.float64()),  # fraction of variance explained on held-out vectors
+    ("mean_l0", pa.float64()),  # active responses per position (held-out)
+    ("dead", pa.int32()),  # directions never active on held-out vectors
+    ("stability", pa.float64()),  # mean matched |cosine| with a fit of another seed (NaN: not measured)
+    ("n_fit", pa.int64()),  # activation vectors of the fit
+    ("n_held_out", pa.int64()),  # ... held out for the metrics
+    ("state", pa.binary()),  # .npz of its float32 tensors (directions, encoder_weight, encoder_bias, center)
+    ("command", pa.string()),  # the manifest command that wrote the row
+]))  # fmt: skip
+
 TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, EXEMPLARS, IMAGES,
-                                       INTERPRETABILITY)}  # fmt: skip
+                                       INTERPRETABILITY, BASES)}  # fmt: skip
 
 UNIT_STATUSES = {
     "ok": "the unit responds to its image (own activation > 0)",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -201,6 +202,22 @@ class RunWriter(RunLocation):
             added, retired = ({self._path(r) for r in paths} for paths in self._batch)
             found = (found | {p for p in added if p.startswith(directory + "/")}) - retired
         return sorted(found)
+
+    def write_named_file(self, table: str, layer: str, name: str, rows: pa.Table) -> str:
+        """Write `rows` as the file of `name` in a layer partition of `table` (a basis: one file each), under a
+        name no file has had (`<name>.parquet`, else `<name>-<random>.parquet`), the earlier file of that name
+        retired: one commit. Returns its path relative to the run."""
+        spec = TABLES[table]
+        directory = self._partition_dir(table, layer)
+        same_name = re.compile(rf"{re.escape(name)}(-[0-9a-f]{{8}})?\.parquet")
+        with self.committing():
+            superseded = [
+                p for p in self.partition_files(table, layer) if same_name.fullmatch(p.rpartition("/")[2])
+            ]
+            file_name = self._unused_name(directory, f"{name}.parquet")
+            path = self._write_parquet(spec.conform(rows), directory, file_name, spec.row_group)
+            self._commit([path], superseded)
+        return self._relative(path)
 
     def write_whole_table(self, name: str, rows: pa.Table) -> str:
         """Replace a table without layer partitions (the exemplars' thumbnails) by `rows`, under a name no

@@ -1,0 +1,214 @@
+"""The bases of a layer (repsub.core.bases): each kind against an independent computation (numpy, scikit-learn,
+scipy), the exact PCA sums across shards, storage round trips and the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from repsub.core.bases.basis import Basis, orient_signs
+from repsub.core.bases.fit import KINDS, check_size, fit_basis
+from repsub.core.bases.linear import random_rotation, unit_basis, vectors_basis
+from repsub.core.bases.metrics import activity, basis_metrics, fve, stability
+from repsub.core.bases.pca import PcaSums, principal_components
+from repsub.errors import UsageError
+
+
+def correlated(n: int, c: int, seed: int = 0, relu: bool = True) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=generator, dtype=torch.float64) @ torch.randn(
+        c, c, generator=generator, dtype=torch.float64
+    )
+    return torch.relu(x) if relu else x
+
+
+def test_pca_sums_over_shards_equal_the_unsplit_fit():
+    x = correlated(3000, 24, relu=False) + 5.0  # an offset: the covariance must not lose it to rounding
+    whole = PcaSums(24).add(x)
+    cuts = [0, 7, 1000, 1001, 2500, 3000]
+    shards = [PcaSums(24).add(x[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    merged = shards[0]
+    for shard in shards[1:]:
+        merged.merge(PcaSums.from_state_dict(shard.state_dict()))  # through storage, as a sweep would
+    assert merged.n == whole.n == 3000
+    relative = (merged.covariance() - whole.covariance()).norm() / whole.covariance().norm()
+    assert relative < 1e-10
+    reference = np.cov(x.numpy(), rowvar=False, bias=True)  # numpy's two-pass covariance
+    assert np.abs(whole.covariance().numpy() - reference).max() / np.abs(reference).max() < 1e-10
+    a, _ = principal_components(whole, 10)
+    b, _ = principal_components(merged, 10)
+    assert torch.allclose((a * b).sum(dim=1).abs(), torch.ones(10, dtype=torch.float64), atol=1e-8)
+
+
+def test_pca_equals_sklearn_and_explains_the_eigenvalues_it_keeps():
+    from sklearn.decomposition import PCA
+
+    x = correlated(2000, 16)
+    basis = fit_basis("pca", "conv", x, size=6)
+    reference = PCA(n_components=6).fit(x.numpy())
+    cosines = (basis.directions.double() @ torch.from_numpy(reference.components_).T).abs()
+    assert torch.allclose(torch.diagonal(cosines), torch.ones(6, dtype=torch.float64), atol=1e-5)
+    eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(x.numpy(), rowvar=False, bias=True)))[::-1]
+    # held-out = fit data: the FVE is the share of the variance in the kept eigenvalues
+    assert fve(basis, x) == pytest.approx(eigenvalues[:6].sum() / eigenvalues.sum(), abs=1e-5)
+    responses = basis.encode(x.float())[0].double()
+    assert ((responses**3).sum(dim=0) >= 0).all()  # oriented: the heavier tail positive
+    assert basis.signed and basis.encode(x.float())[1] is None
+
+
+def test_unit_basis_is_the_identity_and_random_is_an_oriented_orthonormal_rotation():
+    x = correlated(500, 12).float()
+    unit = unit_basis("fc", 12)
+    assert torch.equal(unit.encode(x)[0], x) and torch.equal(unit.decode(x), x)
+    rows = random_rotation(12, 12, seed=3)
+    assert torch.allclose(rows @ rows.T, torch.eye(12, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(rows, random_rotation(12, 12, seed=3)) and not torch.equal(
+        rows, random_rotation(12, 12, 4)
+    )
+    basis = fit_basis("random", "fc", x, seed=3)
+    assert fve(basis, x) == pytest.approx(1.0, abs=1e-5)  # a full rotation loses nothing
+    assert ((basis.encode(x)[0].double() ** 3).sum(dim=0) >= 0).all()
+    assert torch.equal(orient_signs(torch.tensor([[-3.0, 1.0], [1.0, 1.0]])), torch.tensor([-1.0, 1.0]))
+
+
+def test_ica_recovers_independent_sources():
+    generator = np.random.default_rng(0)
+    sources = generator.laplace(size=(4000, 3))
+    mixing = generator.normal(size=(8, 3))  # 3 sources seen through 8 channels
+    x = torch.from_numpy(sources @ mixing.T)
+    basis = fit_basis("ica", "conv", x, size=3, seed=0)
+    assert stability(basis.directions, torch.from_numpy(mixing.T)) > 0.99
+    assert fve(basis, x) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_nmf_refuses_negative_activations_and_its_encoder_is_pinv_relu():
+    from sklearn.decomposition import NMF
+
+    with pytest.raises(UsageError, match="non-negative"):
+        fit_basis("nmf", "logits", correlated(100, 6, relu=False), size=3)
+    x = correlated(1500, 12)
+    basis = fit_basis("nmf", "conv", x, size=6, seed=0)
+    response, pre = basis.encode(x.float())
+    expected = x.float() @ torch.linalg.pinv(basis.directions.double()).float()
+    assert torch.allclose(pre, expected, atol=1e-4) and torch.equal(response, torch.relu(pre))
+    # What the differentiable encoder costs against sklearn's own (non-differentiable) transform, same H.
+    reference = NMF(n_components=6, init="nndsvda", random_state=0, max_iter=400).fit(x.numpy())
+    sklearn_fve = (
+        1
+        - ((x.numpy() - reference.inverse_transform(reference.transform(x.numpy()))) ** 2).sum()
+        / ((x.numpy() - x.numpy().mean(0)) ** 2).sum()
+    )
+    assert fve(basis, x) > sklearn_fve - 0.02
+
+
+def test_kmeans_finds_the_directions_of_clustered_data():
+    generator = np.random.default_rng(1)
+    centres = np.abs(generator.normal(size=(4, 10)))
+    labels = generator.integers(0, 4, 2000)
+    lengths = generator.uniform(0.5, 3.0, size=(2000, 1))
+    x = torch.from_numpy(lengths * (centres[labels] + 0.02 * generator.normal(size=(2000, 10))))
+    basis = fit_basis("kmeans", "conv", x, size=4, seed=0)
+    assert stability(basis.directions, torch.from_numpy(centres)) > 0.999
+    response, pre = basis.encode(x.float())
+    assert pre is None and torch.allclose(response, x.float() @ basis.directions.T)
+    best = response.argmax(dim=1, keepdim=True)
+    projection = response.gather(1, best) * basis.directions[best[:, 0]]
+    assert torch.allclose(basis.decode(response), projection, atol=1e-5)
+
+
+def test_sae_is_sparse_differentiable_and_learns_a_sparse_code():
+    generator = torch.Generator().manual_seed(0)
+    atoms = torch.nn.functional.normalize(torch.randn(48, 16, generator=generator), dim=1)
+    codes = torch.rand(6000, 48, generator=generator) * (torch.rand(6000, 48, generator=generator) < 3 / 48)
+    x = codes @ atoms
+    basis = fit_basis("sae", "conv", x, size=64, top_k=4, seed=0, sae_training={"epochs": 15})
+    assert basis.size == 64 and basis.encoder == "topk"
+    assert fve(basis, x) > fve(
+        fit_basis("pca", "conv", x, size=4), x
+    )  # 4 active of 64 beat 4 fixed directions
+    inputs = x[:32].clone().requires_grad_()
+    response, pre = basis.encode(inputs)
+    assert ((response != 0).sum(dim=1) <= 4).all() and pre.shape == (32, 64)
+    pre[:, 0].sum().backward()  # AM climbs the pre-activation where the response is 0
+    assert inputs.grad is not None and inputs.grad.abs().sum() > 0
+    mean_l0, dead = activity(basis, x)
+    assert mean_l0 <= 4 and 0 <= dead <= 64
+    assert "dead_at_end" in basis.settings
+
+
+def test_vectors_are_validated_and_decode_by_least_squares():
+    with pytest.raises(UsageError, match=r"expected shape K x 8, got \(3, 7\)"):
+        vectors_basis("conv", torch.ones(3, 7), 8, "dirs.npy")
+    with pytest.raises(UsageError, match=r"K x C matrix, got shape \(8,\)"):
+        vectors_basis("conv", torch.ones(8), 8, "dirs.npy")
+    with pytest.raises(UsageError, match=r"non-finite values in direction\(s\) \[1\]"):
+        vectors_basis("conv", torch.tensor([[1.0, 0.0], [float("nan"), 1.0]]), 2)
+    v = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    basis = vectors_basis("conv", v, 8)
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(basis.encode(x)[0], x @ v.T, atol=1e-5)
+    projection = x.double() @ torch.linalg.pinv(v.double()) @ v.double()  # onto the span of the rows
+    assert torch.allclose(basis.decode(basis.encode(x)[0]).double(), projection, atol=1e-4)
+
+
+@pytest.mark.parametrize(("kind", "size", "message"), [
+    ("pca", 9, r"--size 9 is larger than pca allows on conv: K <= C = 8"),
+    ("ica", 9, r"K <= C = 8"),
+    ("unit", 4, r"exactly C = 8"),
+    ("kmeans", 500, r"the sample holds 100"),
+    ("wavelets", 4, r"unknown basis kind 'wavelets'; valid kinds: unit, random, pca"),
+])  # fmt: skip
+def test_sizes_a_kind_does_not_allow_are_refused(kind, size, message):
+    with pytest.raises(UsageError, match=message):
+        check_size(kind, "conv", size, 8, n_vectors=100)
+
+
+def test_state_round_trip_and_content_hash():
+    x = correlated(400, 10)
+    for kind in ("pca", "nmf", "sae"):
+        basis = fit_basis(kind, "conv", x, size=None if kind == "sae" else 5, seed=1,
+                          sae_training={"epochs": 2})  # fmt: skip
+        state = basis.state_dict()
+        arrays = {name: t.numpy() for name, t in state["tensors"].items()}  # what a store keeps
+        again = Basis.from_state({"tensors": arrays, "meta": state["meta"], "name": "mine"})
+        assert again.content_hash() == basis.content_hash()
+        assert torch.equal(again.encode(x.float())[0], basis.encode(x.float())[0])
+        assert fit_basis(kind, "conv", x, size=None if kind == "sae" else 5, seed=1,
+                         sae_training={"epochs": 2}).content_hash() == basis.content_hash()  # fmt: skip
+        again.center[0] += 1.0
+        assert again.content_hash() != basis.content_hash()
+
+
+def test_metrics_against_brute_force():
+    x = correlated(800, 10)
+    basis = fit_basis("nmf", "conv", x[:600], size=4, seed=0)
+    held_out = x[600:]
+    response = basis.encode(held_out.float())[0].numpy()
+    metrics = basis_metrics(basis, held_out, refit=fit_basis("nmf", "conv", x[:600], size=4, seed=1))
+    assert metrics["mean_l0"] == pytest.approx((response != 0).sum(axis=1).mean())
+    assert metrics["dead"] == int((~(response != 0).any(axis=0)).sum())
+    x_hat = basis.decode(torch.from_numpy(response)).double().numpy()
+    h = held_out.numpy()
+    assert metrics["fve"] == pytest.approx(
+        1 - ((h - x_hat) ** 2).sum() / ((h - h.mean(0)) ** 2).sum(), abs=1e-6
+    )
+    assert 0 < metrics["stability"] <= 1
+    # Hungarian: a permuted, sign-flipped copy is the same basis
+    directions = torch.randn(7, 10, dtype=torch.float64)
+    shuffled = (
+        directions[torch.tensor([3, 0, 6, 1, 5, 2, 4])] * torch.tensor([1, -1, 1, -1, -1, 1, 1.0])[:, None]
+    )
+    assert stability(directions, shuffled) == pytest.approx(1.0)
+    one = fit_basis("random", "fc", correlated(50, 64), seed=0)
+    two = fit_basis("random", "fc", correlated(50, 64), seed=1)
+    assert stability(one.directions, two.directions) < 0.5  # random rotations share nothing
+
+
+def test_every_kind_is_fitted():
+    x = correlated(300, 8)
+    for kind in KINDS:
+        extra = {"vectors": torch.eye(8)[:3]} if kind == "vectors" else {}
+        basis = fit_basis(kind, "conv", x, seed=0, sae_training={"epochs": 1}, **extra)
+        assert basis.kind == kind and basis.n_channels == 8
+        assert basis.encode(x.float())[0].shape == (300, basis.size)
