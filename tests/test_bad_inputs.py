@@ -14,6 +14,7 @@ import torch
 from repsub.sweep import load_config
 from repsub.sweep.config import WorkersConfig
 from tests.cli_helpers import run_cli
+from tests.run_helpers import adopt_stray_files
 
 SEL = ["selectivity", "--model", "shallow_cnn", "--data", "{data}", "--workers", "0", "--image-size", "16"]
 VIS = ["visualize", "--model", "shallow_cnn", "--method", "am", "--layers", "fc6", "--units", "0", "--steps", "1",
@@ -233,6 +234,7 @@ def test_a_foreign_parquet_file_in_a_table_is_named(small_run, tmp_path, capsys)
     shutil.copytree(small_run, run)
     foreign = run / "units" / "layer=fc6" / "notes.parquet"
     pq.write_table(pa.table({"x": [1, 2]}), foreign)
+    adopt_stray_files(run)  # copied in by hand: part of the run once a write session adopts it
     for argv in (["summary", run], ["report", run, "--out", tmp_path / "report"]):
         code, text = run_cli(capsys, *argv)
         assert code == 2 and f"{foreign} is not a file of the units table" in text, text

@@ -32,6 +32,7 @@ from tests.importance_helpers import (
     stored_importance,
 )
 from tests.report_helpers import hand_run, nan_equal, stored_selectivity, stored_units
+from tests.run_helpers import adopt_stray_files
 
 RESAMPLES = 200
 
@@ -293,6 +294,7 @@ def test_unknown_ablation_is_a_run_error(tmp_path):
     path = run_dir / "importance" / "layer=block"
     path.mkdir(parents=True)
     pq.write_table(importance_rows(np.random.default_rng(0), "shuffle", np.arange(3)), path / "x.parquet")
+    adopt_stray_files(run_dir)
     with pytest.raises(RunError, match=r"unknown ablation\(s\) shuffle; known: zero, mean"):
         repsub.open_run(run_dir).frame()
 
