@@ -124,3 +124,33 @@ def test_bad_arguments_are_named():
         BandAccumulator({"layer": np.zeros((5, 3))}, 2, reservoir=-1)
     with pytest.raises(ValueError, match="ranks must be in"):
         QuantileSketches({"layer": 3}).quantiles("layer", [1.5])
+
+
+def test_selectivity_pass_stores_each_units_quantiles_within_the_rank_error(tmp_path):
+    # The stored quantiles are checked against the pass's own per-image activations (--save-activations),
+    # read back from the run: the true rank of each stored value lies within the stored rank error.
+    import pyarrow.dataset as ds
+
+    import repsub
+    from repsub.data.synthetic import make_image_folder
+    from repsub.runstore.tables import STORED_RANKS
+
+    data = make_image_folder(tmp_path / "images", num_classes=3, images_per_class=40, size=20)
+    out = tmp_path / "run"
+    repsub.selectivity(model="shallow_cnn", weights="random", seed=0, data=data, out=out, image_size=16,
+                       layers=["conv2", "fc5"], batch_size=16, workers=0, progress=False, exemplars=0,
+                       save_activations=["fc5"], quantile_k=50)  # fmt: skip
+    run = repsub.open_run(out)
+    stored = run.quantiles.to_table(filter=ds.field("layer") == "fc5").sort_by("unit").to_pylist()
+    acts = np.stack(
+        run.activations.to_table(filter=ds.field("layer") == "fc5").column("activations").to_pylist()
+    )
+    assert len(stored) == acts.shape[1] and acts.shape[0] == 120
+    assert {r["layer"] for r in run.quantiles.to_table(columns=["layer"]).to_pylist()} == {"conv2", "fc5"}
+    for row in stored:
+        assert row["ranks"] == list(STORED_RANKS) and row["n_images"] == 120 and row["k"] == 50
+        column = acts[:, row["unit"]]
+        for rank, value in zip(row["ranks"], row["values"], strict=True):
+            low, high = true_rank_interval(column, value)
+            assert low - row["rank_error"] <= rank <= high + row["rank_error"]
+        assert column.min() <= min(row["values"]) and max(row["values"]) <= column.max()  # values of the data

@@ -47,6 +47,7 @@ class Run:
     interpretability: ds.Dataset | None = (
         None  # the 2AFC index per unit and similarity (repsub interpretability)
     )
+    quantiles: ds.Dataset | None = None  # each unit's activation quantiles (selectivity --quantile-k)
 
     def _dataset(self, name: str) -> ds.Dataset | None:
         return getattr(self, ATTRIBUTES.get(name, name))
