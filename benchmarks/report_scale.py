@@ -331,7 +331,7 @@ def time_open(page: Path, opens: int, images: bool = True) -> None:
             decoded = browser.evaluate(
                 "Array.from(document.querySelectorAll('#gallery .card img')).filter((i) => i.naturalWidth > 0).length"
             )
-            assert shown == decoded and (decoded > 0 or not images), (shown, decoded)
+            assert not images or shown == decoded > 0, (shown, decoded)  # without images: empty cards
             started = time.perf_counter()
             browser.click_element("#f-rs-min")
             browser.type_text("0.9")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from repsub.analysis.thumbnails import WEBP_QUALITY
 
-STRIP = 8  # exemplars shown per side (the most extreme first)
+STRIP = 6  # exemplars shown per side (the most extreme first): bounds the distinct images a page embeds
 EXEMPLAR_BUDGET = 12_000_000  # bytes of base64 text for all exemplar thumbnails of a page
 EXEMPLAR_SIDES = (64, 48, 40, 32, 24, 20, 16)
 # Measured for WebP q70 of downscaled natural-image JPEG thumbnails, 16-48 px (docs/performance.md).
