@@ -13,6 +13,13 @@
    filter and a unit's detail take to appear.
 Goals (issue 12): report.html under 60 MB, open in under 5 s.
 
+`--exemplars` (issue 19) adds to the run what `repsub selectivity --exemplars 16` and `repsub
+interpretability` write over ImageNet val: every unit's 16 top and 16 bottom exemplars drawn uniformly from
+50,000 images (the worst case for the page: every image is some unit's exemplar), their 50,000 thumbnails (64
+px JPEG of image-like textures) and the index under two similarities; then it prints the exemplar strips' share
+of the page. With `--no-images` the run has no AM/IAM images, so the page holds no AM/IAM thumbnails (their
+38.3 MB are measured without it), which keeps the run to a few minutes.
+
 The run also holds importance rows (issue 14: both ablations for every unit, as `repsub importance` writes
 them). `--light` writes the same run without images, class means and layer activations (a minute, not an
 hour) and times only the reading and the statistics: the RS statistics and importance against RS and
@@ -89,13 +96,15 @@ def importance_rows(rng: np.random.Generator, layer_units: int, ablation: str) -
     })  # fmt: skip
 
 
-def generate_run(out: Path, light: bool = False) -> Path:
+def generate_run(out: Path, light: bool = False, images: bool = True) -> Path:
+    """The run (module doc); `light`: no images, class means or layer activations; `images` False: no images."""
     if (out / "manifest.json").is_file():
         return out
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    pictures = [None if light else png(image_like(rng)) for _ in range(DISTINCT_IMAGES)]
-    if not light:
+    images = images and not light
+    pictures = [png(image_like(rng)) if images else None for _ in range(DISTINCT_IMAGES)]
+    if images:
         print(f"generated {DISTINCT_IMAGES} distinct images in {time.perf_counter() - started:.0f} s, "
               f"{np.mean([len(p) for p in pictures]) / 1024:.0f} KiB each on average")  # fmt: skip
     writer = RunWriter(out)
@@ -156,6 +165,51 @@ def generate_run(out: Path, light: bool = False) -> Path:
             writer, f"importance/{ablation}", IDENTITY, {"ablation": ablation}, CATALOG, {"reduce": "mean"}
         )
     return out
+
+
+N_IMAGES = 50_000
+K = 16
+
+
+def jpeg_thumbnail(rng: np.random.Generator) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image_like(rng, 64)).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def add_exemplars(out: Path) -> None:
+    """The exemplars, images and interpretability tables of a full VGG16 pass over ImageNet val (module doc)."""
+    if (out / "images").is_dir():
+        return
+    rng = np.random.default_rng(19)
+    started = time.perf_counter()
+    writer = RunWriter(out)
+    for layer, n in VGG16:
+        per_side = n * K
+        writer.write_table("exemplars", layer, pa.table({
+            "unit": pa.array(np.repeat(np.arange(n), 2 * K), pa.int32()),
+            "side": pa.array(np.tile(np.repeat(["top", "bottom"], K), n)),
+            "rank": pa.array(np.tile(np.arange(K), 2 * n), pa.int32()),
+            "image_index": pa.array(rng.integers(0, N_IMAGES, 2 * per_side), pa.int64()),
+            "label": pa.array(rng.integers(0, 1000, 2 * per_side), pa.int32()),
+            "activation": pa.array(rng.gamma(1.0, 1.0, 2 * per_side), pa.float32()),
+        }))  # fmt: skip
+        for similarity in ("labels", "pixels"):
+            writer.write_table("interpretability", layer, pa.table({
+                "unit": pa.array(np.arange(n), pa.int32()), "similarity": [similarity] * n,
+                "variant": ["extremal"] * n, "index": pa.array(rng.uniform(0.45, 1.0, n)),
+                "trials": pa.array(np.full(n, 20), pa.int32()), "seed": pa.array(np.zeros(n), pa.int64()),
+            }))  # fmt: skip
+    thumbnails = [jpeg_thumbnail(rng) for _ in range(N_IMAGES)]
+    writer.write_whole_table("images", pa.table({
+        "image_index": pa.array(np.arange(N_IMAGES), pa.int64()),
+        "label": pa.array(rng.integers(0, 1000, N_IMAGES), pa.int32()),
+        "image": pa.array(thumbnails, pa.binary()), "source": ["imagenet-val"] * N_IMAGES,
+    }))  # fmt: skip
+    for similarity in ("labels", "pixels"):
+        record_command(writer, f"interpretability/{similarity}", IDENTITY, {}, CATALOG, {"reduce": "mean"})
+    print(f"added exemplars, {N_IMAGES} thumbnails ({np.mean([len(t) for t in thumbnails]) / 1024:.1f} KiB "
+          f"each) and the index in {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
 
 
 def ranking_bootstrap(x, y, rng, resamples, confidence=0.95):
@@ -243,14 +297,26 @@ def time_report(run: Path, out: Path) -> Path:
     text = page.read_text(encoding="utf-8")
     thumbs_part = text.split('id="explorer-thumbs">', 1)[1].split("</script>", 1)[0]
     data_part = text.split('id="explorer-data">', 1)[1].split("</script>", 1)[0]
+    strips = text.split('id="exemplar-thumbs">', 1)[1].split("</script>", 1)[0]
     mb = 1e6
     print(f"report.html: {page.stat().st_size / mb:.1f} MB (thumbnails {len(thumbs_part) / mb:.1f} MB, "
           f"{len(thumbs_part) / rows / 1024:.2f} KiB each as base64; explorer data {len(data_part) / mb:.1f} MB; "
-          f"rest {(len(text) - len(thumbs_part) - len(data_part)) / mb:.1f} MB)")  # fmt: skip
+          f"exemplar thumbnails {len(strips) / mb:.1f} MB; "
+          f"rest {(len(text) - len(thumbs_part) - len(data_part) - len(strips)) / mb:.1f} MB)")  # fmt: skip
+    if strips != "[]":
+        import json
+
+        from repsub.analysis.exemplar_strips import STRIP
+
+        count = len(json.loads(strips))
+        document = json.loads(data_part)
+        side = document["exemplars"]["side"]
+        print(f"exemplar strips: {count} distinct images of {side} px, {len(strips) / max(count, 1):.0f} B each "
+              f"as base64; {STRIP} per side and unit")  # fmt: skip
     return page
 
 
-def time_open(page: Path, opens: int) -> None:
+def time_open(page: Path, opens: int, images: bool = True) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.chromium import Chromium
 
@@ -265,7 +331,7 @@ def time_open(page: Path, opens: int) -> None:
             decoded = browser.evaluate(
                 "Array.from(document.querySelectorAll('#gallery .card img')).filter((i) => i.naturalWidth > 0).length"
             )
-            assert shown == decoded > 0, (shown, decoded)
+            assert not images or shown == decoded > 0, (shown, decoded)  # without images: empty cards
             started = time.perf_counter()
             browser.click_element("#f-rs-min")
             browser.type_text("0.9")
@@ -274,6 +340,9 @@ def time_open(page: Path, opens: int) -> None:
             started = time.perf_counter()
             browser.click_element("#gallery .card")
             browser.wait_for("document.getElementById('unit-detail').open")
+            browser.wait_for(
+                "Array.from(document.querySelectorAll('#detail-exemplars img')).every((i) => i.complete)"
+            )  # the strips decoded, when the run has them (the first detail parses their thumbnails)
             detail.append(time.perf_counter() - started)
     med = statistics.median
     print(f"Chromium, {opens} opens: load event {med(loaded):.2f} s (min {min(loaded):.2f}), usable gallery "
@@ -286,7 +355,18 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/repsub-bench"))
     parser.add_argument("--opens", type=int, default=3)
     parser.add_argument("--light", action="store_true", help="no images: time the statistics only")
+    parser.add_argument("--exemplars", action="store_true", help="add exemplars, thumbnails and the index")
+    parser.add_argument(
+        "--no-images", action="store_true", help="with --exemplars: a run without AM/IAM images"
+    )
     args = parser.parse_args()
+    if args.exemplars:
+        name = "report-scale-vgg16" + ("-noimages" if args.no_images else "")
+        run = generate_run(args.cache / name / "run", images=not args.no_images)
+        add_exemplars(run)
+        page = time_report(run, args.cache / name / "report-exemplars")
+        time_open(page, args.opens, images=not args.no_images)
+        return
     if args.light:
         time_statistics(generate_run(args.cache / "report-scale-vgg16-light" / "run", light=True))
         return

@@ -193,6 +193,14 @@ def build_parser(
         help="keep every unit's K top and K bottom images (RUN/exemplars/, thumbnails in RUN/images/); "
         "0: none (default 16)",
     )
+    p.add_argument(
+        "--quantile-k",
+        type=int,
+        default=200,
+        metavar="K",
+        help="sketch every unit's activation over the data (KLL of parameter K: rank error about 1.3%% at 200, "
+        "0.17%% at 2000) and store its quantiles in RUN/quantiles/; 0: none (default 200)",
+    )
 
     p = sub.add_parser(
         "visualize",
@@ -479,6 +487,7 @@ def cmd_selectivity(args) -> None:
         workers=args.workers,
         save_activations=_layers_arg(args.save_activations, "--save-activations"),
         exemplars=args.exemplars,
+        quantile_k=args.quantile_k,
         progress=not args.no_progress,
         precision=args.precision,
         allow_mixed=args.allow_mixed,

@@ -59,6 +59,7 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_report(args) -> None:
     """Run `repsub report` from parsed arguments; prints where the report is and what the run lacks."""
     from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE
+    from repsub.analysis.interpretability_stats import INTERPRETABILITY_STATS_FILE
     from repsub.analysis.report import STATS_FILE, build_report
     from repsub.errors import cut, visible
 
@@ -75,6 +76,7 @@ def cmd_report(args) -> None:
     for note in data.coverage.notes[:20]:
         print(f"note: {cut(visible(note), 300)}")
     tables = [STATS_FILE] + ([IMPORTANCE_STATS_FILE] if data.importance is not None else [])
+    tables += [INTERPRETABILITY_STATS_FILE] if data.interpretability is not None else []
     print(f"wrote {path} and {', '.join(str(path.with_name(name)) for name in tables)}")
 
 
@@ -102,8 +104,9 @@ def add_summary_parser(subparsers) -> argparse.ArgumentParser:
         help="print the per-layer statistics of a run (the report's, without the bootstrap interval)",
         description="Print one line per layer: how it is read, units, dead units, mean selectivity and, per "
         "method, the units in the statistics, mean RS, Spearman rho of RS against selectivity and the units "
-        "left out by reason; for a run with importance, a second table of rho of importance against RS and "
-        "selectivity. The numbers of `repsub report` with its default thresholds, without the interval.",
+        "left out by reason; for a run with importance, a table of rho of importance against RS and "
+        "selectivity; for a run with `repsub interpretability`, a table of the mean interpretability index per "
+        "layer and similarity and its rho against RS and selectivity. The numbers of `repsub report` with its default thresholds, without the interval.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (or URI)")
     return p
@@ -111,9 +114,16 @@ def add_summary_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_summary(args) -> None:
     from repsub.analysis.run import open_run
-    from repsub.analysis.summary import format_importance_summary, format_summary, run_summaries
+    from repsub.analysis.summary import (
+        format_importance_summary,
+        format_interpretability_summary,
+        format_summary,
+        run_summaries,
+    )
 
-    rows, importance = run_summaries(open_run(args.run))
+    rows, importance, index = run_summaries(open_run(args.run))
     print(format_summary(rows))
     if importance:
         print("\n" + format_importance_summary(importance))
+    if index:
+        print("\n" + format_interpretability_summary(index))

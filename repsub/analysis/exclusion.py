@@ -76,11 +76,14 @@ def importance_reasons(
     selectivity: np.ndarray,
     rs_reason: np.ndarray | None = None,
     has_rs: np.ndarray | None = None,
+    nan_reason: str = "nan_importance",
 ) -> np.ndarray:
     """Per importance row, why it is left out of a Spearman rho of importance (a key of IMPORTANCE_REASONS),
     or None. Against selectivity: `rs_reason` and `has_rs` None. Against RS: `has_rs` whether the unit has a
     units row of the method, `rs_reason` that row's exclusion reason (exclusion_reasons; None if included).
-    The first rule in the order of IMPORTANCE_REASONS that applies wins, so the counts add up."""
+    The first rule in the order of IMPORTANCE_REASONS that applies wins, so the counts add up. `nan_reason`
+    names the last rule (a value that is not finite): another per-unit measure correlated the same way
+    (the interpretability index: INTERPRETABILITY_REASONS) names it its own way."""
     has_selectivity = np.asarray(has_selectivity, dtype=bool)
     rules = [("dead", has_selectivity & np.asarray(dead, dtype=bool))]
     if has_rs is not None:
@@ -91,9 +94,17 @@ def importance_reasons(
     rules += [
         ("no_selectivity", ~has_selectivity),
         ("nan_selectivity", ~np.isfinite(np.asarray(selectivity, dtype=np.float64))),
-        ("nan_importance", ~np.isfinite(np.asarray(importance, dtype=np.float64))),
+        (nan_reason, ~np.isfinite(np.asarray(importance, dtype=np.float64))),
     ]
     reason = np.full(len(has_selectivity), None, dtype=object)
     for name, applies in rules:
         reason[(reason == None) & applies] = name  # noqa: E711 (elementwise on an object array)
     return reason
+
+
+# The interpretability index (repsub.analysis.interpretability_stats) against RS or selectivity: the same
+# rules as importance, the base being the index rows of a (layer, similarity, variant).
+INTERPRETABILITY_REASONS = {
+    **{name: text for name, text in IMPORTANCE_REASONS.items() if name != "nan_importance"},
+    "nan_index": "the unit's interpretability index is not a finite number",
+}

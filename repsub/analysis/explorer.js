@@ -19,6 +19,12 @@
     return thumbs[r];
   };
 
+  let exemplarThumbs = null; // parsed when a unit's detail first opens
+  const exemplarThumb = (p) => {
+    if (exemplarThumbs === null) exemplarThumbs = JSON.parse(document.getElementById("exemplar-thumbs").textContent);
+    return p >= 0 ? exemplarThumbs[p] : null;
+  };
+
   const layerOf = (r) => U.layer[R.unit[r]];
   const layerName = (r) => D.layers[layerOf(r)].name;
   const unitOf = (r) => U.unit[R.unit[r]];
@@ -265,6 +271,7 @@
       : "No class means in the run";
     $("detail-means").replaceChildren(bars);
     $("detail-importance").replaceChildren(...importanceDetail(u, layerOf(r)));
+    $("detail-exemplars").replaceChildren(...exemplarDetail(u, info.name, unitOf(r)));
     const figures = (rowsOfUnit.get(u) || []).map((m) => {
       const fig = document.createElement("figure");
       fig.dataset.method = methodOf(m);
@@ -309,6 +316,37 @@
                 [`${a}: largest class drops`, drops.join("; ") || "–"]);
     }
     return [title, table(rows)];
+  }
+  function exemplarDetail(u, layer, unit) {
+    const parts = [];
+    if (U.interp) {
+      const title = document.createElement("h4");
+      title.textContent = "Interpretability index (2AFC on the exemplars: 0.5 chance, 1 always right)";
+      parts.push(title, table(Object.entries(U.interp).map(([kind, values]) => [kind, fixed(values[u])])));
+    }
+    if (!D.exemplars) return parts;
+    for (const [side, positions] of [["top", U.ex_top[u]], ["bottom", U.ex_bottom[u]]]) {
+      const title = document.createElement("h4");
+      title.textContent = `${side === "top" ? "Top" : "Bottom"} exemplars (${side === "top" ? "highest" : "lowest"} activation, most extreme first)`;
+      const strip = document.createElement("div");
+      strip.className = "strip";
+      strip.dataset.side = side;
+      for (const p of positions || []) {
+        const img = document.createElement("img");
+        img.alt = `${side} exemplar of ${layer} unit ${unit}`;
+        const data = exemplarThumb(p);
+        if (data) img.src = `data:image/webp;base64,${data}`;
+        strip.append(img);
+      }
+      if (!(positions || []).length) strip.textContent = "none";
+      parts.push(title, strip);
+    }
+    const note = document.createElement("p");
+    note.className = "small";
+    note.textContent = `${D.exemplars.side} px thumbnails, the first ${D.exemplars.per_side} of each side; all of them ` +
+      `in Python: repsub.open_run(RUN).exemplars(${JSON.stringify(layer)}, ${unit})`;
+    parts.push(note);
+    return parts;
   }
   function step(delta) {
     const position = filtered.indexOf(current);

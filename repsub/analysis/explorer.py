@@ -8,6 +8,9 @@ Two JSON documents, embedded in the page as `<script type="application/json">` (
   index into ``units``, RS, rs_ties, activation, status, the exclusion reason, objectives), plus the
   layers, methods, statuses, exclusion reasons, class names and the thumbnail format.
 - ``EXPLORER_THUMBS``: one base64 WebP per row ("" where the row has no image).
+- the exemplar thumbnails: one base64 WebP per distinct image of the exemplar strips (units ``ex_top`` and
+  ``ex_bottom``: positions in it per units entry; repsub.analysis.exemplar_strips), and with the
+  interpretability table, units ``interp``: the index per similarity.
 
 Numbers are rounded to 4 significant digits (what the page shows) to keep the page small.
 """
@@ -22,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from repsub.analysis.exclusion import REASONS
+from repsub.analysis.exemplar_strips import exemplar_strips
 from repsub.analysis.importance import KEYS, MEASURES
+from repsub.analysis.interpretability import kind_label
 from repsub.analysis.layers import class_names
 from repsub.analysis.load import RunData, read_rows
 from repsub.errors import visible
@@ -133,8 +138,25 @@ def importance_data(
     return per_unit, {"ablations": importance.ablations, "measured": measured, "measures": MEASURES}
 
 
-def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int | None) -> tuple[str, str]:
-    """The two JSON documents (module doc): the explorer's data and its thumbnails."""
+def interpretability_data(data: RunData, unit_keys: list[tuple[str, int]]) -> dict | None:
+    """{kind label: [the unit's index per units entry]} (None without the interpretability table)."""
+    index = data.interpretability
+    if index is None:
+        return None
+    found = {}
+    for similarity, variant in index.kinds:
+        values: list = []
+        for layer, unit in unit_keys:
+            values += index.lookup(layer, similarity, variant, [unit])
+        found[kind_label(similarity, variant)] = _round(values)
+    return found
+
+
+def explorer_data(
+    data: RunData, thumbs: dict, thumb_side: int, image_side: int | None, strips: bool = True
+) -> tuple[str, str, str]:
+    """The three JSON documents (module doc): the explorer's data, its thumbnails and the exemplar thumbnails
+    (`strips` False: none)."""
     frame = data.frame
     layers = [info.name for info in data.layers]
     layer_col = frame.column("layer").to_pylist()
@@ -163,6 +185,10 @@ def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int 
         "mean_all": [means.get(key, ([], None))[1] for key in unit_keys],
     }
     units["imp"], importance = importance_data(data, unit_keys, column)
+    units["interp"] = interpretability_data(data, unit_keys)
+    exemplars, exemplar_thumbs = exemplar_strips(data.run, unit_keys) if strips else (None, [])
+    if exemplars is not None:
+        units["ex_top"], units["ex_bottom"] = exemplars.pop("top"), exemplars.pop("bottom")
     with_method = [i for i, m in enumerate(method_col) if m is not None]
     take = pa.array(with_method, pa.int64())
 
@@ -199,12 +225,13 @@ def explorer_data(data: RunData, thumbs: dict, thumb_side: int, image_side: int 
         "reasons": REASONS,
         "classes": _visible_names(class_names(data.run.manifest)),
         "importance": importance,  # null for a run without importance
+        "exemplars": exemplars,  # {side, per_side}; null for a run without exemplars
         "thumb": {"side": thumb_side, "format": "webp", "image_side": image_side},
         "units": units,
         "rows": rows,
     }
     thumb_list = [thumbs.get(key, "") for key in row_keys]
-    return _script_json(document), _script_json(thumb_list)
+    return _script_json(document), _script_json(thumb_list), _script_json(exemplar_thumbs)
 
 
 def _visible_names(names: list[str] | None) -> list[str] | None:

@@ -8,6 +8,9 @@ File names say what a figure shows:
 - ``importance_vs_<rs_am|rs_iam|selectivity>_rho_by_depth.png``: Spearman rho of importance (accuracy drop
   with the unit ablated) against the unit's RS (AM, IAM) or its selectivity, by depth, one line per ablation
   (runs with an importance table only);
+- ``interpretability_by_depth.png``: the mean interpretability index per layer, one line per similarity, and
+  ``interpretability_vs_<rs_am|rs_iam|selectivity>_rho_by_depth.png``: Spearman rho of the index against the
+  unit's RS or selectivity by depth, one line per similarity (runs with `repsub interpretability` only);
 - ``substitutes_<layer>_<unit>.png``: a unit's image and the images of the units that respond more to it
   (Figure 2);
 - ``histograms_<layer>.png``: the layer's selectivity and RS histograms.
@@ -29,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from repsub.analysis.importance_stats import against_label
+from repsub.analysis.interpretability import kind_label
 from repsub.analysis.layers import SIGNED_NOTE
 from repsub.analysis.load import RunData, read_rows
 from repsub.analysis.stats import StatsOptions
@@ -43,7 +47,14 @@ ABLATION_COLOURS = {"zero": "tab:purple", "mean": "tab:brown"}
 IMPORTANCE_MEASURE = "accuracy_drop"  # the measure the importance figures draw (repsub.analysis.importance)
 RHO_BY_DEPTH = "rho_by_depth.png"
 FIGURE_PATTERNS = ("rs_vs_selectivity_*.png", "rho_by_depth.png", "substitutes_*.png", "histograms_*.png",
-                   "importance_vs_*_rho_by_depth.png")  # fmt: skip
+                   "importance_vs_*_rho_by_depth.png", "interpretability_*.png")  # fmt: skip
+INTERPRETABILITY_BY_DEPTH = "interpretability_by_depth.png"
+SIMILARITY_COLOURS = {
+    "labels": "tab:green",
+    "pixels": "tab:red",
+    "features": "tab:cyan",
+    "lpips": "tab:olive",
+}
 
 
 def safe_name(text: str) -> str:
@@ -57,6 +68,10 @@ def scatter_name(layer: str) -> str:
 
 def importance_rho_name(against: str) -> str:
     return f"importance_vs_{safe_name(against)}_rho_by_depth.png"
+
+
+def interpretability_rho_name(against: str) -> str:
+    return f"interpretability_vs_{safe_name(against)}_rho_by_depth.png"
 
 
 def histograms_name(layer: str) -> str:
@@ -154,6 +169,54 @@ def importance_rho_by_depth(
         for ablation in dict.fromkeys(r["ablation"] for r in rows)
     ]  # fmt: skip
     return _draw_rho_by_depth(data, series, f"Spearman rho (importance vs {against_label(against)})", path)
+
+
+def _similarity_series(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    kinds = dict.fromkeys((r["similarity"], r["variant"]) for r in rows)
+    return [
+        (kind_label(similarity, variant), SIMILARITY_COLOURS.get(similarity, "tab:gray"),
+         [r for r in rows if (r["similarity"], r["variant"]) == (similarity, variant)])
+        for similarity, variant in kinds
+    ]  # fmt: skip
+
+
+def interpretability_rho_by_depth(
+    data: RunData, index_stats: pa.Table, against: str, path: Path
+) -> Path | None:
+    """Spearman rho of the interpretability index against `against` per layer, one line per similarity."""
+    rows = [r for r in index_stats.to_pylist() if r["against"] == against]
+    if not rows:
+        return None
+    label = f"Spearman rho (index vs {against_label(against)})"
+    return _draw_rho_by_depth(data, _similarity_series(rows), label, path)
+
+
+def interpretability_by_depth(data: RunData, index_stats: pa.Table, path: Path) -> Path | None:
+    """The mean interpretability index of each layer's units, one line per similarity (0.5: chance)."""
+    seen: dict[tuple, dict] = {}
+    for r in index_stats.to_pylist():
+        seen.setdefault((r["layer"], r["similarity"], r["variant"]), r)  # one row per against: the same mean
+    rows = list(seen.values())
+    if not rows:
+        return None
+    known = all(info.depth is not None for info in data.layers)
+    position = {info.name: info.depth if known else i for i, info in enumerate(data.layers)}
+    fig = Figure(figsize=(max(5.0, 0.55 * len(data.layers) + 2.5), 3.8), layout="constrained")
+    ax = fig.subplots()
+    for label, colour, mine in _similarity_series(rows):
+        mine = [r for r in mine if _finite(r["mean_index"])]
+        ax.plot([position[r["layer"]] for r in mine], [r["mean_index"] for r in mine], "-o", color=colour,
+                label=label)  # fmt: skip
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    names = [info.name for info in data.layers]
+    ax.set_xticks([position[n] for n in names])
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_xlabel("layer (depth order)")
+    ax.set_ylabel("mean 2AFC index (0.5: chance)")
+    ax.set_ylim(0.4, 1.02)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _save(fig, path)
 
 
 def _draw_rho_by_depth(

@@ -77,25 +77,40 @@ def _lookup(sorted_units: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, n
 
 def pairs(data: RunData, layer: str, rows: LayerImportance, against: str) -> tuple[np.ndarray, np.ndarray]:
     """(what importance is compared with, the exclusion reason) per importance row of `rows`, in unit order."""
-    n = len(rows.indices)
+    importance = rows.accuracy_drop + rows.loss_increase  # NaN where either is: the row is unusable
+    return relation_pairs(data, layer, rows.indices, importance, against)
+
+
+def relation_pairs(
+    data: RunData,
+    layer: str,
+    indices: np.ndarray,
+    values: np.ndarray,
+    against: str,
+    nan_reason="nan_importance",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(what a per-unit measure is compared with, the exclusion reason) per unit of `indices` (sorted), whose
+    measure is `values`: RS of a method (`rs_<method>`) or selectivity, with the rules of importance_reasons."""
+    n = len(indices)
     sel = data.selectivity.get(layer)
     if sel is not None:
-        at, has_sel = _lookup(sel.indices, rows.indices)
+        at, has_sel = _lookup(sel.indices, indices)
         selectivity = np.where(has_sel, sel.selectivity[at] if len(sel.indices) else np.nan, np.nan)
         dead = has_sel & (sel.dead[at] if len(sel.indices) else False)
     else:
         has_sel, selectivity, dead = np.zeros(n, bool), np.full(n, np.nan), np.zeros(n, bool)
-    importance = rows.accuracy_drop + rows.loss_increase  # NaN where either is: the row is unusable
     if against == SELECTIVITY:
-        return selectivity, importance_reasons(importance, has_sel, dead, selectivity)
+        return selectivity, importance_reasons(values, has_sel, dead, selectivity, nan_reason=nan_reason)
     method_rows = data.rows.get((layer, against.removeprefix("rs_")))
     if method_rows is None:
         has_rs, rs, rs_reason = np.zeros(n, bool), np.full(n, np.nan), np.full(n, None, dtype=object)
     else:
-        at, has_rs = _lookup(method_rows.indices, rows.indices)
+        at, has_rs = _lookup(method_rows.indices, indices)
         rs = np.where(has_rs, method_rows.rs[at], np.nan)
         rs_reason = np.where(has_rs, method_rows.reason[at], None)
-    return rs, importance_reasons(importance, has_sel, dead, selectivity, rs_reason, has_rs)
+    return rs, importance_reasons(
+        values, has_sel, dead, selectivity, rs_reason, has_rs, nan_reason=nan_reason
+    )
 
 
 def compute_importance_stats(data: RunData, options: StatsOptions | None = None) -> pa.Table:

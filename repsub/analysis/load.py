@@ -25,6 +25,7 @@ from repsub.analysis.coverage import Coverage, check_coverage
 from repsub.analysis.exclusion import exclusion_reasons
 from repsub.analysis.importance import FRAME_COLUMNS as IMPORTANCE_COLUMNS
 from repsub.analysis.importance import Importance, read_importance
+from repsub.analysis.interpretability import Interpretability, read_interpretability
 from repsub.analysis.layers import LayerInfo, catalog_layers, run_layers
 from repsub.analysis.tables import FILENAME, read_rows
 from repsub.errors import UsageError
@@ -111,6 +112,8 @@ class RunData:
         default_factory=dict
     )  # units keys that had duplicates
     importance: Importance | None = None  # the importance table (repsub.analysis.importance); None without
+    # the interpretability index (repsub.analysis.interpretability); None without
+    interpretability: Interpretability | None = None
 
     def layer(self, name: str) -> LayerInfo:
         return next(info for info in self.layers if info.name == name)
@@ -344,7 +347,9 @@ def load_run_data(run) -> RunData:
     methods = _order_methods({m for _, m in rows})
     kept_files = _kept_files(units, unit_notes)
     model = (run.manifest.get("model") or {}).get("model")
+    interpretability = read_interpretability(run)
     notes = sel_notes + unit_notes + (importance.notes if importance else [])
+    notes += interpretability.notes if interpretability else []
     if source == "model registry":
         notes.append("the manifest has no layer catalog (a run written before it did): layers read from "
                      "this repsub's model registry")  # fmt: skip
@@ -358,9 +363,8 @@ def load_run_data(run) -> RunData:
         notes,
         importance_layers=set(_present_layers(importance_table)),
     )
-    return RunData(
-        run, catalog, source, layers, frame, selectivity, rows, methods, coverage, kept_files, importance
-    )
+    return RunData(run, catalog, source, layers, frame, selectivity, rows, methods, coverage, kept_files,
+                   importance, interpretability)  # fmt: skip
 
 
 def _method_rows(frame: pa.Table) -> dict[tuple[str, str], MethodRows]:

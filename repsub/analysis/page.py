@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from repsub.analysis.exclusion import IMPORTANCE_REASONS, REASONS
+from repsub.analysis.exclusion import IMPORTANCE_REASONS, INTERPRETABILITY_REASONS, REASONS
 from repsub.analysis.figures import GridChoice
 from repsub.analysis.importance import MEASURES
 from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE, against_label, against_names
+from repsub.analysis.interpretability import kind_label
+from repsub.analysis.interpretability_stats import INTERPRETABILITY_STATS_FILE
 from repsub.analysis.layers import SIGNED_NOTE
 from repsub.analysis.load import RunData
 from repsub.analysis.stats import StatsOptions, left_out
@@ -193,6 +195,72 @@ def importance_section(importance: pa.Table | None, data: RunData, figures: dict
     return out
 
 
+def _relation_cells(row: dict | None, reasons: dict[str, str]) -> str:
+    """rho (hover: p), its interval and the units in it (hover: the others by reason) of one relation row."""
+    if row is None:
+        return "<td>&ndash;</td>" * 3
+    out = {r: row[f"excluded_{r}"] for r in reasons if row[f"excluded_{r}"]}
+    why = "; ".join(f"{r}: {n} ({reasons[r]})" for r, n in out.items()) or "none left out"
+    return (
+        f'<td title="p = {_fmt(row["spearman_p"], "spearman_p")}">{_fmt(row["spearman_rho"], "")}</td>'
+        f"<td>{_ci(row['rho_ci_low'], row['rho_ci_high'])}</td>"
+        f'<td class="left-out" title="{esc(why)}">{row["n_included"]}'
+        + (f" ({sum(out.values())} out)" if out else "")
+        + "</td>"
+    )
+
+
+def interpretability_table(index_stats: pa.Table, data: RunData) -> str:
+    """One row per layer and similarity: units, mean index; per relation: rho, its interval, the units in it."""
+    againsts = against_names(data)
+    head = ['<th scope="col">layer</th><th scope="col">similarity</th>',
+            '<th scope="col" title="index rows of the layer">units</th>',
+            '<th scope="col" title="mean 2AFC index over the units with a finite one (0.5: chance)">mean index</th>',
+            *(f'<th scope="col" colspan="3">vs {esc(against_label(a))}</th>' for a in againsts)]  # fmt: skip
+    sub = "<th></th>" * 4 + "".join(
+        '<th scope="col" title="Spearman rho of the index with it (hover: p-value)">rho</th>'
+        '<th scope="col" title="percentile bootstrap interval of rho">95% CI</th>'
+        '<th scope="col" title="units in rho; hover: the others by reason">n</th>'
+        for _ in againsts
+    )
+    grouped: dict[tuple, dict[str, dict]] = {}
+    for row in index_stats.to_pylist():
+        grouped.setdefault((row["layer"], row["similarity"], row["variant"]), {})[row["against"]] = row
+    body = []
+    for (layer, similarity, variant), by_against in grouped.items():
+        first = next(iter(by_against.values()))
+        cells = [f'<th scope="row">{esc(layer)}</th><td>{esc(kind_label(similarity, variant))}</td>',
+                 f"<td>{first['units']}</td><td>{_fmt(first['mean_index'], '')}</td>"]  # fmt: skip
+        cells += [_relation_cells(by_against.get(a), INTERPRETABILITY_REASONS) for a in againsts]
+        attrs = f'data-layer="{esc(layer)}" data-similarity="{esc(similarity)}" data-variant="{esc(variant)}"'
+        body.append(f"<tr {attrs}>{''.join(cells)}</tr>")
+    return (
+        f'<table id="interpretability-stats"><thead><tr>{"".join(head)}</tr><tr>{sub}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def interpretability_section(index_stats: pa.Table | None, data: RunData, figures: dict) -> list[str]:
+    """The interpretability index per layer and its relations; nothing for a run without the index."""
+    if index_stats is None:
+        return []
+    out = [
+        '<h2 id="interpretability">Interpretability index</h2>',
+        "<p>The simulated two-alternative forced choice of Klindt et al. (2023) on each unit's exemplars: "
+        "the probability that an observer comparing two query images with the unit's top and bottom "
+        "exemplars tells which query is the top one (0.5 chance, 1 always right), per similarity. Mean over "
+        "the layer's units, and Spearman rho of the index with the unit's RS (AM, IAM) and selectivity over "
+        "the units the RS statistics include (for selectivity: alive, finite); hover a count for the units "
+        f"left out and why. All rows: <code>{INTERPRETABILITY_STATS_FILE}</code>.</p>",
+        interpretability_table(index_stats, data),
+    ]
+    if figures.get("index_depth"):
+        out.append(_img(figures["index_depth"], "mean interpretability index by layer depth"))
+    for against, path in figures.get("interpretability", {}).items():
+        out.append(_img(path, f"Spearman rho of the index against {against_label(against)} by layer depth"))
+    return out
+
+
 def _options(values: list[tuple[str, str]], label_all: str | None = "all") -> str:
     options = [f'<option value="">{esc(label_all)}</option>'] if label_all else []
     return "".join(options + [f'<option value="{esc(v)}">{esc(text)}</option>' for v, text in values])
@@ -213,7 +281,9 @@ def _legend() -> str:
     )
 
 
-def explorer_section(data: RunData, data_json: str | None, thumbs_json: str | None, thumb_side: int) -> str:
+def explorer_section(
+    data: RunData, data_json: str | None, thumbs_json: str | None, exemplars_json: str | None, thumb_side: int
+) -> str:
     """The unit explorer's markup and its data; the script comes at the end of the page."""
     if data_json is None:
         return '<p class="empty" id="explorer-empty">The run has no AM/IAM results: no units to explore.</p>'
@@ -240,7 +310,8 @@ def explorer_section(data: RunData, data_json: str | None, thumbs_json: str | No
     return f"""
 <p class="small">Every units row (a unit of a layer, with one method's image). Filter and sort them; click a
 card or a point of the scatter (or press Enter on a focused card) to see the unit: its AM and IAM images,
-selectivity, largest class means, RS and status{", and its importance by ablation" if importance else ""}.
+selectivity, largest class means, RS and status{", and its importance by ablation" if importance else ""}, and
+with exemplars its top and bottom dataset images and interpretability index.
 Thumbnails are {thumb_side} px.</p>
 <form id="filters" role="search" aria-label="filter the units">
   <label>layer <select id="f-layer">{_options(layers)}</select></label>
@@ -285,6 +356,7 @@ Thumbnails are {thumb_side} px.</p>
   <h4 id="detail-means-title"></h4>
   <div id="detail-means"></div>
   <div id="detail-importance"></div>
+  <div id="detail-exemplars"></div>
   <p id="detail-note" class="small"></p>
   <div class="detail-nav">
     <button type="button" id="detail-prev">previous unit</button>
@@ -293,7 +365,8 @@ Thumbnails are {thumb_side} px.</p>
   </div>
 </dialog>
 <script type="application/json" id="explorer-data">{data_json}</script>
-<script type="application/json" id="explorer-thumbs">{thumbs_json}</script>"""
+<script type="application/json" id="explorer-thumbs">{thumbs_json}</script>
+<script type="application/json" id="exemplar-thumbs">{exemplars_json or "[]"}</script>"""
 
 
 def _facts(data: RunData, options: StatsOptions) -> dict[str, str]:
@@ -323,13 +396,15 @@ def render_page(
     stats: pa.Table,
     options: StatsOptions,
     figures: dict,
-    explorer: tuple[str, str] | None,
+    explorer: tuple[str, str, str] | None,
     thumb_side: int,
     importance: pa.Table | None = None,
+    index_stats: pa.Table | None = None,
 ) -> str:
     """The whole page. `figures`: {'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer:
     path}, 'hist': {layer: path}, 'importance': {against: path}}; `explorer`: the two JSON documents of
-    repsub.analysis.explorer or None; `importance`: the importance statistics, None without."""
+    repsub.analysis.explorer or None; `importance`: the importance statistics, `index_stats` the
+    interpretability statistics, None without."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -354,8 +429,9 @@ def render_page(
         + "".join(f"<dt>{esc(r.replace('_', ' '))}</dt><dd>{esc(text)}</dd>" for r, text in REASONS.items())
         + "</dl>",
         *importance_section(importance, data, figures),
+        *interpretability_section(index_stats, data, figures),
         '<h2 id="explorer">Units</h2>',
-        explorer_section(data, *(explorer or (None, None)), thumb_side),
+        explorer_section(data, *(explorer or (None, None, None)), thumb_side),
         "<h2>Spearman rho against layer depth</h2>",
         _img(figures["depth"], "Spearman rho against layer depth") if figures["depth"] else _none("RS"),
         "<h2>RS against selectivity</h2>",

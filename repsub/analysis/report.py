@@ -3,6 +3,8 @@
     DIR/stats.parquet     one row per layer and method (repsub.analysis.stats), options in its metadata
     DIR/importance_stats.parquet   importance against RS and selectivity (repsub.analysis.importance_stats),
                           for a run with an importance table only
+    DIR/interpretability_stats.parquet   the interpretability index against RS and selectivity
+                          (repsub.analysis.interpretability_stats), for a run with `repsub interpretability`
     DIR/figures/*.png     the figures (repsub.analysis.figures)
     DIR/report.html       self-contained: figures, data, style and script inline, no external resource
 
@@ -23,12 +25,16 @@ import pyarrow.parquet as pq
 from repsub.analysis.explorer import explorer_data
 from repsub.analysis.figures import (
     FIGURE_PATTERNS,
+    INTERPRETABILITY_BY_DEPTH,
     RHO_BY_DEPTH,
     choose_grid_unit,
     histograms,
     histograms_name,
     importance_rho_by_depth,
     importance_rho_name,
+    interpretability_by_depth,
+    interpretability_rho_by_depth,
+    interpretability_rho_name,
     rho_by_depth,
     rs_vs_selectivity,
     scatter_name,
@@ -40,6 +46,11 @@ from repsub.analysis.importance_stats import (
     against_names,
     compute_importance_stats,
     importance_metadata,
+)
+from repsub.analysis.interpretability_stats import (
+    INTERPRETABILITY_STATS_FILE,
+    compute_interpretability_stats,
+    interpretability_metadata,
 )
 from repsub.analysis.load import RunData, load_run_data
 from repsub.analysis.page import render_page
@@ -104,6 +115,7 @@ def build_report(
     data = load_run_data(open_run(run_uri))
     stats = compute_stats(data, options)
     importance = compute_importance_stats(data, options) if data.importance is not None else None
+    index_stats = compute_interpretability_stats(data, options) if data.interpretability is not None else None
     grid_unit = choose_grid_unit(data, options, unit)  # a bad --unit fails before anything is written
     created = _missing_dirs(out)  # removed again if the report fails
     try:
@@ -117,12 +129,16 @@ def build_report(
     try:
         (staging / FIGURES_DIR).mkdir()
         figures = _draw_figures(data, stats, importance, options, grid_unit, staging / FIGURES_DIR)
+        figures.update(_index_figures(data, index_stats, staging / FIGURES_DIR))
         explorer, side = _explorer(data)
-        page = render_page(data, stats, options, figures, explorer, side, importance)
+        page = render_page(data, stats, options, figures, explorer, side, importance, index_stats)
         pq.write_table(stats.replace_schema_metadata(stats_metadata(data, options)), staging / STATS_FILE)
         if importance is not None:
             meta = importance_metadata(data, options)
             pq.write_table(importance.replace_schema_metadata(meta), staging / IMPORTANCE_STATS_FILE)
+        if index_stats is not None:
+            meta = interpretability_metadata(data, options)
+            pq.write_table(index_stats.replace_schema_metadata(meta), staging / INTERPRETABILITY_STATS_FILE)
         (staging / HTML_FILE).write_text(page, encoding="utf-8")
         _commit(staging, out)
         committed = True
@@ -170,7 +186,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _explorer(data: RunData) -> tuple[tuple[str, str] | None, int]:
+def _explorer(data: RunData) -> tuple[tuple[str, str, str] | None, int]:
     rows = sum(len(r.indices) for r in data.rows.values())
     if not rows:
         return None, 0
@@ -208,10 +224,26 @@ def _draw_figures(
     return figures
 
 
+def _index_figures(data: RunData, index_stats: pa.Table | None, folder: Path) -> dict:
+    """{'index_depth': path|None, 'interpretability': {against: path}}: the interpretability index's figures."""
+    if index_stats is None:
+        return {"index_depth": None, "interpretability": {}}
+    drawn = {}
+    for against in against_names(data):
+        path = interpretability_rho_by_depth(
+            data, index_stats, against, folder / interpretability_rho_name(against)
+        )
+        if path is not None:
+            drawn[against] = path
+    depth = interpretability_by_depth(data, index_stats, folder / INTERPRETABILITY_BY_DEPTH)
+    return {"index_depth": depth, "interpretability": drawn}
+
+
 def _commit(staging: Path, out: Path) -> None:
     """Move the new report into place: figures (the old ones removed), statistics, then the page."""
-    if not (staging / IMPORTANCE_STATS_FILE).exists():  # the run no longer has importance
-        (out / IMPORTANCE_STATS_FILE).unlink(missing_ok=True)
+    for optional in (IMPORTANCE_STATS_FILE, INTERPRETABILITY_STATS_FILE):
+        if not (staging / optional).exists():  # the run no longer has that table
+            (out / optional).unlink(missing_ok=True)
     figures = out / FIGURES_DIR
     figures.mkdir(exist_ok=True)
     for pattern in (*FIGURE_PATTERNS, *OLD_FIGURE_PATTERNS):  # figures of layers no longer in the run
@@ -220,6 +252,7 @@ def _commit(staging: Path, out: Path) -> None:
     for made in (staging / FIGURES_DIR).iterdir():
         made.replace(figures / made.name)
     (staging / STATS_FILE).replace(out / STATS_FILE)
-    if (staging / IMPORTANCE_STATS_FILE).exists():
-        (staging / IMPORTANCE_STATS_FILE).replace(out / IMPORTANCE_STATS_FILE)
+    for optional in (IMPORTANCE_STATS_FILE, INTERPRETABILITY_STATS_FILE):
+        if (staging / optional).exists():
+            (staging / optional).replace(out / optional)
     (staging / HTML_FILE).replace(out / HTML_FILE)

@@ -5,6 +5,7 @@
     run.image("conv3", 17, "iam")         # the unit's IAM image (PIL)
     run.stats().to_pandas()               # the report's statistics table
     run.importance_stats().to_pandas()    # importance by ablation against RS and selectivity (if measured)
+    run.interpretability_stats()          # the interpretability index per layer, against RS and selectivity
     run.exemplars("conv3", 17)            # the unit's top and bottom images: activation, label, thumbnail
 
 The tables stay available as pyarrow datasets (`run.units`, `run.selectivity`, `run.activations`,
@@ -46,6 +47,7 @@ class Run:
     interpretability: ds.Dataset | None = (
         None  # the 2AFC index per unit and similarity (repsub interpretability)
     )
+    quantiles: ds.Dataset | None = None  # each unit's activation quantiles (selectivity --quantile-k)
 
     bases: ds.Dataset | None = None  # the fitted bases, one row each (repsub basis fit)
 
@@ -147,6 +149,16 @@ class Run:
         from repsub.analysis.importance_stats import compute_importance_stats
 
         return compute_importance_stats(load_run_data(self), StatsOptions(**options))
+
+    def interpretability_stats(self, **options) -> pa.Table:
+        """The report's interpretability statistics (repsub.analysis.interpretability_stats;
+        interpretability_stats.parquet): one row per layer, similarity, variant and what the index is
+        correlated with (`against`: rs_am, rs_iam, selectivity), with the layer's mean index; empty for a run
+        without `repsub interpretability`. Options as `stats`: seed, resamples, confidence."""
+        from repsub.analysis import StatsOptions, load_run_data
+        from repsub.analysis.interpretability_stats import compute_interpretability_stats
+
+        return compute_interpretability_stats(load_run_data(self), StatsOptions(**options))
 
     def __repr__(self) -> str:
         model = (self.manifest.get("model") or {}).get("model", "?")

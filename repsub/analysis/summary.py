@@ -16,6 +16,8 @@ import math
 import pyarrow as pa
 
 from repsub.analysis.importance_stats import compute_importance_stats
+from repsub.analysis.interpretability import kind_label
+from repsub.analysis.interpretability_stats import compute_interpretability_stats
 from repsub.analysis.load import load_run_data
 from repsub.analysis.stats import StatsOptions, compute_stats, left_out
 from repsub.errors import visible
@@ -63,11 +65,41 @@ def run_summary(run, options: StatsOptions = SUMMARY_OPTIONS) -> list[dict]:
     return summary_rows(compute_stats(load_run_data(run), options))
 
 
-def run_summaries(run, options: StatsOptions = SUMMARY_OPTIONS) -> tuple[list[dict], list[dict]]:
-    """The summary rows and the importance summary rows (empty without importance), from one reading."""
+def run_summaries(run, options: StatsOptions = SUMMARY_OPTIONS) -> tuple[list[dict], list[dict], list[dict]]:
+    """The summary rows, the importance summary rows (empty without importance) and the interpretability
+    summary rows (empty without an index), from one reading."""
     data = load_run_data(run)
     importance = importance_summary_rows(compute_importance_stats(data, options)) if data.importance else []
-    return summary_rows(compute_stats(data, options)), importance
+    index = (
+        interpretability_summary_rows(compute_interpretability_stats(data, options))
+        if data.interpretability
+        else []
+    )
+    return summary_rows(compute_stats(data, options)), importance, index
+
+
+INTERPRETABILITY_LEGEND = (
+    "index: the 2AFC interpretability index (0.5 chance, 1 always right), mean over the layer's units with one; "
+    "rho: Spearman of the index with RS (AM, IAM) or selectivity; n: units in it (as for importance)"
+)
+
+
+def interpretability_summary_rows(stats: pa.Table) -> list[dict]:
+    """One dict per layer and similarity (and variant) from the interpretability statistics."""
+    lines: dict[tuple, dict] = {}
+    for row in stats.to_pylist():
+        line = lines.setdefault(
+            (row["layer"], row["similarity"], row["variant"]),
+            {"layer": row["layer"], "similarity": kind_label(row["similarity"], row["variant"]),
+             "units": row["units"], "mean_index": row["mean_index"]},
+        )  # fmt: skip
+        line[f"rho_{row['against']}"] = row["spearman_rho"]
+        line[f"n_{row['against']}"] = row["n_included"]
+    return list(lines.values())
+
+
+def format_interpretability_summary(rows: list[dict]) -> str:
+    return format_table(rows) + "\n" + INTERPRETABILITY_LEGEND if rows else ""
 
 
 def importance_summary_rows(importance: pa.Table) -> list[dict]:

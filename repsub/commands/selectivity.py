@@ -13,6 +13,7 @@ from repsub.capture.precision import resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.commands.context import CommandContext, check_common, say_precision
 from repsub.core.exemplars import ExemplarAccumulator
+from repsub.core.quantiles import DEFAULT_K, QuantileSketches
 from repsub.data.sources import open_source
 from repsub.data.thumbnails import read_thumbnails
 from repsub.errors import DataError, UsageError
@@ -20,7 +21,7 @@ from repsub.models import LoadedModel
 from repsub.runstore.activations import ActivationWriter
 from repsub.runstore.exemplars import write_exemplars, write_images
 from repsub.runstore.provenance import Scope, data_meaning, selectivity_meaning
-from repsub.runstore.tables import selectivity_table, with_layer
+from repsub.runstore.tables import STORED_RANKS, quantiles_table, selectivity_table, with_layer
 from repsub.validate import check_int
 
 DEFAULT_EXEMPLARS = 16
@@ -46,6 +47,7 @@ def selectivity(
     allow_mixed: bool = False,
     force_unlock: bool = False,
     exemplars: int = DEFAULT_EXEMPLARS,
+    quantile_k: int = DEFAULT_K,
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
     or an FFCV .beton file from `repsub prepare`).
@@ -58,6 +60,8 @@ def selectivity(
     (auto, fp32, bf16) is that of the forward; class sums are float64 in every case. `exemplars` (k, 0: none)
     keeps, in the same pass, every unit's k top and k bottom images (repsub.core.exemplars) and writes them into
     `out`/exemplars/, with the thumbnails of the images they refer to in `out`/images/ (nothing without `out`).
+    `quantile_k` (0: none) sketches every unit's activation over the data in the same pass (KLL of that k:
+    repsub.core.quantiles) and writes its values at STORED_RANKS into `out`/quantiles/.
 
     Into an existing run, what is not given is the run's (repsub.commands.extend): `model` None re-creates its
     model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
@@ -69,6 +73,9 @@ def selectivity(
     """
     check_common(image_size=image_size, batch_size=batch_size, workers=workers, seed=seed)
     check_int(exemplars, "--exemplars", 0)
+    check_int(quantile_k, "--quantile-k", 0)
+    if quantile_k and quantile_k < 8:
+        raise UsageError(f"--quantile-k {quantile_k}: the sketch needs k >= 8 (or 0: no quantiles)")
     ctx = CommandContext.open("selectivity", out=out, model=model, weights=weights, seed=seed, device=device,
                               layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
     used_precision = resolve_precision(precision, ctx.device)
@@ -101,10 +108,13 @@ def selectivity(
     keep = exemplars if out is not None else 0  # exemplars are only worth their work when written
     if keep:
         config["exemplars"] = keep
+    sketch_k = quantile_k if out is not None else 0
+    if sketch_k:
+        config["quantile_k"] = sketch_k
     say_precision(used_precision, "selectivity")
     meaning = selectivity_meaning(source, size)
     scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning)
-              for table in ("selectivity", "exemplars")[: 2 if keep else 1]]  # fmt: skip
+              for table in ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))]  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(
             "selectivity", config, scopes, reduce=reduce, allow_mixed=allow_mixed, force_unlock=force_unlock
@@ -119,7 +129,11 @@ def selectivity(
             if keep
             else None
         )
-        on_batch = _each(sink.add if sink else None, kept.add if kept else None)
+        layer_units = {layer.name: layer.n_units for layer in chosen}
+        sketches = QuantileSketches(layer_units, sketch_k) if sketch_k else None
+        on_batch = _each(
+            sink.add if sink else None, kept.add if kept else None, sketches.add if sketches else None
+        )
         acc = accumulate_class_sums(
             loaded,
             chosen,
@@ -142,6 +156,11 @@ def selectivity(
         }
         for name, table in tables.items():
             output.write("selectivity", name, table)
+        if sketches is not None:
+            for name in tables:
+                values = sketches.quantiles(name, STORED_RANKS)
+                rows = quantiles_table(values, sketches.k, sketches.rank_error, sketches.n_images)
+                output.write("quantiles", name, rows)
         if kept is not None:
             write_exemplars(output.writer, kept, list(tables))
             store_thumbnails(output.writer, source, kept, loaded, batch_size, workers, progress)

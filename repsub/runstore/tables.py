@@ -8,6 +8,7 @@
     RUN/images/images.parquet                                              the exemplars' thumbnails
     RUN/interpretability/layer=<layer>/<similarity>-<first>-<last>-<hash>.parquet   repsub interpretability
     RUN/bases/layer=<layer>/<name>.parquet                                 one basis (repsub.runstore.bases)
+    RUN/quantiles/layer=<layer>/quantiles.parquet                          selectivity --quantile-k K
 
 Every table but `images` is hive-partitioned by `layer` (`images` is one file: an image that several
 layers' exemplars refer to is stored once; its `layer` column reads null). A block table keys its rows by (its `key` column, unit): a
@@ -161,8 +162,22 @@ BASES = TableSpec("bases", pa.schema([
     ("command", pa.string()),  # the manifest command that wrote the row
 ]))  # fmt: skip
 
+# Per unit, its activation at STORED_RANKS of the data, from a KLL sketch (repsub.core.quantiles): within
+# `rank_error` in rank; written by the selectivity pass (--quantile-k K).
+QUANTILES = TableSpec("quantiles", pa.schema([
+    ("unit", pa.int32()),
+    ("ranks", pa.list_(pa.float64())),  # STORED_RANKS
+    ("values", pa.list_(pa.float32())),  # the activation at each rank (NaN for a unit without a value)
+    ("k", pa.int32()),  # the sketch's parameter
+    ("rank_error", pa.float64()),  # normalized rank error of each value (99% confidence)
+    ("n_images", pa.int64()),
+    ("command", pa.string()),  # the manifest command that wrote the row
+]))  # fmt: skip
+STORED_RANKS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0)  # the band edges among them
+
+
 TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, EXEMPLARS, IMAGES,
-                                       INTERPRETABILITY, BASES)}  # fmt: skip
+                                       INTERPRETABILITY, BASES, QUANTILES)}  # fmt: skip
 
 UNIT_STATUSES = {
     "ok": "the unit responds to its image (own activation > 0)",
@@ -280,3 +295,16 @@ def with_layer(tables: dict[str, pa.Table]) -> pa.Table:
         t.add_column(0, "layer", pa.array([name] * t.num_rows, pa.string())) for name, t in tables.items()
     ]
     return pa.concat_tables(parts)
+
+
+def quantiles_table(values: np.ndarray, k: int, rank_error: float, n_images: int) -> pa.Table:
+    """The quantiles rows of one layer, from its units' values at STORED_RANKS ([len(STORED_RANKS), N])."""
+    units = values.shape[1]
+    return pa.table({
+        "unit": pa.array(np.arange(units), pa.int32()),
+        "ranks": pa.array([list(STORED_RANKS)] * units, pa.list_(pa.float64())),
+        "values": pa.array(list(np.asarray(values, np.float32).T), pa.list_(pa.float32())),
+        "k": pa.array(np.full(units, k), pa.int32()),
+        "rank_error": pa.array(np.full(units, rank_error), pa.float64()),
+        "n_images": pa.array(np.full(units, n_images), pa.int64()),
+    })  # fmt: skip

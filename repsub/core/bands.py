@@ -1,0 +1,168 @@
+"""Bands of a unit's activation: which images fall in each quantile range, counted per class and sampled.
+
+Given each unit's band edges (activation values at EDGE_RANKS, from its quantile sketch:
+repsub.core.quantiles), ``BandAccumulator`` assigns every (image, unit) a band, the number of edges at or below
+the activation (0: below the 25% edge, ..., 5: at or above the 99.9% edge; a value equal to an edge goes to the
+band above it), and keeps per band and unit:
+
+- the images per class (int64 counts [bands, N, C]): exact integers;
+- a seeded sample of `reservoir` image indices: those with the smallest key, the key a bijective 64-bit mix of
+  (seed, image index) (splitmix64). The bottom-r of a union is the bottom-r of the parts' bottom-r's, and keys
+  are distinct, so data shards merged in any order give exactly the sample of one pass (a bottom-k sketch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+EDGE_RANKS = (0.25, 0.5, 0.9, 0.99, 0.999)
+BAND_NAMES = ("below 25%", "25-50%", "50-90%", "90-99%", "99-99.9%", "top 0.1%")  # band 0 first
+EMPTY = torch.iinfo(torch.int64).max  # the key of an empty reservoir slot (its index is -1)
+DEFAULT_RESERVOIR = 16
+
+
+def image_keys(seed: int, index: np.ndarray) -> np.ndarray:
+    """The sampling key of each image index: splitmix64(seed's stream at index), a bijection of the index for
+    a given seed, as int64 (the same 64 bits read signed: a total order all the same)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + (
+            np.asarray(index, np.uint64) + np.uint64(1)
+        ) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z.view(np.int64)
+
+
+class BandAccumulator:
+    """Per band and unit of several layers: images per class and a seeded sample of image indices; exact and
+    mergeable. `edges` {layer: [len(EDGE_RANKS), N]} ascending per unit."""
+
+    def __init__(self, edges: dict[str, torch.Tensor | np.ndarray], num_classes: int,
+                 reservoir: int = DEFAULT_RESERVOIR, seed: int = 0, device: str | torch.device = "cpu"):  # fmt: skip
+        if isinstance(reservoir, bool) or not isinstance(reservoir, int) or reservoir < 0:
+            raise ValueError(f"the reservoir must be an integer >= 0, got {reservoir!r}")
+        self.device = torch.device(device)
+        self.num_classes, self.reservoir, self.seed = num_classes, reservoir, int(seed)
+        self.n_bands = len(EDGE_RANKS) + 1
+        self.edges = {
+            name: torch.as_tensor(e, dtype=torch.float32).to(self.device) for name, e in edges.items()
+        }
+        self.next_index = 0
+        self.n_images = 0
+        self.counts = {
+            name: torch.zeros(self.n_bands, e.shape[1], num_classes, dtype=torch.int64, device=self.device)
+            for name, e in self.edges.items()
+        }
+        self.samples = {
+            name: {
+                "key": torch.full(
+                    (self.n_bands, reservoir, e.shape[1]), EMPTY, dtype=torch.int64, device=self.device
+                ),
+                "index": torch.full(
+                    (self.n_bands, reservoir, e.shape[1]), -1, dtype=torch.int64, device=self.device
+                ),
+            }
+            for name, e in self.edges.items()
+        }
+
+    def bands(self, layer: str, values: torch.Tensor) -> torch.Tensor:
+        """[B, N] int64: the band of each activation (the number of the unit's edges at or below it)."""
+        edges = self.edges[layer]
+        return (values[None] >= edges[:, None, :]).sum(0)  # a NaN activation falls below every edge: band 0
+
+    def add(self, activations: dict[str, torch.Tensor], labels, index=None) -> None:
+        count = len(labels)
+        if index is None:
+            index = np.arange(self.next_index, self.next_index + count)
+        index = np.asarray(torch.as_tensor(index).cpu(), dtype=np.int64)
+        if count:
+            self.next_index = int(index[-1]) + 1
+        self.n_images += count
+        labels = torch.as_tensor(labels).to(self.device, torch.int64)
+        keys = torch.from_numpy(image_keys(self.seed, index)).to(self.device)
+        index_t = torch.from_numpy(index).to(self.device)
+        for name, counts in self.counts.items():
+            values = activations[name].detach().to(self.device, torch.float32).reshape(count, -1)
+            units = values.shape[1]
+            band = self.bands(name, values)  # [B, N]
+            flat = (band * units + torch.arange(units, device=self.device)) * self.num_classes + labels[
+                :, None
+            ]
+            counts.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.int64,
+                                                                         device=self.device))  # fmt: skip
+            if self.reservoir:
+                mine = (
+                    band[None] == torch.arange(self.n_bands, device=self.device)[:, None, None]
+                )  # [bands, B, N]
+                batch = {
+                    "key": torch.where(mine, keys[None, :, None], EMPTY),
+                    "index": torch.where(mine, index_t[None, :, None], -1),
+                }
+                self.samples[name] = self._fold(self.samples[name], batch)
+
+    def _fold(self, kept: dict, batch: dict) -> dict:
+        key = torch.cat([kept["key"], batch["key"]], dim=1)
+        index = torch.cat([kept["index"], batch["index"]], dim=1)
+        smallest = key.topk(self.reservoir, dim=1, largest=False, sorted=True).indices
+        return {"key": key.gather(1, smallest), "index": index.gather(1, smallest)}
+
+    def merge(self, other: BandAccumulator) -> BandAccumulator:
+        if (other.reservoir, other.seed, other.num_classes) != (
+            self.reservoir,
+            self.seed,
+            self.num_classes,
+        ) or (
+            other.edges.keys() != self.edges.keys()
+            or any(not torch.equal(other.edges[n].to(self.device), e) for n, e in self.edges.items())
+        ):
+            raise ValueError("cannot merge bands of other edges, layers, classes, reservoir or seed")
+        for name in self.counts:
+            self.counts[name] += other.counts[name].to(self.device)
+            if self.reservoir:
+                theirs = {f: t.to(self.device) for f, t in other.samples[name].items()}
+                self.samples[name] = self._fold(self.samples[name], theirs)
+        self.n_images += other.n_images
+        return self
+
+    def sample(self, layer: str, band: int, unit: int) -> list[int]:
+        """The band's sampled image indices of one unit, in key order (fewer when the band holds fewer)."""
+        index = self.samples[layer]["index"][band, :, unit].tolist()
+        return [i for i in index if i >= 0]
+
+    def state_dict(self) -> dict:
+        return {
+            "num_classes": self.num_classes, "reservoir": self.reservoir, "seed": self.seed,
+            "n_images": self.n_images, "edges": {n: e.cpu() for n, e in self.edges.items()},
+            "counts": {n: c.cpu() for n, c in self.counts.items()},
+            "samples": {n: {f: t.cpu() for f, t in s.items()} for n, s in self.samples.items()},
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> BandAccumulator:
+        acc = cls(state["edges"], state["num_classes"], state["reservoir"], state["seed"], device)
+        acc.n_images = int(state["n_images"])
+        acc.counts = {n: c.to(acc.device) for n, c in state["counts"].items()}
+        acc.samples = {n: {f: t.to(acc.device) for f, t in s.items()} for n, s in state["samples"].items()}
+        return acc
+
+
+def class_composition(counts: np.ndarray, prior: np.ndarray, top: int = 3) -> dict:
+    """One band's class composition from its per-class counts [C] and the data's class prior [C] (sums to 1):
+    images, entropy (bits), the `top` classes by count with their lift (share in the band / share in the data)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    share = counts / total if total else np.zeros_like(counts)
+    nonzero = share[share > 0]
+    order = np.argsort(-counts, kind="stable")[:top]
+    order = order[counts[order] > 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where(prior[order] > 0, share[order] / prior[order], np.nan)
+    return {
+        "images": int(total),
+        "entropy": float(-(nonzero * np.log2(nonzero)).sum()),
+        "top_classes": order.tolist(),
+        "top_counts": counts[order].astype(np.int64).tolist(),
+        "top_lift": lift.tolist(),
+    }
