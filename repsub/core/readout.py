@@ -93,7 +93,12 @@ class LinearReadout:
             raise ValueError(f"bias has {self.bias.numel()} values for {directions.shape[0]} directions")
         self.name, self.layer, self.signed = check_basis_name(name), layer, signed
         self.K, self.C = directions.shape
-        self._inverse = torch.linalg.pinv(self.directions.double()).float()  # [C, K]
+        gram = self.directions.double() @ self.directions.double().T
+        orthonormal = torch.allclose(gram, torch.eye(self.K, dtype=torch.float64), atol=1e-6)
+        # Orthonormal rows: decode is the transpose itself (exact for a permutation), else the pseudo-inverse.
+        self._inverse = (
+            self.directions.T if orthonormal else torch.linalg.pinv(self.directions.double()).float()
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         weight = self.directions.to(x.device, x.dtype)
