@@ -90,6 +90,14 @@ def _add_write_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_basis_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--basis",
+        default=None,
+        help="measure the directions of this basis of the run instead of the units (default: unit, the units)",
+    )
+
+
 def _add_reduce_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reduce",
@@ -169,6 +177,7 @@ def build_parser(
         help="ImageFolder directory (one folder per class) or FFCV .beton file (local or s3://), or demo "
         "(the demo's generated held-out images, made on first use)",
     )
+    _add_basis_arg(p)
     p.add_argument(
         "--image-size",
         type=int,
@@ -213,6 +222,7 @@ def build_parser(
     _add_model_args(p, from_run=True)
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="am or iam (required)")
     p.add_argument("--units", default=None, help="unit ranges, e.g. 0-15 or 0,3,8-11 (default: all)")
+    _add_basis_arg(p)
     _add_settings_args(p, settings, reused=True)
     _add_reduce_arg(p)
     _add_settings_args(p, settings, reused=False)
@@ -291,6 +301,7 @@ def build_parser(
         choices=["zero", "mean"],
         help="set the unit to 0, or to its mean over the images (default zero)",
     )
+    _add_basis_arg(p)
     p.add_argument(
         "--image-size", type=int, default=None, help="input size S (default: the model's, 224 for vgg16)"
     )
@@ -492,6 +503,7 @@ def cmd_selectivity(args) -> None:
         precision=args.precision,
         allow_mixed=args.allow_mixed,
         force_unlock=args.force_unlock,
+        basis=args.basis,
     )
     print(f"wrote selectivity of {table.num_rows} units to {args.out}")
 
@@ -512,6 +524,7 @@ def cmd_visualize(args) -> None:
         reduce=args.reduce,
         allow_mixed=args.allow_mixed,
         force_unlock=args.force_unlock,
+        basis=args.basis,
         **_given(args),  # the settings not given: the run's
     )
     print(f"wrote {args.method} results of {table.num_rows} units to {args.out}")
@@ -544,6 +557,7 @@ def cmd_importance(args) -> None:
         progress=not args.no_progress,
         allow_mixed=args.allow_mixed,
         force_unlock=args.force_unlock,
+        basis=args.basis,
     )
     print(f"wrote importance ({args.ablation} ablation) of {table.num_rows} units to {args.out}")
 

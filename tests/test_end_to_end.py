@@ -108,7 +108,7 @@ def test_units_table_read_back_with_pyarrow(vgg_run):
         assert decode_png(row["image"]).shape == (SIZE, SIZE, 3)
         assert row["steps"] == 3
     manifest = run.manifest
-    assert manifest["schema_version"] == 2 and manifest["model"]["model"] == "vgg16"
+    assert manifest["schema_version"] == 3 and manifest["model"]["model"] == "vgg16"
     assert manifest["invariants"] == {"reduce": "mean"}
     assert [layer["name"] for layer in manifest["catalog"]][:2] == ["conv1_1", "conv1_2"]
     assert manifest["catalog"][-1] == {

@@ -3,6 +3,11 @@
 `zero` sets it to 0 (Morcos et al. 2018); `mean` to the unit's mean activation over the data (its map's
 mean over images and positions), which removes the unit's information without shifting the layer's
 mean input to the next one.
+
+A basis's direction k is ablated by replacing its response z_k at every position by the value v (0, or its
+mean response over the data) and the layer's values x by x + decode(z with z_k = v) - decode(z): what the
+basis does not reconstruct (its error) stays. For orthonormal directions (a linear readout) that is
+x - (z_k - v) d_k, the direction's component removed (or set to its mean).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from repsub.capture.reader import channels_last, restore_layout
 from repsub.errors import UsageError
 
 ABLATIONS = ("zero", "mean")
@@ -46,3 +52,26 @@ def ablated_copies(
     fill = values.to(copies.dtype).reshape(count, *([1] * (copies.dim() - 2)))
     copies[tuple(index)] = fill
     return copies.flatten(0, 1)
+
+
+def ablated_direction_copies(
+    output: torch.Tensor, readout, directions: Sequence[int], values: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """[J * B, ...]: J copies of the batch `output` [B, ...], copy j with direction directions[j] of `readout`
+    set to values[j] at every position (module doc), in the layer's own layout."""
+    x = channels_last(output, kind)  # [B, ..., C]
+    z = readout.encode(x)[0]  # [B, ..., K]
+    count = len(directions)
+    edited = z.unsqueeze(0).repeat(count, *([1] * z.dim()))  # [J, B, ..., K]
+    rows = torch.arange(count, device=z.device)
+    columns = torch.as_tensor(list(directions), device=z.device)
+    # edited[j, ..., directions[j]] = values[j]: the direction's axis moved next to the copies' axis.
+    moved = edited.movedim(-1, 1)  # [J, K, B, ...], a view
+    moved[rows, columns] = values.to(z.dtype).reshape(count, *([1] * (moved.dim() - 2)))
+    copies = x.unsqueeze(0) + readout.decode(edited) - readout.decode(z).unsqueeze(0)  # [J, B, ..., C]
+    return restore_layout(copies.flatten(0, 1), kind).to(output.dtype)
+
+
+def ablate_direction(output: torch.Tensor, readout, direction: int, value: float, kind: str) -> torch.Tensor:
+    """A copy of a batch's output at the layer with `direction` of `readout` set to `value` (module doc)."""
+    return ablated_direction_copies(output, readout, [direction], torch.tensor([value]), kind)

@@ -80,11 +80,12 @@ def _floats(column) -> np.ndarray:
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def read_importance(run, where: ds.Expression | None = None) -> Importance | None:
-    """The run's importance rows (one per layer, ablation and unit), or None when the run has no such table."""
+def read_importance(run, where: ds.Expression | None = None, basis: str = "unit") -> Importance | None:
+    """The run's importance rows of `basis` (one per layer, ablation and target), or None when the run has no
+    such table."""
     if getattr(run, "importance", None) is None:
         return None
-    table, notes = read_rows(run, "importance", COLUMNS, KEYS, where)
+    table, notes = read_rows(run, "importance", COLUMNS, KEYS, where, basis=basis)
     found = set(table.column("ablation").to_pylist())
     unknown = sorted(str(a) for a in found - set(ABLATIONS))
     if unknown:

@@ -41,7 +41,8 @@ FRAME_SCHEMA = pa.schema([
     ("layer", pa.string()),
     ("depth", pa.int32()),  # position in the model's catalog; null for a layer the catalog lacks
     ("read", pa.string()),  # how the layer is read: relu, block, logits, module (repsub.models.READS)
-    ("unit", pa.int32()),
+    ("basis", pa.string()),  # the targets' basis: "unit" (every row of runs of schema versions 1 and 2)
+    ("unit", pa.int32()),  # the target: a unit, or a direction of the basis
     ("method", pa.string()),  # am, iam; null for a unit with selectivity only
     ("status", pa.string()),  # ok, no_response, nonfinite (repsub.runstore.tables.UNIT_STATUSES)
     ("excluded", pa.string()),  # why the row is left out of the RS statistics; null: it enters them
@@ -159,6 +160,7 @@ def join_frame(
     layers: list[LayerInfo],
     extra: dict[str, pa.ChunkedArray] | None = None,
     importance: Importance | None = None,
+    basis: str = "unit",
 ) -> pa.Table:
     """The frame (FRAME_SCHEMA, plus `extra` columns already aligned per units row / selectivity row) from
     deduplicated tables, sorted by layer depth, method and unit."""
@@ -211,6 +213,7 @@ def join_frame(
         "layer": pa.array(layer_names, pa.string()),
         "depth": pa.array([info_of[n].depth if n in info_of else None for n in layer_names], pa.int32()),
         "read": pa.array([info_of[n].read if n in info_of else None for n in layer_names], pa.string()),
+        "basis": pa.array([basis] * len(layer_names), pa.string()),
         "unit": pa.array(unit_numbers, pa.int32()),
         "status": from_units(status, pa.string()),
         "excluded": from_units(pa.array(reasons.tolist(), pa.string()), pa.string()),
@@ -252,8 +255,10 @@ def unit_frame(
     *,
     class_means: bool = False,
     layer_activations: bool = False,
+    basis: str = "unit",
 ) -> pa.Table:
-    """The joined per-unit frame of a run (module doc), for some layers and methods or all of them.
+    """The joined per-unit frame of a run (module doc), for some layers and methods or all of them, for the
+    targets of one basis (the units by default).
 
     `class_means` and `layer_activations` add those list columns (large: 1,000 class means or 4,096
     activations per unit for VGG16's fc layers)."""
@@ -267,9 +272,11 @@ def unit_frame(
         unit_where = where
     units_columns = UNITS_COLUMNS + (["layer_activations"] if layer_activations else [])
     sel_columns = SELECTIVITY_COLUMNS + (["class_means"] if class_means else [])
-    units, unit_notes = read_rows(run, "units", units_columns, ["layer", "method", "unit"], unit_where)
-    sel, sel_notes = read_rows(run, "selectivity", sel_columns, ["layer", "unit"], where)
-    importance = read_importance(run, where)
+    units, unit_notes = read_rows(
+        run, "units", units_columns, ["layer", "method", "unit"], unit_where, basis=basis
+    )
+    sel, sel_notes = read_rows(run, "selectivity", sel_columns, ["layer", "unit"], where, basis=basis)
+    importance = read_importance(run, where, basis=basis)
     # A notebook shows warnings: overlapping files are worth knowing about.
     for note in sel_notes + unit_notes + (importance.notes if importance else []):
         warnings.warn(f"{run.uri}: {note}", stacklevel=3)
@@ -282,7 +289,7 @@ def unit_frame(
             empty = pa.chunked_array([], OPTIONAL_COLUMNS[name][1])
             extra[name] = table.column(name) if table is not None else empty
     present = _present_layers(units, sel, importance.table if importance else None)
-    frame = join_frame(units, sel, run_layers(catalog, present), extra, importance)
+    frame = join_frame(units, sel, run_layers(catalog, present), extra, importance, basis)
     if methods is not None:  # rows of the methods asked for (not the selectivity- or importance-only rows)
         frame = frame.filter(pc.is_valid(frame.column("method")))
     return frame

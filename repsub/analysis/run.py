@@ -85,18 +85,22 @@ class Run:
         *,
         class_means: bool = False,
         layer_activations: bool = False,
+        basis: str = "unit",
     ) -> pa.Table:
         """One row per unit and method, joined with the unit's selectivity (repsub.analysis.FRAME_SCHEMA):
-        layer, depth, read, unit, method, status, excluded (why the row is left out of the RS statistics,
+        layer, depth, read, basis, unit, method, status, excluded (why the row is left out of the RS statistics,
         null if it enters them), rs, rs_ties, activation, selectivity, dead, top_class, n_images,
         importance_zero, importance_mean (accuracy drop with the unit ablated, per ablation),
         loss_increase_zero, loss_increase_mean, objectives, seed, steps. Units with selectivity or importance
         only have a row with method null (unless `methods` is given); the importance columns are null without
         an importance row. `class_means` / `layer_activations` add those list columns (large for wide
-        layers)."""
+        layers). `basis`: whose targets the rows are (a basis's directions in place of the units: their
+        `unit` is the direction's index); the units by default, every row of runs before bases."""
         from repsub.analysis.load import unit_frame
 
-        return unit_frame(self, layers, methods, class_means=class_means, layer_activations=layer_activations)
+        return unit_frame(
+            self, layers, methods, class_means=class_means, layer_activations=layer_activations, basis=basis
+        )
 
     def to_pandas(self, layers: list[str] | None = None, methods: list[str] | None = None, **columns):
         """`frame(...)` as a pandas DataFrame."""

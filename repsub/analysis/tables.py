@@ -5,6 +5,9 @@ ablation, unit) of the importance table) can have more than one row when files o
 interrupted between writing its file and removing the unit's old rows, or files copied in by hand). The
 row of the most recently modified file is kept (then the last path in sort order), as a rerun replaces a
 unit's result, and a note says how many rows were left out.
+
+A table with a `basis` column (selectivity, units, importance) is read one basis at a time: the unit basis's
+rows by default, which in runs of schema versions 1 and 2 are all rows (their `basis` reads null).
 """
 
 from __future__ import annotations
@@ -21,14 +24,27 @@ from repsub.errors import RunError
 FILENAME = "__filename"  # pyarrow's per-row source file column
 
 
+UNIT_BASIS = "unit"
+
+
+def basis_filter(basis: str) -> ds.Expression:
+    """The rows of one basis; for the unit basis also the rows of runs written before bases (null)."""
+    field = ds.field("basis")
+    return field.is_null() | (field == basis) if basis == UNIT_BASIS else field == basis
+
+
 def read_rows(
-    run, table: str, columns: list[str], keys: list[str], where: ds.Expression | None = None
-) -> tuple[pa.Table | None, list[str]]:
+    run, table: str, columns: list[str], keys: list[str], where: ds.Expression | None = None,
+    basis: str = UNIT_BASIS,
+) -> tuple[pa.Table | None, list[str]]:  # fmt: skip
     """`columns` of a table (None if the run has no such table), one row per `keys`, with notes on the
-    duplicate rows left out. The source file of each row is kept in the FILENAME column."""
+    duplicate rows left out. The source file of each row is kept in the FILENAME column. A table with a
+    `basis` column gives the rows of `basis` only (module doc)."""
     dataset = getattr(run, table)
     if dataset is None:
         return None, []
+    if "basis" in dataset.schema.names:
+        where = basis_filter(basis) if where is None else where & basis_filter(basis)
     try:
         rows = dataset.to_table(columns=[*columns, FILENAME], filter=where)
     except (pa.ArrowException, OSError) as err:

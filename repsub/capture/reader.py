@@ -13,6 +13,11 @@ A module called several times in one forward (ResNet's BasicBlock calls its ReLU
 last call: the catalog's probe counted the calls (`UnitLayer.calls`), the hook counts them again and
 captures the last; a forward that calls it another number of times is an error naming the module.
 
+A layer can be read through a **readout** (repsub.core.readout: a basis of K directions): its output is
+encoded per position (a conv map channels-last, [B, H, W, C] -> [B, H, W, K]; tokens [B, T, D] -> [B, T, K];
+linear [B, N] -> [B, K]) and the K responses are reduced as units are. With ``pre=True`` the readout's own
+pre-activation, or for a linear readout the readout of the layer's full pre-ReLU map, reduced after encoding.
+
 Reading and editing are one mechanism (as baukit's `Trace(edit_output=...)`): `edits` maps a layer to a
 function of its output whose result replaces the output from then on (importance by ablation zeroes a
 unit there), and ``output=True`` returns the model's output under the edits.
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from repsub.core.readout import check_readout, encode_with_pre
 from repsub.errors import UsageError
 from repsub.models import UnitLayer
 
@@ -65,6 +71,28 @@ def reduce_units(output: torch.Tensor, kind: str, reduce: str) -> torch.Tensor:
     if reduce == "max":
         return output.amax(dim=(2, 3))
     return output[:, :, output.shape[2] // 2, output.shape[3] // 2].clone()
+
+
+# A layer's values per position, last: how each kind's output is encoded by a readout, and the kind of the
+# responses (for `reduce_units`) once encoded.
+ENCODED_KIND = {"conv": "nhwc", "nhwc": "nhwc", "tokens": "tokens", "linear": "linear"}
+
+
+def channels_last(output: torch.Tensor, kind: str) -> torch.Tensor:
+    """The layer's output with its values per position on the last dimension ([B, ..., C]), in float32 at
+    least."""
+    if output.dtype in (torch.bfloat16, torch.float16):
+        output = output.float()
+    if kind == "conv":
+        return output.permute(0, 2, 3, 1)
+    if kind == "linear":
+        return output.flatten(1)
+    return output
+
+
+def restore_layout(values: torch.Tensor, kind: str) -> torch.Tensor:
+    """`channels_last`'s inverse: a conv layer's [B, H, W, K] back to [B, K, H, W]."""
+    return values.permute(0, 3, 1, 2) if kind == "conv" else values
 
 
 @dataclass(frozen=True)
@@ -109,6 +137,8 @@ class LayerCapture:
     - ``edits`` ({layer name: function of the layer's output}): the edited output replaces the layer's
       output from then on (and is what is captured).
     - ``stop=False``: run the whole forward even when the output is not kept (to compare with a cut one).
+    - ``readouts`` ({layer name: readout}): the layer is read through the readout (module doc): its K
+      responses are what is captured (and its pre-activations with ``pre=True``); the edits act before it.
     """
 
     def __init__(
@@ -122,6 +152,7 @@ class LayerCapture:
         edits: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
         pre_reduce: str | None = None,
         stop: bool = True,
+        readouts: dict | None = None,
     ):
         if reduce is not None and reduce not in REDUCTIONS:
             raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
@@ -146,6 +177,17 @@ class LayerCapture:
         unknown = sorted(set(self.edits) - {layer.name for layer in self.layers})
         if unknown:
             raise ValueError(f"edits of layer(s) {unknown} that are not captured")
+        self.readouts = dict(readouts or {})
+        unknown = sorted(set(self.readouts) - {layer.name for layer in self.layers})
+        if unknown:
+            raise ValueError(f"readouts of layer(s) {unknown} that are not captured")
+        for layer in self.layers:
+            if layer.name in self.readouts:
+                check_readout(self.readouts[layer.name], layer.name, layer.n_units)
+        # ReLUs whose whole input is kept: a readout encodes the full pre-ReLU map, reduced afterwards.
+        self._full_relu_inputs = {
+            layer.relu for layer in self.layers if layer.name in self.readouts and layer.relu is not None
+        }
         self._modules = dict(model.named_modules())
         missing = [
             path
@@ -214,6 +256,7 @@ class LayerCapture:
         """The forward hook of one layer: counts the module's calls and, at the last one, applies the edit and
         keeps the units (and the pre-activation the ReLU hook saw)."""
         edit = self.edits.get(layer.name)
+        readout = self.readouts.get(layer.name)
 
         def hook(_module, _inputs, output):
             forward = self._forward
@@ -224,14 +267,36 @@ class LayerCapture:
                 return None  # not yet the module's last call in this forward
             if edit is not None:
                 output = edit(output)
-            forward.activations[layer.name] = self._units(output, layer.kind)
-            if forward.pre is not None and layer.relu is not None:
-                forward.pre[layer.name] = forward.relu_inputs[layer.relu]
+            if readout is not None:
+                self._read_out(forward, layer, readout, output)
+            else:
+                forward.activations[layer.name] = self._units(output, layer.kind)
+                if forward.pre is not None and layer.relu is not None:
+                    forward.pre[layer.name] = forward.relu_inputs[layer.relu]
             if self.stop and len(forward.activations) == len(self.layers):
                 raise _StopForward
             return output if edit is not None else None
 
         return hook
+
+    def _read_out(self, forward: _Forward, layer: UnitLayer, readout, output: torch.Tensor) -> None:
+        """The layer's K responses to `readout` (and their pre-activations), reduced as units are."""
+        relu_input = forward.relu_inputs.get(layer.relu) if forward.pre is not None and layer.relu else None
+        response, pre = encode_with_pre(
+            readout,
+            channels_last(output, layer.kind),
+            None if relu_input is None else channels_last(relu_input, layer.kind),
+        )
+        kind = ENCODED_KIND[layer.kind]
+        if self.reduce is None:
+            forward.activations[layer.name] = restore_layout(response, layer.kind)
+        else:
+            forward.activations[layer.name] = reduce_units(response, kind, self.reduce)
+        if forward.pre is not None and pre is not None:
+            forward.pre[layer.name] = (
+                restore_layout(pre, layer.kind) if self.pre_reduce is None
+                else reduce_units(pre, kind, self.pre_reduce)
+            )  # fmt: skip
 
     def _relu_input_hook(self, path: str, kind: str):
         # Reduced before the ReLU runs: an inplace ReLU overwrites its input. A spatial max keeps its input for
@@ -240,7 +305,7 @@ class LayerCapture:
             forward = self._forward
             if forward is None:
                 return
-            if self.pre_reduce is None:
+            if self.pre_reduce is None or path in self._full_relu_inputs:
                 forward.relu_inputs[path] = inputs[0].clone()
                 return
             pre = inputs[0].clone() if self.pre_reduce == "max" and inputs[0].requires_grad else inputs[0]

@@ -27,6 +27,7 @@ def accumulate_class_sums(
     progress: bool = True,
     on_batch: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
     precision: Precision | None = None,
+    readouts: dict | None = None,
 ) -> ClassMeanAccumulator:
     """One pass over `batches` of (images, labels); returns the per-class sums of all `layers` at once.
 
@@ -34,11 +35,18 @@ def accumulate_class_sums(
     activations are reduced in float32 and summed in float64 whatever the precision. `total` (image
     count) sizes the progress bar. `on_batch(activations, labels)` sees each batch's unit activations
     {layer: [B, N]} (e.g. to store them per image: repsub.runstore.activations.ActivationWriter.add).
+    `readouts` ({layer name: readout}, repsub.core.readout) reads those layers through a basis: their K
+    responses are summed instead of the units (a StackedReadout serves units and several bases of one layer
+    in the same pass: split its class means by its `slices`).
     """
+    readouts = readouts or {}
     precision = precision or FP32
     channels_last = prepare_for_speed(model.module, device)
-    capture = LayerCapture(autocast_ready(model.module, precision), layers, reduce=reduce)
-    accumulator = ClassMeanAccumulator({layer.name: layer.n_units for layer in layers}, num_classes, device)
+    capture = LayerCapture(autocast_ready(model.module, precision), layers, reduce=reduce, readouts=readouts)
+    widths = {
+        layer.name: readouts[layer.name].K if layer.name in readouts else layer.n_units for layer in layers
+    }
+    accumulator = ClassMeanAccumulator(widths, num_classes, device)
     bar = tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress)
     with bar, capture:  # one registration of the hooks for the whole pass
         for images, labels in batches:

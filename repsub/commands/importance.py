@@ -16,12 +16,13 @@ import torch
 from repsub.ablation.edit import ABLATIONS
 from repsub.ablation.measure import measure_importance, unit_means
 from repsub.commands.context import CommandContext, check_common
+from repsub.commands.targets import basis_layer, basis_record, resolve_basis
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
 from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
-from repsub.runstore.provenance import Scope, importance_meaning
-from repsub.runstore.tables import importance_table, with_layer
+from repsub.runstore.provenance import Scope, basis_meaning, importance_meaning
+from repsub.runstore.tables import importance_table, with_basis, with_layer
 from repsub.selection import parse_units, ranges_text
 
 
@@ -49,6 +50,7 @@ def importance(
     std: tuple[float, float, float] | None = None,
     allow_mixed: bool = False,
     force_unlock: bool = False,
+    basis=None,
 ) -> pa.Table:
     """Importance of every unit of `layers` (default: all) by ablation over `data` (a labelled ImageFolder
     or .beton whose classes are the model's): `images` (default all) is a seeded, class-balanced subset.
@@ -56,6 +58,9 @@ def importance(
     Returns the importance table (with its `layer` column) and writes it into the run `out` if given.
     Into an existing run, what is not given is the run's, as for selectivity and visualize (repsub.commands.extend):
     its model (re-created, weights verified by hash), seed, layers and image size (its selectivity's).
+    `basis` (a readout object, repsub.core.readout, or a basis name of the run; None or "unit": the units)
+    ablates the basis's directions at its layer instead (repsub.ablation.edit: the direction's response set
+    to 0 or its mean at every position, what the basis does not reconstruct kept).
     Writing into `out` holds its lock and refuses importance from other data, image count or image size beside
     the run's unless `allow_mixed`; `force_unlock` removes a lock whose holder is gone."""
     if ablation not in ABLATIONS:
@@ -75,7 +80,10 @@ def importance(
     subset = balanced_subset(source.labels(), images, seed)
     if images is not None and len(subset) < images:
         print(f"note: {data} holds {len(subset)} images, fewer than --images {images}", file=sys.stderr)
-    unit_lists = {layer.name: parse_units(units, layer.n_units, layer.name) for layer in ctx.layers}
+    readout = resolve_basis(basis, out, [layer.name for layer in ctx.layers])
+    chosen = ctx.layers if readout is None else basis_layer(readout, ctx.layers, layers)
+    counts = {layer.name: layer.n_units if readout is None else readout.K for layer in chosen}
+    unit_lists = {layer.name: parse_units(units, counts[layer.name], layer.name) for layer in chosen}
     config = {
         "data": source.describe(),
         "image_size": size,
@@ -88,25 +96,30 @@ def importance(
         "batch_size": batch_size,
         "device": str(device),
     }
+    if readout is not None:
+        config["basis"] = basis_record(readout)
 
     def batches():
         return source.batches(batch_size, indices=subset, workers=workers, device=device)
 
     tables, baseline = {}, None
     scope = Scope("importance", ablation, {name: ranges_text(u) for name, u in unit_lists.items()},
-                  importance_meaning(source, size, len(subset)))  # fmt: skip
+                  basis_meaning(importance_meaning(source, size, len(subset)), readout),
+                  basis="unit" if readout is None else readout.name)  # fmt: skip
     with ctx.writing(
         command_key(ablation), config, [scope], allow_mixed=allow_mixed, force_unlock=force_unlock
     ) as output:
-        for layer in ctx.layers:
-            means = unit_means(loaded, layer, batches(), device) if ablation == "mean" else None
-            counts = measure_importance(
+        for layer in chosen:
+            means = unit_means(loaded, layer, batches(), device, readout) if ablation == "mean" else None
+            measured = measure_importance(
                 loaded, layer, unit_lists[layer.name], batches(), loaded.num_classes, ablation, means,
-                device=device, total=len(subset), progress=progress,
+                device=device, total=len(subset), progress=progress, readout=readout,
             )  # fmt: skip
-            results = counts.results()
+            results = measured.results()
             baseline = float(results["baseline_accuracy"][0])
-            tables[layer.name] = importance_table(results, ablation, command_key(ablation))
+            tables[layer.name] = with_basis(
+                importance_table(results, ablation, command_key(ablation)), readout
+            )
             output.write("importance", layer.name, tables[layer.name])  # each layer lands when done
         print(f"importance: baseline accuracy {baseline:.4f} on {len(subset)} images", file=sys.stderr)
         output.complete({**config, "baseline_accuracy": baseline})

@@ -12,6 +12,7 @@ import torch
 from repsub.capture.precision import resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.commands.context import CommandContext, check_common, say_precision
+from repsub.commands.targets import basis_layer, basis_record, resolve_basis
 from repsub.core.exemplars import ExemplarAccumulator
 from repsub.core.quantiles import DEFAULT_K, QuantileSketches
 from repsub.data.sources import open_source
@@ -20,8 +21,8 @@ from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
 from repsub.runstore.activations import ActivationWriter
 from repsub.runstore.exemplars import write_exemplars, write_images
-from repsub.runstore.provenance import Scope, data_meaning, selectivity_meaning
-from repsub.runstore.tables import STORED_RANKS, quantiles_table, selectivity_table, with_layer
+from repsub.runstore.provenance import Scope, basis_meaning, data_meaning, selectivity_meaning
+from repsub.runstore.tables import STORED_RANKS, quantiles_table, selectivity_table, with_basis, with_layer
 from repsub.validate import check_int
 
 DEFAULT_EXEMPLARS = 16
@@ -48,6 +49,7 @@ def selectivity(
     force_unlock: bool = False,
     exemplars: int = DEFAULT_EXEMPLARS,
     quantile_k: int = DEFAULT_K,
+    basis=None,
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
     or an FFCV .beton file from `repsub prepare`).
@@ -67,6 +69,11 @@ def selectivity(
     model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
     seed, `layers` (`["all"]`: every layer) and `image_size` are its own; what was taken is printed.
 
+    `basis` (a readout object, repsub.core.readout, or a basis name of the run; None or "unit": the units)
+    measures the basis's directions at its layer instead: each direction's response at every position,
+    reduced as units are; the rows carry the basis's name (no exemplars or saved activations: those are the
+    units').
+
     Writing into `out` holds its lock and refuses rows of another meaning beside the run's (other data or
     image size in the selectivity table) unless `allow_mixed`; `force_unlock` removes a lock whose holder is
     gone (README, "Run integrity").
@@ -80,6 +87,12 @@ def selectivity(
                               layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
     used_precision = resolve_precision(precision, ctx.device)
     loaded, chosen = ctx.model, ctx.layers
+    readout = resolve_basis(basis, out, [layer.name for layer in ctx.layers])
+    if readout is not None:
+        chosen = basis_layer(readout, chosen, layers)
+        if save_activations:
+            raise UsageError("--save-activations stores the units' activations: not with a --basis")
+        exemplars = 0
     saved = _activation_layers(save_activations, chosen, loaded, out)
     size = ctx.image_size(image_size, batch=batch_size)
     ctx.record.say()
@@ -108,13 +121,17 @@ def selectivity(
     keep = exemplars if out is not None else 0  # exemplars are only worth their work when written
     if keep:
         config["exemplars"] = keep
-    sketch_k = quantile_k if out is not None else 0
+    sketch_k = quantile_k if out is not None and readout is None else 0  # quantiles: of the units
     if sketch_k:
         config["quantile_k"] = sketch_k
+    if readout is not None:
+        config["basis"] = basis_record(readout)
     say_precision(used_precision, "selectivity")
-    meaning = selectivity_meaning(source, size)
-    scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning)
-              for table in ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))]  # fmt: skip
+    meaning = basis_meaning(selectivity_meaning(source, size), readout)
+    basis_name = "unit" if readout is None else readout.name
+    tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))
+    scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning, basis=basis_name)
+              for table in tables_written]  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(
             "selectivity", config, scopes, reduce=reduce, allow_mixed=allow_mixed, force_unlock=force_unlock
@@ -145,6 +162,7 @@ def selectivity(
             progress=progress,
             on_batch=on_batch,
             precision=used_precision,
+            readouts=None if readout is None else {layer.name: readout for layer in chosen},
         )
         if acc.n_images != len(source):
             raise DataError(f"the pass saw {acc.n_images} images, {data} holds {len(source)}")
@@ -152,7 +170,8 @@ def selectivity(
         if sink:
             sink.commit()  # in place before the manifest records the command
         tables = {
-            layer.name: selectivity_table(acc.class_means(layer.name), acc.n_images) for layer in chosen
+            layer.name: with_basis(selectivity_table(acc.class_means(layer.name), acc.n_images), readout)
+            for layer in chosen
         }
         for name, table in tables.items():
             output.write("selectivity", name, table)

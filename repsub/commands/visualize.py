@@ -13,12 +13,13 @@ import torch
 from repsub.capture.precision import resolve_precision
 from repsub.commands.context import CommandContext, check_common, say_precision
 from repsub.commands.extend import settings_for_run
+from repsub.commands.targets import basis_layer, basis_record, resolve_basis
 from repsub.errors import UsageError
 from repsub.models import LoadedModel
 from repsub.optimize import OptimSettings, UnitProgress, optimize_units
 from repsub.optimize.objectives import METHODS
-from repsub.runstore.provenance import Scope, units_meaning
-from repsub.runstore.tables import units_table, with_layer
+from repsub.runstore.provenance import Scope, basis_meaning, units_meaning
+from repsub.runstore.tables import units_table, with_basis, with_layer
 from repsub.selection import parse_units, ranges_text
 
 
@@ -38,6 +39,7 @@ def visualize(
     std: tuple[float, float, float] | None = None,
     allow_mixed: bool = False,
     force_unlock: bool = False,
+    basis=None,
     **setting_overrides,
 ) -> pa.Table:
     """AM or IAM images for the units of `layers` (default: all), with their layer activations and RS.
@@ -52,6 +54,11 @@ def visualize(
     model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
     seed, `layers` (`["all"]`: every layer) and, without `settings`, the optimization settings of its latest
     visualize or sweep (image size, steps, lr, ...; not precision) are its own; what was taken is printed.
+
+    `basis` (a readout object, repsub.core.readout, or a basis name of the run; None or "unit": the units) makes
+    the targets the basis's directions at its layer: `units` selects directions, AM climbs a direction's
+    response, IAM its response minus the mean of the basis's other directions, RS counts the directions that
+    respond more; the rows carry the basis's name.
 
     Writing into `out` holds its lock and refuses units of this method at another image size (or
     parameterization, own term, transforms) beside the run's unless `allow_mixed`; `force_unlock` removes a
@@ -71,7 +78,10 @@ def visualize(
     ctx.record.say()
     settings.validate()
     ctx.check_memory(size, settings.batch_size)
-    unit_lists = {layer.name: parse_units(units, layer.n_units, layer.name) for layer in ctx.layers}
+    readout = resolve_basis(basis, out, [layer.name for layer in ctx.layers])
+    chosen = ctx.layers if readout is None else basis_layer(readout, ctx.layers, layers)
+    counts = {layer.name: layer.n_units if readout is None else readout.K for layer in chosen}
+    unit_lists = {layer.name: parse_units(units, counts[layer.name], layer.name) for layer in chosen}
     reduce = ctx.reduce(reduce)
     precision = resolve_precision(settings.precision, ctx.device)
     config = {
@@ -84,27 +94,33 @@ def visualize(
         "precision": precision.to_dict(),
         "settings": settings.to_dict(),
     }
+    if readout is not None:
+        config["basis"] = basis_record(readout)
     say_precision(precision, method)
     tables = {}
     total = sum(len(u) for u in unit_lists.values())
     scope = Scope("units", method, {name: ranges_text(u) for name, u in unit_lists.items()},
-                  units_meaning(settings))  # fmt: skip
+                  basis_meaning(units_meaning(settings), readout), basis=_name(readout))  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(
             f"visualize/{method}", config, [scope], reduce=reduce, allow_mixed=allow_mixed,
             force_unlock=force_unlock,
         ))  # fmt: skip
         with UnitProgress(total, settings.steps, enabled=progress) as bar:
-            for layer in ctx.layers:
+            for layer in chosen:
                 result = optimize_units(
                     ctx.model, layer, unit_lists[layer.name], method, settings,
-                    run_seed=ctx.seed, device=ctx.device, progress=bar, reduce=reduce,
+                    run_seed=ctx.seed, device=ctx.device, progress=bar, reduce=reduce, readout=readout,
                 )  # fmt: skip
-                tables[layer.name] = units_table(method, result, settings.steps)
+                tables[layer.name] = with_basis(units_table(method, result, settings.steps), readout)
                 output.write("units", layer.name, tables[layer.name])  # each layer lands when done
         _warn_failures(method, tables)
         output.complete(config)
     return with_layer(tables)
+
+
+def _name(readout) -> str:
+    return "unit" if readout is None else readout.name
 
 
 def _warn_failures(method: str, tables: dict[str, pa.Table]) -> None:

@@ -8,7 +8,8 @@ What the optimizer *climbs* (`climbed`) may replace the unit's own term: a unit 
 is negative everywhere has a post-ReLU value of exactly 0 and no gradient, so its image would never
 move (repsub measured this for up to 90% of a layer's units: docs/science.md). OWN_TERMS:
 
-- ``hybrid`` (default): the post-ReLU value while it is > 0, else the pre-ReLU value, which has a
+- ``hybrid`` (default): the post-ReLU value while it is > 0 (a signed direction's response while it is not 0),
+  else the pre-ReLU value, which has a
   gradient and pulls the unit out of zero; once it responds, the post-ReLU value takes over. While the
   unit is silent, a conv unit's pre-activation is read at its highest position (`pre_reduction`): its
   post-ReLU mean (or max) becomes > 0 exactly when one position's pre-activation does, so that is the
@@ -64,7 +65,9 @@ def own_term(post: torch.Tensor, pre: torch.Tensor | None, units: torch.Tensor, 
     own_pre = _own(pre, units)
     if kind == "pre":
         return own_pre
-    return torch.where(own_post > 0, own_post, own_pre)
+    # Post-ReLU values are >= 0, so != 0 is > 0 for units; a signed direction's response (which is < 0 as
+    # often as > 0) is climbed itself: it is flat only where it is exactly 0.
+    return torch.where(own_post != 0, own_post, own_pre)
 
 
 def climbed(

@@ -26,6 +26,7 @@ from repsub.capture.precision import (
     resolve_precision,
 )
 from repsub.capture.reader import REDUCTIONS, LayerCapture
+from repsub.core.readout import check_readout, is_units
 from repsub.core.rs import representative_substitution, rs_ties
 from repsub.errors import UsageError
 from repsub.models import LoadedModel, UnitLayer
@@ -59,6 +60,14 @@ def unit_seed(run_seed: int, layer: str, unit: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def target_seed(run_seed: int, layer: str, basis: str, index: int) -> int:
+    """A target's seed: a unit's `unit_seed`; a basis direction's from (run seed, layer, basis, direction)."""
+    if basis == "unit":
+        return unit_seed(run_seed, layer, index)
+    digest = hashlib.sha256(f"repsub/{run_seed}/{layer}/{basis}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def unit_status(layer_activations: torch.Tensor, own: torch.Tensor) -> list[str]:
     """ok, no_response (own activation <= 0) or nonfinite (any activation of the layer not finite)."""
     finite = torch.isfinite(layer_activations).all(dim=1).tolist()
@@ -85,12 +94,14 @@ def _optimize_batch(
     reduce: str,
     device: torch.device,
     progress: UnitProgress,
+    readout=None,
 ) -> OptimResult:
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     image = PARAMETERIZATIONS[settings.param](generators, settings.image_size, device)
     warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
     pre_reduce = pre_reduction(settings.own_term, reduce)
-    recording = LayerCapture(model.module, [layer], reduce=reduce)
+    readouts = None if readout is None else {layer.name: readout}
+    recording = LayerCapture(model.module, [layer], reduce=reduce, readouts=readouts)
     channels_last = prepare_for_speed(model.module, device)
     normalize = _normalizer(model, device)
     unit_index = torch.tensor(units, device=device)
@@ -109,12 +120,14 @@ def _optimize_batch(
     with torch.no_grad():
         objective_start = recorded(evaluate(image()), unit_index)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
-    own_unit = OwnUnit.find(model.module, layer, len(units)) if method == "am" else None
+    # The shortcut computes units only: a direction reads every unit of the layer.
+    own_unit = OwnUnit.find(model.module, layer, len(units)) if method == "am" and readout is None else None
     own_index = torch.zeros_like(unit_index)  # each image's own unit is unit 0 of OwnUnit's one-unit layer
     with_pre = settings.own_term != "post"  # "post": no pre-activation, exactly the plain objective's forward
     step_capture = LayerCapture(
-        model.module, [layer], reduce=reduce, pre=with_pre, pre_reduce=pre_reduce if with_pre else None
-    )
+        model.module, [layer], reduce=reduce, pre=with_pre, pre_reduce=pre_reduce if with_pre else None,
+        readouts=readouts,
+    )  # fmt: skip
 
     def climb(warped: torch.Tensor) -> torch.Tensor:
         """The objective the optimizer climbs, per image: [B]."""
@@ -160,6 +173,8 @@ def optimize_units(
     device: str | torch.device = "cpu",
     progress: bool | UnitProgress = True,
     reduce: str = "mean",
+    readout=None,
+    seeds: list[int] | None = None,
 ) -> OptimResult:
     """Optimize one image per unit of `layer` for `method` ("am" or "iam"), in batches of settings.batch_size.
 
@@ -168,21 +183,35 @@ def optimize_units(
     `no_response`, never silently an ordinary row). `reduce` is the spatial reduction of conv units,
     which must be the one of the run's selectivity. `progress`: a bar of the caller's (a UnitProgress
     spanning several layers) or whether to show one for this call.
+
+    `readout` (repsub.core.readout; None: the units) makes the targets the directions of a basis of `layer`:
+    `units` are then direction indices, the objectives and RS read the K responses (IAM subtracts the mean of
+    the basis's other directions; RS counts the directions that respond more), and the hybrid own term climbs
+    the direction's pre-activation while its response is 0. `seeds` replaces the targets' derived seeds
+    (`target_seed`).
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if reduce not in REDUCTIONS:
         raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
     settings.validate()
-    bad_units = [u for u in units if not 0 <= u < layer.n_units]
+    if is_units(readout):
+        readout = None  # the unit basis takes the units' own path (the AM shortcut included)
+    else:
+        check_readout(readout, layer.name, layer.n_units)
+    count = layer.n_units if readout is None else readout.K
+    bad_units = [u for u in units if not 0 <= u < count]
     if bad_units:
-        raise UsageError(
-            f"layer {layer.name} has units 0-{layer.n_units - 1}; out of range: {bad_units[:10]}"
-        )
+        what = "units" if readout is None else f"basis {readout.name} has directions"
+        raise UsageError(f"layer {layer.name} {what} 0-{count - 1}; out of range: {bad_units[:10]}")
     device = torch.device(device)
     model.module.to(device)
     precision = resolve_precision(settings.precision, device)
-    seeds = [unit_seed(run_seed, layer.name, u) for u in units]
+    basis = "unit" if readout is None else readout.name
+    if seeds is None:
+        seeds = [target_seed(run_seed, layer.name, basis, u) for u in units]
+    elif len(seeds) != len(units):
+        raise ValueError(f"{len(seeds)} seeds for {len(units)} targets")
     own_bar = not isinstance(progress, UnitProgress)
     bar = UnitProgress(len(units), settings.steps, enabled=bool(progress)) if own_bar else progress
     parts = []
@@ -192,6 +221,7 @@ def optimize_units(
             batch = slice(start, start + settings.batch_size)
             parts.append(_optimize_batch(
                 model, layer, units[batch], seeds[batch], method, settings, precision, reduce, device, bar,
+                readout,
             ))  # fmt: skip
             bar.units_done(len(units[batch]))
     finally:

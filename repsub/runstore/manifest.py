@@ -15,10 +15,13 @@ import pyarrow as pa
 from repsub import __version__
 from repsub.errors import RunError, shown
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version 1 runs (no per-unit status, rs_ties or objectives) are still read; their status is derived
-# (repsub.runstore.tables.units_status) but nothing is written into them.
-READABLE_SCHEMA_VERSIONS = (1, 2)
+# (repsub.runstore.tables.units_status) but nothing is written into them. Version 2 runs (no `basis` column:
+# every row a unit's) are read with basis "unit", and upgraded in place by the first command that writes into
+# them: their rows already mean what version 3's unit rows mean.
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
+UPGRADABLE_SCHEMA_VERSIONS = (2,)
 MANIFEST = "manifest.json"
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from repsub.errors import RunError
 from repsub.optimize.settings import OptimSettings, meaning_names
+from repsub.runstore.tables import UNIT_BASIS, scope_name
 from repsub.selection import ranges_text
 
 # The settings that define what a table's rows mean (README, "Run integrity"). Other settings (steps, lr,
@@ -47,10 +48,13 @@ class Scope:
     key: str | None  # the method (units) or ablation (importance); None for whole-layer tables
     layers: dict[str, str | None]  # layer -> unit ranges ("0-7,9"); None: the whole layer
     meaning: dict
+    # The targets' basis: its rows are a scope of their own (`units@pca/am`), and its meaning holds the basis's
+    # content hash (`basis_meaning`), so that two fits of one basis name are never mixed.
+    basis: str = UNIT_BASIS
 
     @property
     def name(self) -> str:
-        return self.table if self.key is None else f"{self.table}/{self.key}"
+        return scope_name(self.table, self.key, self.basis)
 
 
 def _expand(text: str) -> set[int]:
@@ -86,6 +90,15 @@ def selectivity_meaning(source, image_size: int) -> dict:
 def importance_meaning(source, image_size: int, images: int) -> dict:
     """`images`: how many images the class-balanced subset holds."""
     return {"data": data_meaning(source), "image_size": int(image_size), "images": int(images)}
+
+
+def basis_meaning(meaning: dict, readout) -> dict:
+    """A scope's meaning for targets of `readout` (None: units, the meaning as it is): the basis's content hash
+    added, so that rows of another fit of the same basis name are told apart."""
+    if readout is None or readout.name == UNIT_BASIS:
+        return meaning
+    return {**meaning, "basis": {"kind": getattr(readout, "kind", None), "K": int(readout.K),
+                                 "content_hash": readout.content_hash()}}  # fmt: skip
 
 
 def units_meaning(settings: OptimSettings) -> dict:
@@ -166,11 +179,12 @@ def _all(state: dict) -> dict[int, tuple]:
 
 
 def _table_words(scope: Scope) -> str:
+    of = "" if scope.basis == UNIT_BASIS else f" of basis {scope.basis}"
     if scope.table == "units":
-        return f"the {scope.key} rows of the units table"
+        return f"the {scope.key} rows{of} of the units table"
     if scope.table == "importance":
-        return f"the importance rows ({scope.key} ablation)"
-    return f"the {scope.table} rows"
+        return f"the importance rows{of} ({scope.key} ablation)"
+    return f"the {scope.table} rows{of}"
 
 
 def _difference(old: dict, new: dict, command: str) -> str:
@@ -267,11 +281,12 @@ def _prune(manifest: dict) -> None:
 # ------------------------------------------------------------------ reading
 
 
-def row_settings(manifest: dict, table: str, layer: str, unit: int, command: str, key: str | None = None):
-    """The configuration of the invocation that made a row (table, layer, unit, its `command` column, and its
-    method or ablation for units and importance rows), or None when the manifest does not say (rows written
-    before invocations were recorded)."""
-    scope = table if key is None else f"{table}/{key}"
+def row_settings(manifest: dict, table: str, layer: str, unit: int, command: str, key: str | None = None,
+                 basis: str | None = None):  # fmt: skip
+    """The configuration of the invocation that made a row (table, layer, unit, its `command` column, its
+    method or ablation for units and importance rows, and its basis: null or "unit" for units), or None when
+    the manifest does not say (rows written before invocations were recorded)."""
+    scope = scope_name(table, key, basis or UNIT_BASIS)
     state = owners(manifest, scope).get(layer)
     if state is None:
         return None

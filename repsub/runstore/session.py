@@ -86,6 +86,12 @@ class WriteSession:
                 print(f"note: mixing allowed (--allow-mixed): {'; '.join(conflicts)}", file=sys.stderr)
             creating = manifest is None
             manifest = manifest or {"schema_version": SCHEMA_VERSION, "created_at": now_utc(), "commands": {}}
+            if (
+                manifest.get("schema_version") != SCHEMA_VERSION
+            ):  # check_run let only an upgradable one through
+                print(f"note: {self.writer.uri}: schema version {manifest.get('schema_version')} upgraded to "
+                      f"{SCHEMA_VERSION} (its rows are read as the unit basis's)", file=sys.stderr)  # fmt: skip
+                manifest["schema_version"] = SCHEMA_VERSION
             self._describe(manifest)
             self.writer.reconcile_files(manifest)  # the file list: started, strays adopted, garbage collected
             inv = start_invocation(manifest, self.command, self.config, self.scopes, conflicts, now_utc())

@@ -16,7 +16,10 @@ block's file name follows from the key and the units, so rewriting the same unit
 (repsub.runstore.writer.RunWriter.write_block), and a sweep's shards write deterministic names.
 
 Every row of the selectivity, units and importance tables names the manifest command that wrote it
-(`command`), whose settings the manifest keeps (repsub.runstore.provenance.row_settings).
+(`command`), whose settings the manifest keeps (repsub.runstore.provenance.row_settings), and the basis of its
+target (`basis`: "unit" for units; null in runs of schema versions 1 and 2, read as "unit"). A basis other than
+"unit" has files of its own, named `<key>@<basis>-...` (`selectivity@<basis>.parquet`), so that writing one
+basis never replaces another's rows.
 """
 
 from __future__ import annotations
@@ -35,6 +38,25 @@ if TYPE_CHECKING:
     import torch
 
 LAYER_PARTITION = pa.schema([("layer", pa.string())])
+UNIT_BASIS = "unit"  # the identity basis: a target per unit (repsub.core.readout.UNIT)
+
+
+def file_key(key: str, basis: str) -> str:
+    """The stem of a basis's files: `key` (a method, an ablation, a table name) for units, `key@basis` else."""
+    return key if basis == UNIT_BASIS else f"{key}@{basis}"
+
+
+def file_basis(base_name: str) -> str:
+    """The basis a table file holds, from its name (file_key): "unit" where the stem names none."""
+    stem = base_name.split("-", 1)[0].removesuffix(".parquet")
+    return stem.split("@", 1)[1] if "@" in stem else UNIT_BASIS
+
+
+def scope_name(table: str, key: str | None, basis: str = UNIT_BASIS) -> str:
+    """The name under which the manifest records what one command wrote into a table (a method's, an
+    ablation's, a basis's rows): `units/am`, `selectivity`, `units@pca/am`, `selectivity@pca`."""
+    table = table if basis == UNIT_BASIS else f"{table}@{basis}"
+    return table if key is None else f"{table}/{key}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,10 @@ class TableSpec:
         """The schema as readers see it: the stored columns plus the `layer` partition column."""
         return self.schema.insert(0, pa.field("layer", pa.string()))
 
+    @property
+    def has_basis(self) -> bool:
+        return "basis" in self.schema.names
+
     def conform(self, table: pa.Table) -> pa.Table:
         return table.select(self.schema.names).cast(self.schema)
 
@@ -57,7 +83,10 @@ class TableSpec:
         return f"{key}-{min(units):05d}-{max(units):05d}-{digest}.parquet"
 
 
+BASIS_FIELD = ("basis", pa.string())  # the target's basis: "unit", or a basis's name (null in v1/v2 runs)
+
 SELECTIVITY = TableSpec("selectivity", pa.schema([
+    BASIS_FIELD,
     ("unit", pa.int32()),
     ("selectivity", pa.float64()),
     ("top_class", pa.int32()),
@@ -72,6 +101,7 @@ UNITS = TableSpec(
     pa.schema(
         [
             ("method", pa.string()),
+            BASIS_FIELD,
             ("unit", pa.int32()),
             ("activation", pa.float32()),  # the unit's own activation on its stored image
             ("layer_activations", pa.list_(pa.float32())),
@@ -91,6 +121,7 @@ UNITS = TableSpec(
 )  # fmt: skip  (256 rows: a few MB with images, readable a group at a time)
 
 IMPORTANCE = TableSpec("importance", pa.schema([
+    BASIS_FIELD,
     ("unit", pa.int32()),
     ("n_images", pa.int64()),
     ("baseline_accuracy", pa.float64()),  # the intact network's accuracy on the images
@@ -287,6 +318,12 @@ def importance_table(results: dict[str, np.ndarray], ablation: str, command: str
         "ablation": pa.array([ablation] * n, pa.string()),
         "command": pa.array([command] * n, pa.string()),
     })  # fmt: skip
+
+
+def with_basis(rows: pa.Table, readout) -> pa.Table:
+    """Rows of a readout's targets (repsub.core.readout; None: units) with their `basis` column."""
+    name = UNIT_BASIS if readout is None else readout.name
+    return rows.append_column("basis", pa.array([name] * rows.num_rows, pa.string()))
 
 
 def with_layer(tables: dict[str, pa.Table]) -> pa.Table:

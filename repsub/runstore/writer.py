@@ -40,12 +40,13 @@ from repsub.runstore.manifest import (
     MANIFEST,
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
+    UPGRADABLE_SCHEMA_VERSIONS,
     encode_manifest,
     model_mismatch,
     now_utc,
 )
 from repsub.runstore.storage import explain_s3_error, is_s3, put_if_absent, s3_client
-from repsub.runstore.tables import TABLES
+from repsub.runstore.tables import TABLES, UNIT_BASIS, file_basis, file_key, scope_name
 
 
 class RunWriter(RunLocation):
@@ -328,7 +329,7 @@ class RunWriter(RunLocation):
         if manifest is None:
             return
         version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in UPGRADABLE_SCHEMA_VERSIONS:
             readable = (
                 " (this repsub still reads it: summary, report, open_run)"
                 if version in READABLE_SCHEMA_VERSIONS
@@ -358,36 +359,50 @@ class RunWriter(RunLocation):
         A whole-layer table (selectivity) replaces the layer's file. A block table (units, importance) adds
         the rows, all of one key (method, ablation), under the block's deterministic name; with
         `replace_existing`, rows already stored for the same key and units in other files are removed.
-        Rows without a `command` column get `command` (default: the command of the writer's session)."""
+        Rows without a `command` column get `command` (default: the command of the writer's session), rows
+        without a `basis` column the unit basis; the rows of one write are of one basis, and replace only that
+        basis's rows (its own files: repsub.runstore.tables.file_key)."""
         spec = TABLES[name]
         if "command" in spec.schema.names and "command" not in rows.column_names:
             rows = rows.append_column(
                 "command", pa.array([command or self.command] * rows.num_rows, pa.string())
             )
+        if spec.has_basis and "basis" not in rows.column_names:
+            rows = rows.append_column("basis", pa.array([UNIT_BASIS] * rows.num_rows, pa.string()))
         rows = spec.conform(rows)
+        basis = self._one_value(rows, "basis", name) if spec.has_basis else UNIT_BASIS
         directory = self._partition_dir(name, layer)
         with self.committing():
             if spec.key is None:
-                superseded = self.partition_files(name, layer)
-                file_name = self._unused_name(directory, f"{name}.parquet")
+                stem = file_key(name, basis)
+                superseded = [
+                    path for path in self.partition_files(name, layer)
+                    if not spec.has_basis or file_basis(path.rsplit("/", 1)[-1]) == basis
+                ]  # fmt: skip
+                file_name = self._unused_name(directory, f"{stem}.parquet")
                 path = self._write_parquet(rows, directory, file_name, spec.row_group)
                 self._commit([path], superseded)
-                self.written.setdefault(name, set()).add(layer)
+                self.written.setdefault(scope_name(name, None, basis), set()).add(layer)
                 return path
-            keys = set(rows.column(spec.key).to_pylist())
-            if len(keys) != 1:
-                raise ValueError(
-                    f"a block of the {name} table holds one {spec.key}, got {sorted(map(str, keys))}"
-                )
-            key = keys.pop()
+            key = self._one_value(rows, spec.key, name)
+            stem = file_key(key, basis)
             units = [int(u) for u in rows.column("unit").to_pylist()]
-            file_name = self._unused_name(directory, spec.block_name(key, units))
+            file_name = self._unused_name(directory, spec.block_name(stem, units))
             if replace_existing:
-                self.drop_rows(name, key, layer, set(units), keep_files={file_name} if self.shard else set())
+                self.drop_rows(name, stem, layer, set(units), keep_files={file_name} if self.shard else set())
             path = self._write_parquet(rows, directory, file_name, spec.row_group)
             self._commit([path], [])
-            self.written.setdefault(f"{name}/{key}", set()).add(layer)
+            self.written.setdefault(scope_name(name, key, basis), set()).add(layer)
             return path
+
+    @staticmethod
+    def _one_value(rows: pa.Table, column: str, name: str) -> str:
+        values = set(rows.column(column).to_pylist())
+        if len(values) != 1:
+            raise ValueError(
+                f"a block of the {name} table holds one {column}, got {sorted(map(str, values))}"
+            )
+        return values.pop()
 
     def write_selectivity(self, layer: str, rows: pa.Table, command: str | None = None) -> str:
         return self.write_table("selectivity", layer, rows, command=command)
@@ -407,7 +422,7 @@ class RunWriter(RunLocation):
     def drop_rows(
         self, name: str, key: str, layer: str, units: set[int], keep_files: set[str] = frozenset()
     ) -> None:
-        """Remove the given units' rows of `key` (a method, an ablation) from the files of a block table's
+        """Remove the given units' rows of `key` (a method, an ablation, `key@basis`: file_key) from the files of a block table's
         layer partition, except the files named in `keep_files` (a sweep's own shard files). A file that
         holds some of them is never changed: what it keeps is written to a new file and it is retired, in
         one commit."""

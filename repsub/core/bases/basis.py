@@ -63,6 +63,14 @@ class Basis:
             raise ValueError(f"a topk encoder needs 0 < top_k <= K = {k}, got {self.top_k}")
 
     @property
+    def K(self) -> int:  # noqa: N802  (the readout protocol's name: repsub.core.readout)
+        return self.size
+
+    @property
+    def C(self) -> int:  # noqa: N802
+        return self.n_channels
+
+    @property
     def size(self) -> int:
         """K, the number of directions."""
         return self.directions.shape[0]
