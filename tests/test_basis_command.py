@@ -15,6 +15,7 @@ import torch
 
 import repsub
 from repsub.capture.positions import sample_vectors
+from repsub.capture.reader import LayerCapture
 from repsub.core.bases.metrics import fve
 from repsub.data.sources import open_source
 from repsub.errors import RunError, UsageError
@@ -122,3 +123,37 @@ def test_the_command_line(run):
     bad = subprocess.run([sys.executable, "-m", "repsub.cli", "basis", "fit", str(run), "--kind", "pca",
                           "--size", "999", "--workers", "0"], capture_output=True, text=True, env=env)  # fmt: skip
     assert bad.returncode == 2 and "--size 999 is larger than pca allows" in bad.stderr
+
+
+def test_a_fitted_basis_is_measured_by_name(tmp_path, image_folder_dir, shallow_random):
+    """`--basis NAME` finds the run's fitted basis: its directions' selectivity equals the class means of their
+    responses computed by hand from the stored basis; a name fitted to several layers needs one of them."""
+    out = tmp_path / "run"
+    common = {"data": image_folder_dir, "out": out, "workers": 0, "progress": False, "precision": "fp32"}
+    repsub.selectivity(model=shallow_random, layers=["conv2", "fc5"], **common)
+    repsub.fit_basis(out, kind="pca", size=4, positions=6, workers=0, seed=0)
+    with pytest.raises(UsageError, match="fitted to layers conv2, fc5: give one of them"):
+        repsub.selectivity(basis="pca", **common)
+    with pytest.raises(UsageError, match="no basis 'nmf' in .*; this run has: unit, pca"):
+        repsub.selectivity(basis="nmf", layers=["fc5"], **common)
+    table = repsub.selectivity(basis="pca", layers=["fc5"], **common)
+    assert table.column("basis").to_pylist() == ["pca"] * 4 and table.column("unit").to_pylist() == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    basis = repsub.load_basis(out, "fc5", "pca")
+    source = open_source(image_folder_dir, 32, shallow_random.mean, shallow_random.std)
+    responses, labels = [], []
+    with torch.no_grad():
+        for images, batch_labels in source.batches(8, workers=0):
+            fc5 = LayerCapture(shallow_random.module, shallow_random.select(["fc5"]))(images).activations[
+                "fc5"
+            ]
+            responses.append(basis.encode(fc5)[0].double())
+            labels.append(batch_labels)
+    responses, labels = torch.cat(responses), torch.cat(labels)
+    expected = torch.stack([responses[labels == c].mean(0) for c in range(3)]).T  # [K, classes]
+    got = torch.tensor(table.column("class_means").to_pylist(), dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
