@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.dataset as ds
 from PIL import Image
 
-from repsub.analysis.thumbnails import WEBP_QUALITY
+from repsub.analysis.thumbnails import encode_thumbnail
 
 STRIP = 6  # exemplars shown per side (the most extreme first): bounds the distinct images a page embeds
 EXEMPLAR_BUDGET = 12_000_000  # bytes of base64 text for all exemplar thumbnails of a page
@@ -31,18 +31,6 @@ def exemplar_side(n_images: int, image_side: int | None) -> int:
     fits = [s for s in EXEMPLAR_SIDES if n_images * s * s * WEBP_BYTES_PER_PIXEL * 4 / 3 <= EXEMPLAR_BUDGET]
     side = fits[0] if fits else EXEMPLAR_SIDES[-1]
     return min(side, image_side) if image_side else side
-
-
-def _webp(jpeg: bytes, side: int) -> str:
-    import base64
-
-    with Image.open(io.BytesIO(jpeg)) as image:
-        image = image.convert("RGB")
-        if max(image.size) > side:
-            image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
-        out = io.BytesIO()
-        image.save(out, format="WEBP", quality=WEBP_QUALITY, method=4)
-    return base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def exemplar_strips(run, unit_keys: list[tuple[str, int]]) -> tuple[dict | None, list[str]]:
@@ -83,5 +71,5 @@ def _thumbnails(run, indices: list[int]) -> tuple[list[str], dict[int, int], int
     stored_side = max(Image.open(io.BytesIO(stored)).size) if stored else None
     side = exemplar_side(len(found), stored_side)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL releases the GIL while coding
-        thumbs = list(pool.map(lambda jpeg: _webp(jpeg, side), images))
+        thumbs = list(pool.map(lambda jpeg: encode_thumbnail(jpeg, side), images))
     return thumbs, {int(i): p for p, i in enumerate(found)}, side

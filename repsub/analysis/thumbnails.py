@@ -34,9 +34,9 @@ def thumbnail_side(rows: int, image_side: int | None) -> int:
     return min(side, image_side) if image_side else side
 
 
-def encode_thumbnail(png: bytes, side: int) -> str:
-    """A PNG's thumbnail (longer side `side`, aspect kept), as base64 WebP."""
-    with Image.open(io.BytesIO(png)) as image:
+def encode_thumbnail(encoded: bytes, side: int) -> str:
+    """An encoded image's (PNG, JPEG) thumbnail (longer side `side`, aspect kept), as base64 WebP."""
+    with Image.open(io.BytesIO(encoded)) as image:
         image = image.convert("RGB")
         if max(image.size) > side:
             image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
