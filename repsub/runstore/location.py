@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from repsub.errors import RunError
 from repsub.runstore.manifest import MANIFEST, check_fields, json_kind
-from repsub.runstore.storage import explain_s3_error, filesystem_for, is_s3, scrub
+from repsub.runstore.storage import explain_s3_error, filesystem_for, is_s3, read_whole, scrub
 
 
 class RunLocation:
@@ -62,10 +62,7 @@ class RunLocation:
         """A file's content, or None if it does not exist."""
         path = self._path(relative)
         with self._storage_errors(f"{self.uri}: reading {relative}"):
-            if not self._exists(path):
-                return None
-            with self.fs.open_input_stream(path) as f:
-                return f.read()
+            return read_whole(self.fs, path)  # on S3 one GET: one version of a replaced file, whole
 
     def list_names(self, relative_dir: str) -> list[str]:
         """Names of the visible files in a directory of the run (none if it does not exist)."""

@@ -218,6 +218,26 @@ def _scrub(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else text
 
 
+def read_whole(fs: pafs.FileSystem, path: str) -> bytes | None:
+    """A file's bytes, None when it does not exist. On S3 in one GET: pyarrow's input stream reads an object in
+    ranges after asking its size, so an object replaced meanwhile (the manifest, while a writer commits) could
+    be read half old, half new; one GET returns one version whole."""
+    if isinstance(fs, pafs.S3FileSystem):
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise explain_s3_error(err, f"s3://{path}") from None
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
 def put_if_absent(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
     """Create `path` with `data` only if nothing is there (atomic); False if it already existed."""
     if isinstance(fs, pafs.S3FileSystem):
