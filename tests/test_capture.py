@@ -6,6 +6,7 @@ from torch import nn
 from repsub.capture.reader import Captured, LayerCapture
 from repsub.errors import UsageError
 from repsub.models import UnitLayer
+from tests.capture_helpers import small_net, small_net_by_hand
 
 
 def manual_vgg_units(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -226,30 +227,6 @@ def test_token_and_channels_last_reductions():
     layer = UnitLayer("t", 3, "0", "tokens", read="module")
     with pytest.raises(UsageError, match="center is not defined"):
         LayerCapture(nn.Sequential(nn.Identity()), [layer], reduce="center")
-
-
-def small_net() -> tuple[nn.Module, list[UnitLayer]]:
-    """Conv -> inplace ReLU -> linear -> inplace ReLU -> logits, with a conv unit layer, a linear one and the
-    logits (which have no ReLU)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 25, 6),
-        nn.ReLU(inplace=True), nn.Linear(6, 2),
-    )  # fmt: skip
-    layers = [
-        UnitLayer("c", 4, "1", "conv", read="relu", relu="1"),
-        UnitLayer("f", 6, "4", "linear", read="relu", relu="4"),
-        UnitLayer("l", 2, "5", "linear", read="logits"),
-    ]
-    return model, layers
-
-
-def small_net_by_hand(model: nn.Module, x: torch.Tensor, edit=lambda f: f) -> dict[str, torch.Tensor]:
-    """The small net's pre-activations and logits without hooks or inplace ops; `edit` changes f's output."""
-    conv_pre = model[0](x)
-    fc_pre = model[3](torch.relu(conv_pre).flatten(1))
-    fc = edit(torch.relu(fc_pre))
-    return {"conv_pre": conv_pre, "fc_pre": fc_pre, "fc": fc, "logits": model[5](fc)}
 
 
 @pytest.mark.parametrize("pre", [False, True])

@@ -12,21 +12,7 @@ from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.core.readout import LinearReadout, Readout, StackedReadout, UnitReadout
 from repsub.errors import UsageError
 from repsub.models import UnitLayer
-
-
-def net() -> tuple[nn.Module, list[UnitLayer]]:
-    """Conv -> inplace ReLU -> linear -> inplace ReLU -> logits."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 25, 6),
-        nn.ReLU(inplace=True), nn.Linear(6, 2),
-    )  # fmt: skip
-    layers = [
-        UnitLayer("c", 4, "1", "conv", read="relu", relu="1"),
-        UnitLayer("f", 6, "4", "linear", read="relu", relu="4"),
-        UnitLayer("l", 2, "5", "linear", read="logits"),
-    ]
-    return model, layers
+from tests.capture_helpers import small_net
 
 
 class ReluEncoder:
@@ -60,7 +46,7 @@ def test_readouts_follow_the_protocol():
 
 @pytest.mark.parametrize("reduce", ["mean", "max", "center"])
 def test_the_unit_readout_captures_exactly_the_units(reduce):
-    model, layers = net()
+    model, layers = small_net()
     x = torch.randn(3, 3, 5, 5)
     readouts = {layer.name: UnitReadout(layer.n_units, layer.name) for layer in layers}
     with torch.no_grad():
@@ -75,7 +61,7 @@ def test_the_unit_readout_captures_exactly_the_units(reduce):
 
 @pytest.mark.parametrize("reduce", ["mean", "max", "center"])
 def test_a_linear_readout_is_encoded_per_position_then_reduced(reduce):
-    model, layers = net()
+    model, layers = small_net()
     conv, fc = layers[0], layers[1]
     directions = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     bias = torch.randn(5, generator=torch.Generator().manual_seed(2))
@@ -99,7 +85,7 @@ def test_a_linear_readout_is_encoded_per_position_then_reduced(reduce):
 
 
 def test_full_maps_and_the_max_pre_reduction_keep_their_gradient():
-    model, layers = net()
+    model, layers = small_net()
     conv = layers[0]
     directions = torch.randn(3, 4, generator=torch.Generator().manual_seed(4))
     x = torch.randn(2, 3, 5, 5, requires_grad=True)
@@ -115,7 +101,7 @@ def test_full_maps_and_the_max_pre_reduction_keep_their_gradient():
 
 
 def test_a_nonlinear_readout_gives_its_own_pre_activation():
-    model, layers = net()
+    model, layers = small_net()
     weight = torch.randn(3, 6, generator=torch.Generator().manual_seed(5))
     bias = torch.full((3,), -0.5)
     x = torch.randn(4, 3, 5, 5)
@@ -141,7 +127,7 @@ def test_token_and_channels_last_layers_are_read_per_token_and_position():
 
 
 def test_readouts_of_the_wrong_width_or_layer_are_refused():
-    model, layers = net()
+    model, layers = small_net()
     with pytest.raises(UsageError, match="reads 5 values per position; layer c has 4"):
         LayerCapture(model, layers, readouts={"c": LinearReadout(torch.eye(5))})
     with pytest.raises(UsageError, match="fitted to layer f, not c"):
@@ -164,7 +150,7 @@ class Batches:
 def test_one_pass_serves_the_units_and_several_bases_of_a_layer():
     from repsub.models import from_module
 
-    module, layers = net()
+    module, layers = small_net()
     model = from_module(module, ["1", "4"], 5, (0.5,) * 3, (0.5,) * 3)
     conv = model.layer(model.layers[0].name)
     pca = LinearReadout(torch.randn(3, 4, generator=torch.Generator().manual_seed(8)), name="pca")

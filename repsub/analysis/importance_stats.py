@@ -135,29 +135,38 @@ def compute_importance_stats(data: RunData, options: StatsOptions | None = None)
                 other, reason = pairs(data, info.name, rows, against)
                 counts = {f"excluded_{r}": int((reason == r).sum()) for r in IMPORTANCE_REASONS}
                 for measure in MEASURES:
+                    values = rows.measure(measure)
+                    kept = values[included(reason)]
                     out.append({**head, "measure": measure, "against": against, **counts,
-                                **_correlation(rows.measure(measure), other, reason, info.name,
-                                               f"importance/{ablation}/{measure}/{against}", options)})  # fmt: skip
+                                "mean_importance": float(kept.mean()) if kept.size else math.nan,
+                                **correlation(values, other, reason, info.name,
+                                              f"importance/{ablation}/{measure}/{against}", options)})  # fmt: skip
     return pa.Table.from_pylist(out, schema=IMPORTANCE_STATS_SCHEMA)
 
 
-def _correlation(
-    importance: np.ndarray, other: np.ndarray, reason: np.ndarray, layer: str, key: str, options: StatsOptions
+def correlation(
+    values: np.ndarray, other: np.ndarray, reason: np.ndarray, layer: str, key: str, options: StatsOptions
 ) -> dict:
-    keep = np.array([r is None for r in reason], dtype=bool)
-    x, y = importance[keep], other[keep]
+    """Spearman's rho of `values` against `other` over the rows without an exclusion `reason`, with its
+    seeded bootstrap interval (`key` names the relation in the bootstrap's seed)."""
+    keep = included(reason)
+    x, y = values[keep], other[keep]
     rho, p = spearman(x, y)
     rng = bootstrap_rng(options.seed, layer, key)
     low, high, used = bootstrap_spearman(x, y, rng, options.resamples, options.confidence)
     return {
         "n_included": int(keep.sum()),
-        "mean_importance": float(x.mean()) if x.size else math.nan,
         "spearman_rho": rho,
         "spearman_p": p,
         "rho_ci_low": low,
         "rho_ci_high": high,
         "bootstrap_resamples": used,
     }
+
+
+def included(reason: np.ndarray) -> np.ndarray:
+    """The rows that enter a correlation: those without an exclusion reason."""
+    return np.array([r is None for r in reason], dtype=bool)
 
 
 def importance_metadata(data: RunData, options: StatsOptions) -> dict[bytes, bytes]:

@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 
 from repsub.analysis.exclusion import INTERPRETABILITY_REASONS
-from repsub.analysis.importance_stats import against_names, relation_pairs
+from repsub.analysis.importance_stats import against_names, correlation, relation_pairs
 from repsub.analysis.load import RunData
-from repsub.analysis.stats import StatsOptions, bootstrap_rng, bootstrap_spearman, spearman
+from repsub.analysis.stats import StatsOptions
 
 INTERPRETABILITY_STATS_FILE = "interpretability_stats.parquet"
 EXCLUDED_COLUMNS = [f"excluded_{reason}" for reason in INTERPRETABILITY_REASONS]
@@ -73,17 +73,10 @@ def compute_interpretability_stats(data: RunData, options: StatsOptions | None =
                 other, reason = relation_pairs(
                     data, info.name, rows.indices, rows.index, against, "nan_index"
                 )
-                keep = np.array([r is None for r in reason], dtype=bool)
-                x, y = rows.index[keep], other[keep]
-                rho, p = spearman(x, y)
-                rng = bootstrap_rng(
-                    options.seed, info.name, f"interpretability/{similarity}/{variant}/{against}"
-                )
-                low, high, used = bootstrap_spearman(x, y, rng, options.resamples, options.confidence)
-                out.append({**head, "against": against, "n_included": int(keep.sum()),
+                key = f"interpretability/{similarity}/{variant}/{against}"
+                out.append({**head, "against": against,
                             **{f"excluded_{r}": int((reason == r).sum()) for r in INTERPRETABILITY_REASONS},
-                            "spearman_rho": rho, "spearman_p": p, "rho_ci_low": low, "rho_ci_high": high,
-                            "bootstrap_resamples": used})  # fmt: skip
+                            **correlation(rows.index, other, reason, info.name, key, options)})  # fmt: skip
     return pa.Table.from_pylist(out, schema=INTERPRETABILITY_STATS_SCHEMA)
 
 

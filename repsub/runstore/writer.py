@@ -208,28 +208,29 @@ class RunWriter(RunLocation):
         """Write `rows` as the file of `name` in a layer partition of `table` (a basis: one file each), under a
         name no file has had (`<name>.parquet`, else `<name>-<random>.parquet`), the earlier file of that name
         retired: one commit. Returns its path relative to the run."""
-        spec = TABLES[table]
-        directory = self._partition_dir(table, layer)
         same_name = re.compile(rf"{re.escape(name)}(-[0-9a-f]{{8}})?\.parquet")
         with self.committing():
             superseded = [
                 p for p in self.partition_files(table, layer) if same_name.fullmatch(p.rpartition("/")[2])
             ]
-            file_name = self._unused_name(directory, f"{name}.parquet")
-            path = self._write_parquet(spec.conform(rows), directory, file_name, spec.row_group)
-            self._commit([path], superseded)
+            path = self._replace_files(table, self._partition_dir(table, layer), name, rows, superseded)
         return self._relative(path)
 
     def write_whole_table(self, name: str, rows: pa.Table) -> str:
         """Replace a table without layer partitions (the exemplars' thumbnails) by `rows`, under a name no
         file has had, the old files retired: one commit."""
-        spec = TABLES[name]
-        directory = self._path(name)
         with self.committing():
-            superseded = self.partition_files(name, None)
-            file_name = self._unused_name(directory, f"{name}.parquet")
-            path = self._write_parquet(spec.conform(rows), directory, file_name, spec.row_group)
-            self._commit([path], superseded)
+            return self._replace_files(name, self._path(name), name, rows, self.partition_files(name, None))
+
+    def _replace_files(
+        self, table: str, directory: str, stem: str, rows: pa.Table, superseded: list[str]
+    ) -> str:
+        """Write `rows` as `<stem>.parquet` in `directory` (or, where a file has that name, under a new one) and
+        retire `superseded` in the same commit; returns the new file's path."""
+        spec = TABLES[table]
+        file_name = self._unused_name(directory, f"{stem}.parquet")
+        path = self._write_parquet(spec.conform(rows), directory, file_name, spec.row_group)
+        self._commit([path], superseded)
         return path
 
     @contextlib.contextmanager
@@ -379,9 +380,7 @@ class RunWriter(RunLocation):
                     path for path in self.partition_files(name, layer)
                     if not spec.has_basis or file_basis(path.rsplit("/", 1)[-1]) == basis
                 ]  # fmt: skip
-                file_name = self._unused_name(directory, f"{stem}.parquet")
-                path = self._write_parquet(rows, directory, file_name, spec.row_group)
-                self._commit([path], superseded)
+                path = self._replace_files(name, directory, stem, rows, superseded)
                 self.written.setdefault(scope_name(name, None, basis), set()).add(layer)
                 return path
             key = self._one_value(rows, spec.key, name)
