@@ -86,7 +86,7 @@ class CommandContext:
         if size is None and self.reuse and (size := self.record.image_size(self.table)):
             self.record.taken.append(f"image size {size}")
         size = size or self.model.image_size
-        if batch is not None:
+        if batch is not None:  # the input alone first: the shape probe below must not build a huge image
             check_memory(self.model, size, batch, self.device, option, probe=False)
         check_image_size(self.model, size, option)
         if batch is not None:
