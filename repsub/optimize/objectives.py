@@ -9,8 +9,8 @@ is negative everywhere has a post-ReLU value of exactly 0 and no gradient, so it
 move (repsub measured this for up to 90% of a layer's units: docs/science.md). OWN_TERMS:
 
 - ``hybrid`` (default): the post-ReLU value while it is > 0 (a signed direction's response while it is not 0),
-  else the pre-ReLU value, which has a gradient and pulls the unit out of zero; once it responds, the post-ReLU value takes over. While the
-  unit is silent, a conv unit's pre-activation is read at its highest position (`pre_reduction`): its
+  else the pre-ReLU value, which has a gradient and pulls the unit out of zero; once it responds, the
+  post-ReLU value takes over. While the unit is silent, a conv unit's pre-activation is read at its highest position (`pre_reduction`): its
   post-ReLU mean (or max) becomes > 0 exactly when one position's pre-activation does, so that is the
   shortest way out of zero (the spatial mean of the pre-activation left 17 of 17 silent units of the
   demo's conv3/conv4 at 0 after 48 steps, the max 2: docs/science.md).
