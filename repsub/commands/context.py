@@ -46,7 +46,7 @@ class CommandContext:
 
     table: str
     record: RunRecord
-    model: LoadedModel
+    model: LoadedModel | None  # None: a command on the run's stored tables alone (of_run)
     seed: int
     reuse: bool  # the model is the run's: its layers and settings are taken when not given
     layers: list[UnitLayer]
@@ -69,6 +69,16 @@ class CommandContext:
         names = layers_for_run(record, layers, reuse, [layer.name for layer in loaded.layers])
         writer = RunWriter(out) if out is not None else None
         return cls(table, record, loaded, seed, reuse, loaded.select(names), device, writer)
+
+    @classmethod
+    def of_run(cls, table: str, out):
+        """A context for a command that derives rows from the run's stored tables alone (interpretability): the
+        run's own model identity and catalog, and no model loaded (a VGG16 would be read and hashed for
+        nothing)."""
+        record = RunRecord.read(out)
+        if record.manifest is None:
+            raise UsageError(f"{out} holds no run (no manifest.json)")
+        return cls(table, record, None, record.seed() or 0, True, [], "cpu", RunWriter(out))
 
     @classmethod
     def for_model(
@@ -107,11 +117,18 @@ class CommandContext:
             raise UsageError(f"unknown reduction {reduce!r}; valid reductions: {', '.join(REDUCTIONS)}")
         return reduce
 
-    def catalog(self) -> list[dict]:
-        """The model's catalog for the manifest, with the layers earlier commands of the run read by name."""
+    def catalog(self) -> list[dict] | None:
+        """The model's catalog for the manifest, with the layers earlier commands of the run read by name (None
+        without a model: the run's stays)."""
+        if self.model is None:
+            return None
         manifest = (self.writer.read_manifest() if self.writer else None) or {}
         earlier = manifest.get("catalog") or []
         return self.model.catalog_records(also=[record["name"] for record in earlier])
+
+    def identity(self) -> dict:
+        """The model's identity, as the run records it (the run's own without a model)."""
+        return self.record.model if self.model is None else self.model.identity()
 
     @contextlib.contextmanager
     def writing(self, command: str, config: dict, scopes: list[Scope], *, reduce: str | None = None,
@@ -122,7 +139,7 @@ class CommandContext:
             yield CommandOutput(self, None)
             return
         session = WriteSession(
-            self.writer, command, self.model.identity(), config, scopes,
+            self.writer, command, self.identity(), config, scopes,
             invariants={"reduce": reduce} if reduce else None, catalog=self.catalog(),
             allow_mixed=allow_mixed, force_unlock=force_unlock, keep_on_failure=keep_on_failure,
         )  # fmt: skip

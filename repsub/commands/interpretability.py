@@ -66,9 +66,9 @@ def interpretability(
             f"--layers {','.join(missing)}: no exemplars; layers with exemplars: {', '.join(present)}"
         )
     pixels = _thumbnails(opened) if similarity == "pixels" else None
-    # The image size is the exemplars' own: that of the selectivity pass that wrote them.
-    ctx = CommandContext.open("selectivity", out=run, model=None, weights=None, seed=None, device="cpu",
-                              layers=chosen, image_size=None, mean=None, std=None)  # fmt: skip
+    ctx = CommandContext.of_run(
+        "interpretability", run
+    )  # the index needs the stored exemplars, not the model
     config = {"similarity": similarity, "layers": chosen, "trials": trials, "references": references,
               "temperature": temperature, "seed": seed, "variant": "extremal"}  # fmt: skip
     meaning = {"trials": trials, "references": references, "temperature": temperature}
