@@ -321,3 +321,27 @@ def test_selectivity_with_saved_activations_writes_only_under_the_run(s3, image_
     assert "team/project/run/activations/layer=fc5/activations.parquet" in written
     assert "team/project/run/_lock.json" not in written and not [k for k in written if "/.tmp-" in k]
     assert repsub.open_run(uri).activations.count_rows() == 21
+
+
+def test_every_storage_operation_says_an_unreachable_endpoint(s3):
+    """Each way the run store touches S3 (pyarrow's filesystem and boto3's single requests alike) turns a
+    refused connection into a RunError naming the endpoint, never the SDK's own exception."""
+    uri = f"s3://{BUCKET}/unreachable"
+    writer = RunWriter(uri)
+    writer.put_if_absent("_sweep/x/done/a.json", b"{}")
+    operations = {
+        "get_bytes": lambda: writer.get_bytes("_sweep/x/done/a.json"),
+        "put_if_absent": lambda: writer.put_if_absent("_sweep/x/done/b.json", b"{}"),
+        "list_names": lambda: writer.list_names("_sweep/x/done"),
+        "file_digest": lambda: writer.file_digest(writer._path("_sweep/x/done/a.json")),
+        "delete": lambda: writer.delete("_sweep/x/done/a.json"),
+    }
+    s3.stop()
+    try:
+        for name, operation in operations.items():
+            with pytest.raises(RunError, match="cannot be reached") as err:
+                operation()
+            assert s3.endpoint in str(err.value), name
+    finally:
+        s3.start()
+    assert writer.get_bytes("_sweep/x/done/a.json") == b"{}"  # nothing was half-done meanwhile

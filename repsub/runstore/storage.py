@@ -223,7 +223,7 @@ def read_whole(fs: pafs.FileSystem, path: str) -> bytes | None:
     ranges after asking its size, so an object replaced meanwhile (the manifest, while a writer commits) could
     be read half old, half new; one GET returns one version whole."""
     if isinstance(fs, pafs.S3FileSystem):
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, _, key = path.partition("/")
         try:
@@ -232,6 +232,8 @@ def read_whole(fs: pafs.FileSystem, path: str) -> bytes | None:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise explain_s3_error(err, f"s3://{path}") from None
+        except BotoCoreError as err:  # no response at all: the endpoint unreachable, a read cut short
+            raise explain_s3_error(Exception(f"{type(err).__name__}: {err}"), f"s3://{path}") from None
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
     with fs.open_input_stream(path) as f:
@@ -241,7 +243,7 @@ def read_whole(fs: pafs.FileSystem, path: str) -> bytes | None:
 def put_if_absent(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
     """Create `path` with `data` only if nothing is there (atomic); False if it already existed."""
     if isinstance(fs, pafs.S3FileSystem):
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, _, key = path.partition("/")
         try:
@@ -254,6 +256,8 @@ def put_if_absent(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
             ):
                 return False
             raise explain_s3_error(err, f"s3://{path}") from None
+        except BotoCoreError as err:
+            raise explain_s3_error(Exception(f"{type(err).__name__}: {err}"), f"s3://{path}") from None
         return True
     # Locally: write a private temporary file, then hard-link it into place (fails if the name exists).
     directory = os.path.dirname(path)
