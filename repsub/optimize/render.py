@@ -31,6 +31,7 @@ from repsub.core.rs import representative_substitution, rs_ties
 from repsub.errors import UsageError
 from repsub.models import LoadedModel, UnitLayer
 from repsub.optimize.objectives import METHODS, climbed, pre_reduction
+from repsub.optimize.own_direction import OwnDirection
 from repsub.optimize.own_unit import OwnUnit
 from repsub.optimize.param import PARAMETERIZATIONS
 from repsub.optimize.progress import UnitProgress
@@ -120,13 +121,15 @@ def _optimize_batch(
     with torch.no_grad():
         objective_start = recorded(evaluate(image()), unit_index)
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
-    # The shortcut computes units only: a direction reads every unit of the layer.
+    # AM's shortcuts: each image's own unit (OwnUnit), or its own direction (OwnDirection), alone.
     own_unit = OwnUnit.find(model.module, layer, len(units)) if method == "am" and readout is None else None
-    own_index = torch.zeros_like(unit_index)  # each image's own unit is unit 0 of OwnUnit's one-unit layer
+    own_direction = method == "am" and readout is not None and OwnDirection.applies(readout)
+    own_index = torch.zeros_like(unit_index)  # each image's own target is target 0 of the one-target read
     with_pre = settings.own_term != "post"  # "post": no pre-activation, exactly the plain objective's forward
+    step_readouts = {layer.name: OwnDirection(readout, unit_index)} if own_direction else readouts
     step_capture = LayerCapture(
         model.module, [layer], reduce=reduce, pre=with_pre, pre_reduce=pre_reduce if with_pre else None,
-        readouts=readouts,
+        readouts=step_readouts,
     )  # fmt: skip
 
     def climb(warped: torch.Tensor) -> torch.Tensor:
@@ -138,6 +141,7 @@ def _optimize_batch(
             else:
                 got = step_capture(warped)
                 post, pre = got.activations[layer.name], (got.pre or {}).get(layer.name)
+                index = own_index if own_direction else unit_index
         return climbed(method, post, pre, index, settings.own_term)
 
     with step_capture:  # the hooks stay registered across the steps

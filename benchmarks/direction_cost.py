@@ -1,0 +1,161 @@
+"""What measuring directions costs against measuring units (issue 18's goals), in one run, side by side.
+
+1. AM (and IAM) step: seconds per optimization step for a batch of units against the same number of directions
+   of a `pca` basis (K = C, centred linear encoder) and of a TopK `sae` basis (K = 4C) at the same layer, same
+   settings and seeds (goal: a direction's AM step at most 1.3x a unit's). A unit's AM takes the own-unit
+   shortcut (only the batch's own filters of a ReLU(conv) layer); a direction reads every channel.
+2. The selectivity pass over all 16 layers of VGG16: units only, against units and a `pca` basis of conv3_3,
+   conv4_3, conv5_3 and fc7 read in the same pass (a StackedReadout per layer: one encode, one accumulator),
+   and a bare forward (goal: the pass with the basis at most 1.10x the units-only pass).
+
+VGG16 with seeded random weights at 64 px (bases fitted on the pass's own generated images, PCA exactly from
+float64 sums), fp32, interleaved rounds, best of --repeats.
+
+    .venv/bin/python -m benchmarks.direction_cost [--steps 8] [--repeats 3] [--images 256] [--max-load 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.machine import load_average, wait_for_quiet
+from benchmarks.selectivity_precision import in_memory_batches
+from repsub.capture.precision import Precision, as_input, prepare_for_speed
+from repsub.capture.reader import LayerCapture
+from repsub.capture.selectivity_pass import accumulate_class_sums
+from repsub.core.bases.pca import PcaSums, pca_basis
+from repsub.core.bases.sae import sae_basis
+from repsub.core.readout import StackedReadout, UnitReadout
+from repsub.models import load_model
+from repsub.optimize import OptimSettings, optimize_units
+
+FP32 = Precision("fp32", "fp32", "benchmark")
+AM_CASES = [("conv3_3", 32), ("conv5_3", 32), ("fc7", 32)]  # (layer, targets per batch)
+PASS_BASIS_LAYERS = ["conv3_3", "conv4_3", "conv5_3", "fc7"]
+
+
+def layer_vectors(model, layer, batches) -> torch.Tensor:
+    """The layer's activation vector at every position of every image: [P, C] (what a basis is fitted on)."""
+    parts = []
+    with torch.no_grad(), LayerCapture(model.module, [layer], reduce=None) as capture:
+        for images, _ in batches:
+            values = capture(images).activations[layer.name]
+            parts.append(values.movedim(1, -1).reshape(-1, values.shape[1]) if values.dim() == 4 else values)
+    return torch.cat(parts)
+
+
+def fitted_bases(model, layer, batches, sae_epochs: int) -> dict:
+    vectors = layer_vectors(model, layer, batches)
+    sums = PcaSums(vectors.shape[1]).add(vectors)
+    sample = vectors[torch.randperm(len(vectors), generator=torch.Generator().manual_seed(0))[:4096]]
+    return {
+        "pca": pca_basis(layer.name, sums, vectors.shape[1], sample=sample),
+        "sae": sae_basis(
+            layer.name,
+            sample,
+            4 * vectors.shape[1],
+            top_k=max(1, vectors.shape[1] // 16),
+            seed=0,
+            epochs=sae_epochs,
+        ),  # fmt: skip
+    }
+
+
+def seconds_per_step(model, layer, targets, method, settings, readout) -> float:
+    started = time.perf_counter()
+    optimize_units(model, layer, targets, method, settings, progress=False, readout=readout)
+    return (time.perf_counter() - started) / settings.steps
+
+
+def am_steps(model, batches, args) -> None:
+    print(f"\n1. AM/IAM seconds per step, {args.steps} steps, 64 px, fp32, best of {args.repeats}")
+    print(f"  {'layer':<8} {'method':<6} {'unit s/step':>12} {'pca s/step':>11} {'sae s/step':>11} "
+          f"{'pca/unit':>9} {'sae/unit':>9}")  # fmt: skip
+    for layer_name, count in AM_CASES:
+        layer = model.layer(layer_name)
+        bases = fitted_bases(model, layer, batches[:2], args.sae_epochs)
+        settings = OptimSettings(steps=args.steps, image_size=64, batch_size=count, precision="fp32")
+        targets = list(range(count))
+        for method in ("am", "iam"):
+            sides = {"unit": None, **bases}
+            for readout in sides.values():  # warm-up
+                seconds_per_step(model, layer, targets, method, replace(settings, steps=1), readout)
+            best = dict.fromkeys(sides, float("inf"))
+            for _ in range(args.repeats):
+                for side, readout in sides.items():
+                    best[side] = min(
+                        best[side], seconds_per_step(model, layer, targets, method, settings, readout)
+                    )
+            print(
+                f"  {layer_name:<8} {method:<6} {best['unit']:>12.4f} {best['pca']:>11.4f} {best['sae']:>11.4f} "
+                f"{best['pca'] / best['unit']:>9.3f} {best['sae'] / best['unit']:>9.3f}"
+            )
+    print("  goal: a direction's AM step at most 1.3x a unit's (pca/unit, sae/unit on the am rows)")
+
+
+def selectivity_passes(model, batches, args) -> None:
+    readouts = {}
+    for name in PASS_BASIS_LAYERS:
+        layer = model.layer(name)
+        pca = fitted_bases(model, layer, batches[:2], 1)["pca"]
+        readouts[name] = StackedReadout([UnitReadout(layer.n_units, name), pca])
+    channels_last = prepare_for_speed(model.module, "cpu")
+
+    def bare():
+        with torch.no_grad():
+            for images, _ in batches:
+                model.module(as_input(images, channels_last))
+
+    def units_only():
+        accumulate_class_sums(model, model.layers, batches, 10, progress=False, precision=FP32)
+
+    def with_pca():
+        accumulate_class_sums(
+            model, model.layers, batches, 10, progress=False, precision=FP32, readouts=readouts
+        )
+
+    sides = {"bare forward": bare, "selectivity pass, units": units_only, "units + pca (4 layers)": with_pca}
+    for run in sides.values():
+        run()
+    timings = dict.fromkeys(sides, float("inf"))
+    for _ in range(args.repeats):
+        for side, run in sides.items():
+            started = time.perf_counter()
+            run()
+            timings[side] = min(timings[side], time.perf_counter() - started)
+    n = sum(len(labels) for _, labels in batches)
+    print(f"\n2. the selectivity pass, VGG16 all {len(model.layers)} layers, {n} images of 64 px, best of "
+          f"{args.repeats}")  # fmt: skip
+    for side, seconds in timings.items():
+        print(f"  {side:<28} {seconds:7.3f} s  {n / seconds:7.1f} img/s")
+    ratio = timings["units + pca (4 layers)"] / timings["selectivity pass, units"]
+    print(f"  units + pca / units only: {ratio:.3f}  (goal <= 1.10); units only / bare forward: "
+          f"{timings['selectivity pass, units'] / timings['bare forward']:.3f}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--sae-epochs", type=int, default=2, help="SAE training epochs (not timed)")
+    parser.add_argument("--max-load", type=float, default=None)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "repsub-bench")
+    args = parser.parse_args(argv)
+    model = load_model("vgg16", "random", seed=0, num_classes=10)
+    batches = in_memory_batches(args.cache, args.images, 64, 32)
+    load = wait_for_quiet(args.max_load)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f}")
+    am_steps(model, batches, args)
+    selectivity_passes(model, batches, args)
+    print(f"\nload average after: {load_average():.2f}")
+
+
+if __name__ == "__main__":
+    main()

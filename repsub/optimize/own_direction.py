@@ -1,0 +1,61 @@
+"""AM's shortcut for directions: at each step, read each image's own direction only (repsub.optimize.own_unit
+is the units' counterpart).
+
+AM's objective for image b reads direction targets[b] alone, so the other K-1 responses get no gradient; yet
+the readout computed all K of them at every position, forward and backward (an SAE at 4x: a 1x1 projection 4
+times the layer's width, and its top-k). `OwnDirection` computes image b's response to its own direction:
+`(x_b - center) . w_k + bias_k`, one dot product per position, and for a `topk` encoder takes which positions
+keep the direction from the whole encoding run without a gradient (forward only, no backward: a topk response
+needs all K to know its rank). The values are the whole readout's up to float rounding; only the steps use it,
+the start and the recorded forward read every direction (RS needs them all).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class OwnDirection:
+    """A readout of one response per image: image b's response to direction `targets[b]` of `readout`
+    (a fitted basis, repsub.core.bases, or a LinearReadout). Inputs x [B, ..., C] -> ([B, ..., 1], pre)."""
+
+    K = 1
+
+    def __init__(self, readout, targets: torch.Tensor):
+        self.readout, self.targets = readout, targets
+        self.name, self.layer, self.C = readout.name, getattr(readout, "layer", None), readout.C
+
+    @staticmethod
+    def applies(readout) -> bool:
+        """Whether the shortcut knows this readout's encoder (a fitted basis, a LinearReadout)."""
+        return (
+            hasattr(readout, "encoder_weight") or hasattr(readout, "directions") and hasattr(readout, "bias")
+        )
+
+    def _pre(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, ..., 1]: each image's affine response to its own direction, before any nonlinearity."""
+        r, idx = self.readout, self.targets.to(x.device)
+        if hasattr(r, "encoder_weight"):  # a Basis: (x - center) @ W.T + b
+            weight, bias = r.encoder_weight, r.encoder_bias
+            x = x - r.center.to(x.device, x.dtype)
+        else:  # a LinearReadout: x @ D.T (+ b)
+            weight, bias = r.directions, r.bias
+        w = weight.to(x.device, x.dtype)[idx]  # [B, C]
+        own = torch.einsum("b...c,bc->b...", x, w).unsqueeze(-1)
+        if bias is not None:
+            own = own + bias.to(x.device, x.dtype)[idx].reshape(-1, *[1] * (x.dim() - 1))
+        return own
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pre = self._pre(x)
+        encoder = getattr(self.readout, "encoder", "linear")
+        if encoder == "linear":
+            return pre, None
+        response = torch.relu(pre)
+        if encoder == "topk":  # kept where the whole encoding keeps it (its rank among all K: no gradient)
+            with torch.no_grad():
+                full = self.readout.encode(x.detach())[0]
+                index = self.targets.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
+                kept = full.gather(-1, index.expand(*x.shape[:-1], 1)) != 0
+            response = response * kept
+        return response, pre
