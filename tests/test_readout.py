@@ -60,7 +60,8 @@ def test_the_unit_readout_captures_exactly_the_units(reduce):
 
 
 @pytest.mark.parametrize("reduce", ["mean", "max", "center"])
-def test_a_linear_readout_is_encoded_per_position_then_reduced(reduce):
+@pytest.mark.parametrize("pre", [True, False])  # without pre, mean and centre encode the reduced values once
+def test_a_linear_readout_is_encoded_per_position_then_reduced(reduce, pre):
     model, layers = small_net()
     conv, fc = layers[0], layers[1]
     directions = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
@@ -69,7 +70,7 @@ def test_a_linear_readout_is_encoded_per_position_then_reduced(reduce):
     x = torch.randn(3, 3, 5, 5)
     readouts = {"c": LinearReadout(directions, bias, name="pca"), "f": LinearReadout(fc_directions)}
     with torch.no_grad():
-        got = LayerCapture(model, [conv, fc], reduce=reduce, pre=True, readouts=readouts)(x)
+        got = LayerCapture(model, [conv, fc], reduce=reduce, pre=pre, readouts=readouts)(x)
         conv_pre = model[0](x)  # by hand, no hooks, no inplace op
         fc_pre = model[3](torch.relu(conv_pre).flatten(1))
     # Every position's 4 channels through the 5 directions: [B, 5, H, W], then reduced over space.
@@ -78,8 +79,10 @@ def test_a_linear_readout_is_encoded_per_position_then_reduced(reduce):
     reduced = {"mean": lambda t: t.mean(dim=(2, 3)), "max": lambda t: t.amax(dim=(2, 3)),
                "center": lambda t: t[:, :, 2, 2]}[reduce]  # fmt: skip
     torch.testing.assert_close(got.activations["c"], reduced(response))
-    torch.testing.assert_close(got.pre["c"], reduced(response_pre))  # the pre-ReLU map, encoded, then reduced
     torch.testing.assert_close(got.activations["f"], torch.relu(fc_pre) @ fc_directions.T)
+    if not pre:
+        return
+    torch.testing.assert_close(got.pre["c"], reduced(response_pre))  # the pre-ReLU map, encoded, then reduced
     torch.testing.assert_close(got.pre["f"], fc_pre @ fc_directions.T)
     assert (reduced(response_pre) < reduced(response)).any()  # the pre-activation is not the response
 

@@ -17,6 +17,8 @@ A layer can be read through a **readout** (repsub.core.readout: a basis of K dir
 encoded per position (a conv map channels-last, [B, H, W, C] -> [B, H, W, K]; tokens [B, T, D] -> [B, T, K];
 linear [B, N] -> [B, K]) and the K responses are reduced as units are. With ``pre=True`` the readout's own
 pre-activation, or for a linear readout the readout of the layer's full pre-ReLU map, reduced after encoding.
+An affine readout reduced by the mean or the centre (without pre) encodes the reduced values instead: the same
+responses up to float rounding, once per image rather than once per position.
 
 Reading and editing are one mechanism (as baukit's `Trace(edit_output=...)`): `edits` maps a layer to a
 function of its output whose result replaces the output from then on (importance by ablation zeroes a
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from repsub.core.readout import check_readout, encode_with_pre
+from repsub.core.readout import check_readout, encode_with_pre, is_affine
 from repsub.errors import UsageError
 from repsub.models import UnitLayer
 
@@ -281,6 +283,11 @@ class LayerCapture:
 
     def _read_out(self, forward: _Forward, layer: UnitLayer, readout, output: torch.Tensor) -> None:
         """The layer's K responses to `readout` (and their pre-activations), reduced as units are."""
+        if forward.pre is None and self.reduce in ("mean", "center") and is_affine(readout):
+            # The readout of the reduced values, once per image: equal to reducing the responses per position
+            # (the mean and the centre commute with an affine map), K/C of one position's arithmetic.
+            forward.activations[layer.name] = readout.encode(reduce_units(output, layer.kind, self.reduce))[0]
+            return
         relu_input = forward.relu_inputs.get(layer.relu) if forward.pre is not None and layer.relu else None
         response, pre = encode_with_pre(
             readout,

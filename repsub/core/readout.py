@@ -173,6 +173,16 @@ def encode_with_pre(readout, x: torch.Tensor, x_pre: torch.Tensor | None):
     return response, pre
 
 
+def is_affine(readout) -> bool:
+    """Whether `readout`'s responses are an affine map of the layer's values (no nonlinearity): then the mean
+    (or the centre) over positions of the responses is the readout of the mean (or centre) of the values, and
+    a reduced read can encode once per image instead of once per position."""
+    parts = getattr(readout, "parts", None)
+    if parts is not None:
+        return all(is_affine(part) for part in parts)
+    return isinstance(readout, UnitReadout | LinearReadout) or getattr(readout, "encoder", None) == "linear"
+
+
 def is_units(readout) -> bool:
     """Whether `readout` is the unit basis (None included): the path units always took."""
     return readout is None or isinstance(readout, UnitReadout)
