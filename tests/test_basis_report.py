@@ -99,6 +99,7 @@ def test_report_and_stats_carry_every_basis_apart(run, tmp_path):
     want = expected(run, "conv2", "pca")
     assert pca_iam["spearman_rho"] == pytest.approx(want["rho_iam"], rel=1e-12)
     assert pca_iam["units"] == 12 and pca_iam["n_included"] == want["n_iam"]
+    assert (tmp_path / "report" / "figures" / "rho_by_depth_bases.png").is_file()
     again = repsub.open_run(run).stats(resamples=20)
     assert again.equals(stats)
     html = page.read_text()
@@ -128,6 +129,7 @@ def test_a_v2_run_reports_as_before(tmp_path):
             and 'id="f-basis"' not in page.read_text()
         )
         assert set(stats.column("basis").to_pylist()) == {"unit"}
+        assert not (tmp_path / f"report-{name}" / "figures" / "rho_by_depth_bases.png").exists()
         results[name] = (stats.drop_columns(["basis"]), units)
     assert _same(results["v2"][0], results["v3"][0]) and plain(results["v2"][1]) == plain(results["v3"][1])
     assert plain(results["v2"][1]) == plain(summary_rows(repsub.open_run(tmp_path / "v2").stats(resamples=0)))

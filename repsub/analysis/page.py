@@ -127,9 +127,9 @@ def stats_table(stats: pa.Table, data: RunData) -> str:
     return f'<table id="layer-stats"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def bases_section(lines: list[dict] | None) -> list[str]:
-    """The units and each basis side by side, per layer (repsub.analysis.bases_side_by_side); nothing for a
-    run of units only."""
+def bases_section(lines: list[dict] | None, figure: Path | None = None) -> list[str]:
+    """The units and each basis side by side, per layer (repsub.analysis.bases_side_by_side), and `figure`
+    (rho by depth, a line per basis and method); nothing for a run of units only."""
     if not lines:
         return []
     columns = list(dict.fromkeys(key for line in lines for key in line))
@@ -145,6 +145,7 @@ def bases_section(lines: list[dict] | None) -> list[str]:
         f'<table id="bases-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
         f'<p class="small">{esc(BASES_LEGEND)}. Each basis is read on its own (no row of one basis enters '
         "another's numbers); the tables, figures and details below are the units'.</p>",
+        *([_img(figure, "Spearman rho against layer depth, per basis and method")] if figure else []),
     ]
 
 
@@ -465,7 +466,7 @@ def render_page(
         '<dl class="facts small" id="reasons">'
         + "".join(f"<dt>{esc(r.replace('_', ' '))}</dt><dd>{esc(text)}</dd>" for r, text in REASONS.items())
         + "</dl>",
-        *bases_section(bases),
+        *bases_section(bases, figures.get("bases_depth")),
         *importance_section(importance, data, figures),
         *interpretability_section(index_stats, data, figures),
         '<h2 id="explorer">Units</h2>',

@@ -33,9 +33,11 @@ from repsub.analysis.bases_side_by_side import (
 )
 from repsub.analysis.explorer import bases_explorer_data, explorer_data
 from repsub.analysis.figures import (
+    BASES_RHO_BY_DEPTH,
     FIGURE_PATTERNS,
     INTERPRETABILITY_BY_DEPTH,
     RHO_BY_DEPTH,
+    bases_rho_by_depth,
     choose_grid_unit,
     histograms,
     histograms_name,
@@ -144,6 +146,9 @@ def build_report(
         (staging / FIGURES_DIR).mkdir()
         figures = _draw_figures(data, stats, importance, options, grid_unit, staging / FIGURES_DIR)
         figures.update(_index_figures(data, index_stats, staging / FIGURES_DIR))
+        figures["bases_depth"] = (
+            bases_rho_by_depth(data, all_stats, staging / FIGURES_DIR / BASES_RHO_BY_DEPTH) if bases else None
+        )
         explorer, side = _explorer(datas)
         page = render_page(data, stats, options, figures, explorer, side, importance, index_stats, bases,
                            explorer_bases(datas))  # fmt: skip
