@@ -13,6 +13,7 @@ import pytest
 
 import repsub
 from repsub.errors import UsageError
+from tests.cli_helpers import run_cli
 from tests.test_directions import SETTINGS, _same
 
 COMPARED = ["unit", "selectivity", "top_class", "class_means", "n_images", "dead", "basis"]
@@ -61,12 +62,22 @@ def test_one_pass_gives_each_basis_the_rows_of_a_pass_of_its_own(run, tmp_path, 
     assert config["bases"][0] == "unit" and [b["name"] for b in config["bases"][1:]] == ["pca", "random"]
 
 
-def test_without_the_units_only_the_bases_layers_are_read(run, image_folder_dir, shallow_random):
+def test_without_the_units_only_the_bases_layers_are_read(run, image_folder_dir, shallow_random, capsys):
     table = repsub.selectivity(model=shallow_random, data=image_folder_dir, workers=0, progress=False,
                                out=run, basis=["pca", "random"], exemplars=3)  # fmt: skip
     assert set(zip(table["layer"].to_pylist(), table["basis"].to_pylist(), strict=True)) == {
         ("conv2", "pca"), ("fc5", "random")
     }  # fmt: skip
+    stored = repsub.open_run(run).table("selectivity")
+    code, _ = run_cli(capsys, "selectivity", "--data", image_folder_dir, "--out", run, "--basis", "random,pca",
+                      "--workers", "0", "--no-progress")  # fmt: skip
+    assert code == 0
+    for layer, name in (("conv2", "pca"), ("fc5", "random")):  # the same rows from the command line
+        assert _same(
+            _rows(repsub.open_run(run).table("selectivity"), layer, name), _rows(stored, layer, name)
+        )
+    code, out = run_cli(capsys, "visualize", "--out", run, "--method", "am", "--basis", "unit,pca")
+    assert code == 2 and "--basis unit,pca: one basis here" in out
     with pytest.raises(UsageError, match="basis 'pca' is given twice"):
         repsub.selectivity(model=shallow_random, data=image_folder_dir, out=run, basis="pca,unit,pca")
     with pytest.raises(UsageError, match="no basis 'nope'.*this run has: unit, pca, random"):

@@ -52,6 +52,10 @@ def resolve_basis(basis, out, layers: list[str] | None = None):
     if basis is None:
         return None
     if isinstance(basis, str):
+        if "," in basis:
+            raise UsageError(
+                f"--basis {basis}: one basis here (repsub selectivity measures several together: --basis unit,pca)"
+            )
         return lookup_basis(out, basis, layers)
     if not isinstance(basis, Readout):
         raise UsageError(
