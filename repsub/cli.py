@@ -90,11 +90,16 @@ def _add_write_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_basis_arg(parser: argparse.ArgumentParser) -> None:
+def _add_basis_arg(parser: argparse.ArgumentParser, several: bool = False) -> None:
     parser.add_argument(
         "--basis",
         default=None,
-        help="measure the directions of this basis of the run instead of the units (default: unit, the units)",
+        help="measure the directions of this basis of the run instead of the units (default: unit, the units)"
+        + (
+            "; several separated by commas (unit,pca,sae) are measured in one pass over the data"
+            if several
+            else ""
+        ),
     )
 
 
@@ -177,7 +182,7 @@ def build_parser(
         help="ImageFolder directory (one folder per class) or FFCV .beton file (local or s3://), or demo "
         "(the demo's generated held-out images, made on first use)",
     )
-    _add_basis_arg(p)
+    _add_basis_arg(p, several=True)
     p.add_argument(
         "--image-size",
         type=int,

@@ -106,7 +106,7 @@ def add_summary_parser(subparsers) -> argparse.ArgumentParser:
         "method, the units in the statistics, mean RS, Spearman rho of RS against selectivity and the units "
         "left out by reason; for a run with importance, a table of rho of importance against RS and "
         "selectivity; for a run with `repsub interpretability`, a table of the mean interpretability index per "
-        "layer and similarity and its rho against RS and selectivity. The numbers of `repsub report` with its default thresholds, without the interval.",
+        "layer and similarity and its rho against RS and selectivity; for a run with the targets of a basis, a table of the units and each basis side by side per layer (mean selectivity, mean RS, rho, mean accuracy drop, the basis's metrics). The numbers of `repsub report` with its default thresholds, without the interval.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (or URI)")
     return p
@@ -115,15 +115,18 @@ def add_summary_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_summary(args) -> None:
     from repsub.analysis.run import open_run
     from repsub.analysis.summary import (
+        format_bases_summary,
         format_importance_summary,
         format_interpretability_summary,
         format_summary,
         run_summaries,
     )
 
-    rows, importance, index = run_summaries(open_run(args.run))
+    rows, importance, index, bases = run_summaries(open_run(args.run), with_bases=True)
     print(format_summary(rows))
     if importance:
         print("\n" + format_importance_summary(importance))
     if index:
         print("\n" + format_interpretability_summary(index))
+    if bases:
+        print("\n" + format_bases_summary(bases))

@@ -29,6 +29,9 @@
   const layerName = (r) => D.layers[layerOf(r)].name;
   const unitOf = (r) => U.unit[R.unit[r]];
   const methodOf = (r) => D.methods[R.method[r]];
+  // With bases (D.bases), a units entry is a unit or a basis's direction (U.basis: an index into D.bases).
+  const basisName = (r) => (D.bases ? D.bases[U.basis[R.unit[r]]] : "unit");
+  const targetName = (r) => (basisName(r) === "unit" ? "unit" : `${basisName(r)} direction`);
   const selOf = (r) => U.sel[R.unit[r]];
   const category = (r) => (R.excluded[r] < 0 ? "included" : REASONS[R.excluded[r]]);
   const statusOf = (r) => (R.status[r] < 0 ? "unknown" : STATUSES[R.status[r]]);
@@ -60,12 +63,13 @@
   }
   function apply(keepPage = false) {
     const layer = $("f-layer").value, method = $("f-method").value, status = $("f-status").value;
-    const stats = $("f-stats").value;
+    const stats = $("f-stats").value, basis = D.bases ? $("f-basis").value : "";
     const rsMin = num("f-rs-min"), rsMax = num("f-rs-max"), selMin = num("f-sel-min"), selMax = num("f-sel-max");
     const impMin = IMP ? num("f-imp-min") : null, impMax = IMP ? num("f-imp-max") : null;
     const out = [];
     for (let r = 0; r < nRows; r++) {
       if (layer !== "" && layerOf(r) !== Number(layer)) continue;
+      if (basis !== "" && U.basis[R.unit[r]] !== Number(basis)) continue;
       if (method !== "" && R.method[r] !== Number(method)) continue;
       if (status !== "" && statusOf(r) !== status) continue;
       if (stats === "included" && R.excluded[r] >= 0) continue;
@@ -120,18 +124,18 @@
       card.className = "card";
       card.dataset.row = r;
       card.style.borderColor = colour(r);
-      const what = `${layerName(r)} unit ${unitOf(r)} ${methodOf(r).toUpperCase()}`;
+      const what = `${layerName(r)} ${targetName(r)} ${unitOf(r)} ${methodOf(r).toUpperCase()}`;
       card.setAttribute("aria-label",
         `${what}: RS ${fixed(R.rs[r])}, selectivity ${fixed(selOf(r))}` +
         (IMP ? `, importance ${sig(impOf(r))}` : "") + `, status ${statusOf(r)}` +
         (R.excluded[r] >= 0 ? `, left out: ${category(r)}` : ""));
       const data = thumb(r);
       const img = document.createElement("img");
-      img.alt = `${methodOf(r).toUpperCase()} image of ${layerName(r)} unit ${unitOf(r)}`;
+      img.alt = `${methodOf(r).toUpperCase()} image of ${layerName(r)} ${targetName(r)} ${unitOf(r)}`;
       if (data) img.src = `data:image/${D.thumb.format};base64,${data}`;
       card.append(img);
       for (const [cls, text] of [
-        ["what", `${layerName(r)} · ${unitOf(r)} · ${methodOf(r).toUpperCase()}`],
+        ["what", `${layerName(r)} · ${D.bases ? basisName(r) + " " : ""}${unitOf(r)} · ${methodOf(r).toUpperCase()}`],
         ["", `RS ${fixed(R.rs[r])}`],
         ["", `sel. ${fixed(selOf(r))}`],
         ...(IMP ? [["imp", `imp. ${sig(impOf(r))}`]] : []),
@@ -241,7 +245,7 @@
     if (from) returnFocus = from;
     const u = R.unit[r];
     const info = D.layers[layerOf(r)];
-    $("detail-title").textContent = `${info.name} unit ${unitOf(r)}`;
+    $("detail-title").textContent = `${info.name} ${targetName(r)} ${unitOf(r)}`;
     $("detail-layer").textContent =
       `layer depth ${info.depth ?? "?"}, read: ${info.read ?? "unknown"}` +
       (info.signed ? " (signed values: selectivity unbounded)" : "") + `, ${info.units ?? "?"} units`;
@@ -376,6 +380,7 @@
     link.addEventListener("click", () => {
       $("f-layer").value = link.dataset.filterLayer;
       $("f-method").value = link.dataset.filterMethod ?? "";
+      if (D.bases) $("f-basis").value = "0"; // the statistics table is the units'
       apply();
     });
   }
@@ -389,7 +394,7 @@
     rows: nRows,
     filtered: () => filtered.slice(),
     rowOf,
-    describe: (r) => ({ layer: layerName(r), unit: unitOf(r), method: methodOf(r), rs: R.rs[r], selectivity: selOf(r),
+    describe: (r) => ({ layer: layerName(r), basis: basisName(r), unit: unitOf(r), method: methodOf(r), rs: R.rs[r], selectivity: selOf(r),
                         status: statusOf(r), category: category(r), importance: impOf(r), loss_increase: lossOf(r) }),
     scatterPoint(r) { // viewport coordinates of a row's point in the scatter, or null when it is not drawn
       const p = points.find((q) => q[0] === r);

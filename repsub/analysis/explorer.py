@@ -56,7 +56,9 @@ def _codes(values: list, choices: list) -> list[int]:
 
 def top_class_means(data: RunData) -> dict[tuple[str, int], tuple[list, float]]:
     """{(layer, unit): ([class, mean, class, mean, ...] of the largest TOP_CLASSES, mean over all classes)}."""
-    table, _ = read_rows(data.run, "selectivity", ["layer", "unit", "class_means"], ["layer", "unit"])
+    table, _ = read_rows(
+        data.run, "selectivity", ["layer", "unit", "class_means"], ["layer", "unit"], basis=data.basis
+    )
     if table is None:
         return {}
     found: dict[tuple[str, int], tuple[list, float]] = {}
@@ -83,7 +85,7 @@ def top_class_means(data: RunData) -> dict[tuple[str, int], tuple[list, float]]:
 
 def top_class_drops(data: RunData) -> dict[tuple[str, str, int], list]:
     """{(layer, ablation, unit): [class, drop, class, drop, ...] of the TOP_CLASS_DROPS largest drops}."""
-    table, _ = read_rows(data.run, "importance", [*KEYS, "class_accuracy_drop"], KEYS)
+    table, _ = read_rows(data.run, "importance", [*KEYS, "class_accuracy_drop"], KEYS, basis=data.basis)
     found: dict[tuple[str, str, int], list] = {}
     layer, ablation = (np.array(table.column(k).to_pylist(), dtype=object) for k in ("layer", "ablation"))
     for key in dict.fromkeys(zip(layer.tolist(), ablation.tolist(), strict=True)):
@@ -157,6 +159,109 @@ def explorer_data(
 ) -> tuple[str, str, str]:
     """The three JSON documents (module doc): the explorer's data, its thumbnails and the exemplar thumbnails
     (`strips` False: none)."""
+    return tuple(map(_script_json, explorer_document(data, thumbs, thumb_side, image_side, strips)))
+
+
+def bases_explorer_data(
+    datas: dict[str, RunData], thumbs: dict[str, dict], thumb_side: int, image_side: int | None
+) -> tuple[str, str, str]:
+    """`explorer_data` of the units (the first of `datas`) and of every basis's directions together: their
+    rows side by side, each units entry with its basis (``units.basis``: an index into ``bases``), for the
+    page's basis filter. The exemplar strips and the interpretability index are the units' (null for
+    directions); each basis's numbers come from its own rows only."""
+    parts = [
+        explorer_document(data, thumbs[basis], thumb_side, image_side, strips=index == 0)
+        for index, (basis, data) in enumerate(datas.items())
+    ]
+    merged, thumb_list, exemplar_thumbs = parts[0]
+    merged = {
+        **merged,
+        "units": {k: list(v) if isinstance(v, list) else v for k, v in merged["units"].items()},
+    }
+    merged["rows"] = {key: list(values) for key, values in merged["rows"].items()}
+    merged["bases"] = list(datas)
+    merged["units"]["basis"] = [0] * len(merged["units"]["unit"])
+    thumb_list = list(thumb_list)
+    for code, (document, thumbs_of_basis, _) in enumerate(parts[1:], start=1):
+        _append(merged, document, code)
+        thumb_list += thumbs_of_basis
+    return _script_json(merged), _script_json(thumb_list), _script_json(exemplar_thumbs)
+
+
+def _append(merged: dict, document: dict, code: int) -> None:
+    """Add a basis's explorer document to `merged` (in place): its layers and methods mapped onto merged's
+    (new ones appended), its units entries and rows after merged's."""
+    layer_code = []
+    for layer in document["layers"]:
+        names = [known["name"] for known in merged["layers"]]
+        if layer["name"] not in names:
+            merged["layers"].append(layer)
+            names.append(layer["name"])
+        layer_code.append(names.index(layer["name"]))
+    method_code = []
+    for method in document["methods"]:
+        if method not in merged["methods"]:
+            merged["methods"].append(method)
+        method_code.append(merged["methods"].index(method))
+    units, ours = merged["units"], document["units"]
+    before, added = len(units["unit"]), len(ours["unit"])
+    for key, values in ours.items():
+        if isinstance(values, list) and key in units and isinstance(units[key], list):
+            units[key] += [layer_code[v] for v in values] if key == "layer" else values
+    for key in ("ex_top", "ex_bottom"):  # the units' exemplars: directions have none
+        if key in units:
+            units[key] += [[] for _ in range(added)]
+    units["basis"] += [code] * added
+    units["interp"] = _extended(units.get("interp"), None, before, added)
+    units["imp"] = _merged_importance(units.get("imp"), ours.get("imp"), before, added)
+    if document.get("importance"):
+        found = merged.get("importance") or {"ablations": [], "measured": {},
+                                             "measures": document["importance"]["measures"]}  # fmt: skip
+        for ablation in document["importance"]["ablations"]:
+            if ablation not in found["ablations"]:
+                found["ablations"].append(ablation)
+            measured = found["measured"].setdefault(ablation, {})
+            for layer, values in document["importance"]["measured"].get(ablation, {}).items():
+                measured.setdefault(str(layer_code[int(layer)]), values)
+        merged["importance"] = found
+    rows = merged["rows"]
+    for key, values in document["rows"].items():
+        if key == "unit":
+            values = [before + v for v in values]
+        elif key == "method":
+            values = [method_code[v] if v >= 0 else v for v in values]
+        rows[key] += values
+
+
+def _extended(by_kind: dict | None, filler, before: int, added: int) -> dict | None:
+    """{kind: values per units entry} with `added` entries of `filler` (None stays None)."""
+    if by_kind is None:
+        return None
+    return {kind: [*values, *([filler] * added)] for kind, values in by_kind.items()}
+
+
+def _merged_importance(ours: dict | None, theirs: dict | None, before: int, added: int) -> dict | None:
+    """The units entries' importance per ablation, `theirs` (a basis's) after `ours`; null where a side has
+    none of that ablation."""
+    if ours is None and theirs is None:
+        return None
+    ours, theirs = ours or {}, theirs or {}
+    empty = {"drop": None, "loss": None, "classes": []}
+    merged = {}
+    for ablation in dict.fromkeys([*ours, *theirs]):
+        first, second = ours.get(ablation), theirs.get(ablation)
+        merged[ablation] = {
+            key: [*(first[key] if first else [empty[key]] * before),
+                  *(second[key] if second else [empty[key]] * added)]
+            for key in ("drop", "loss", "classes")
+        }  # fmt: skip
+    return merged
+
+
+def explorer_document(
+    data: RunData, thumbs: dict, thumb_side: int, image_side: int | None, strips: bool = True
+) -> tuple[dict, list, list]:
+    """The explorer's data, its thumbnails and the exemplar thumbnails, as Python values (`explorer_data`)."""
     frame = data.frame
     layers = [info.name for info in data.layers]
     layer_col = frame.column("layer").to_pylist()
@@ -231,7 +336,7 @@ def explorer_data(
         "rows": rows,
     }
     thumb_list = [thumbs.get(key, "") for key in row_keys]
-    return _script_json(document), _script_json(thumb_list), _script_json(exemplar_thumbs)
+    return document, thumb_list, exemplar_thumbs
 
 
 def _visible_names(names: list[str] | None) -> list[str] | None:

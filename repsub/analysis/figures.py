@@ -13,7 +13,11 @@ File names say what a figure shows:
   unit's RS or selectivity by depth, one line per similarity (runs with `repsub interpretability` only);
 - ``substitutes_<layer>_<unit>.png``: a unit's image and the images of the units that respond more to it
   (Figure 2);
-- ``histograms_<layer>.png``: the layer's selectivity and RS histograms.
+- ``histograms_<layer>.png``: the layer's selectivity and RS histograms;
+- ``rho_by_depth_bases.png`` (runs with the directions of a basis only): Spearman rho of RS against
+  selectivity by depth, one line per basis and method, each from its basis's rows.
+
+Every other figure is the units' (the unit basis): a basis's directions never enter it.
 
 Each function writes one PNG and returns its path, or None when the run has nothing to draw.
 """
@@ -46,7 +50,8 @@ METHOD_COLOURS = {"am": "tab:blue", "iam": "tab:orange"}
 ABLATION_COLOURS = {"zero": "tab:purple", "mean": "tab:brown"}
 IMPORTANCE_MEASURE = "accuracy_drop"  # the measure the importance figures draw (repsub.analysis.importance)
 RHO_BY_DEPTH = "rho_by_depth.png"
-FIGURE_PATTERNS = ("rs_vs_selectivity_*.png", "rho_by_depth.png", "substitutes_*.png", "histograms_*.png",
+BASES_RHO_BY_DEPTH = "rho_by_depth_bases.png"  # a line per basis and method (a run with bases only)
+FIGURE_PATTERNS = ("rs_vs_selectivity_*.png", "rho_by_depth*.png", "substitutes_*.png", "histograms_*.png",
                    "importance_vs_*_rho_by_depth.png", "interpretability_*.png")  # fmt: skip
 INTERPRETABILITY_BY_DEPTH = "interpretability_by_depth.png"
 SIMILARITY_COLOURS = {
@@ -149,6 +154,21 @@ def rho_by_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
         for method in dict.fromkeys(r["method"] for r in rows)
     ]
     return _draw_rho_by_depth(data, series, "Spearman rho (RS vs selectivity)", path)
+
+
+def bases_rho_by_depth(data: RunData, stats: pa.Table, path: Path) -> Path | None:
+    """`rho_by_depth` with a line per basis and method (`stats`: the statistics of every basis, each basis's
+    rows its own), at the layers of the units' data. The other figures are the units' only."""
+    layers = {info.name for info in data.layers}
+    rows = [r for r in stats.to_pylist() if r["method"] is not None and r["layer"] in layers]
+    keys = list(dict.fromkeys((r["basis"], r["method"]) for r in rows))
+    if not rows:
+        return None
+    series = [
+        (f"{basis} {method.upper()}", f"C{i % 10}", [r for r in rows if (r["basis"], r["method"]) == (basis, method)])
+        for i, (basis, method) in enumerate(keys)
+    ]  # fmt: skip
+    return _draw_rho_by_depth(data, series, "Spearman rho (RS vs selectivity), per basis", path)
 
 
 def importance_rho_by_depth(

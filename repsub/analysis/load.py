@@ -29,7 +29,7 @@ from repsub.analysis.interpretability import Interpretability, read_interpretabi
 from repsub.analysis.layers import LayerInfo, catalog_layers, run_layers
 from repsub.analysis.tables import FILENAME, read_rows
 from repsub.errors import UsageError
-from repsub.runstore.tables import units_status
+from repsub.runstore.tables import UNIT_BASIS, units_status
 
 __all__ = ["FILENAME", "FRAME_SCHEMA", "RunData", "load_run_data", "read_rows", "unit_frame"]
 
@@ -115,6 +115,7 @@ class RunData:
     importance: Importance | None = None  # the importance table (repsub.analysis.importance); None without
     # the interpretability index (repsub.analysis.interpretability); None without
     interpretability: Interpretability | None = None
+    basis: str = UNIT_BASIS  # whose targets the rows are: "unit", or a basis's name
 
     def layer(self, name: str) -> LayerInfo:
         return next(info for info in self.layers if info.name == name)
@@ -330,15 +331,16 @@ def check_names(run, catalog: list[LayerInfo], layers, methods) -> None:
             raise UsageError(f"unknown method(s) {', '.join(unknown)}; valid: {', '.join(METHODS)}")
 
 
-def load_run_data(run) -> RunData:
-    """Read what the statistics, figures and page need (not the images) and what the run lacks."""
+def load_run_data(run, basis: str = UNIT_BASIS) -> RunData:
+    """Read what the statistics, figures and page need (not the images) and what the run lacks, for the
+    targets of one basis (the units by default; the interpretability index is the units' only)."""
     catalog, source = catalog_layers(run.manifest)
-    units, unit_notes = read_rows(run, "units", UNITS_COLUMNS, ["layer", "method", "unit"])
-    sel, sel_notes = read_rows(run, "selectivity", SELECTIVITY_COLUMNS, ["layer", "unit"])
-    importance = read_importance(run)
+    units, unit_notes = read_rows(run, "units", UNITS_COLUMNS, ["layer", "method", "unit"], basis=basis)
+    sel, sel_notes = read_rows(run, "selectivity", SELECTIVITY_COLUMNS, ["layer", "unit"], basis=basis)
+    importance = read_importance(run, basis=basis)
     importance_table = importance.table if importance else None
     layers = run_layers(catalog, _present_layers(sel, units, importance_table))
-    frame = join_frame(units, sel, layers, importance=importance)
+    frame = join_frame(units, sel, layers, importance=importance, basis=basis)
 
     selectivity: dict[str, LayerSelectivity] = {}
     if sel is not None:
@@ -354,7 +356,7 @@ def load_run_data(run) -> RunData:
     methods = _order_methods({m for _, m in rows})
     kept_files = _kept_files(units, unit_notes)
     model = (run.manifest.get("model") or {}).get("model")
-    interpretability = read_interpretability(run)
+    interpretability = read_interpretability(run) if basis == UNIT_BASIS else None
     notes = sel_notes + unit_notes + (importance.notes if importance else [])
     notes += interpretability.notes if interpretability else []
     if source == "model registry":
@@ -371,7 +373,7 @@ def load_run_data(run) -> RunData:
         importance_layers=set(_present_layers(importance_table)),
     )
     return RunData(run, catalog, source, layers, frame, selectivity, rows, methods, coverage, kept_files,
-                   importance, interpretability)  # fmt: skip
+                   importance, interpretability, basis)  # fmt: skip
 
 
 def _method_rows(frame: pa.Table) -> dict[tuple[str, str], MethodRows]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from repsub.analysis.bases_side_by_side import LEGEND as BASES_LEGEND
+from repsub.analysis.bases_side_by_side import ExplorerBases
 from repsub.analysis.exclusion import IMPORTANCE_REASONS, INTERPRETABILITY_REASONS, REASONS
 from repsub.analysis.figures import GridChoice
 from repsub.analysis.importance import MEASURES
@@ -123,6 +125,28 @@ def stats_table(stats: pa.Table, data: RunData) -> str:
     if not body:
         return '<p id="layer-stats" class="empty">The run has no selectivity or units rows yet.</p>'
     return f'<table id="layer-stats"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def bases_section(lines: list[dict] | None, figure: Path | None = None) -> list[str]:
+    """The units and each basis side by side, per layer (repsub.analysis.bases_side_by_side), and `figure`
+    (rho by depth, a line per basis and method); nothing for a run of units only."""
+    if not lines:
+        return []
+    columns = list(dict.fromkeys(key for line in lines for key in line))
+    head = "".join(f'<th scope="col">{esc(column)}</th>' for column in columns)
+    body = "".join(
+        f'<tr data-layer="{esc(line["layer"])}" data-basis="{esc(line["basis"])}">'
+        + "".join(f"<td>{_fmt(line.get(column), column)}</td>" for column in columns)
+        + "</tr>"
+        for line in lines
+    )
+    return [
+        '<h2 id="bases">Bases side by side</h2>',
+        f'<table id="bases-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
+        f'<p class="small">{esc(BASES_LEGEND)}. Each basis is read on its own (no row of one basis enters '
+        "another's numbers); the tables, figures and details below are the units'.</p>",
+        *([_img(figure, "Spearman rho against layer depth, per basis and method")] if figure else []),
+    ]
 
 
 def _ci(low, high) -> str:
@@ -282,14 +306,23 @@ def _legend() -> str:
 
 
 def explorer_section(
-    data: RunData, data_json: str | None, thumbs_json: str | None, exemplars_json: str | None, thumb_side: int
-) -> str:
-    """The unit explorer's markup and its data; the script comes at the end of the page."""
+    data: RunData, data_json: str | None, thumbs_json: str | None, exemplars_json: str | None, thumb_side: int,
+    choices: ExplorerBases | None = None,
+) -> str:  # fmt: skip
+    """The unit explorer's markup and its data; the script comes at the end of the page. `choices`: with
+    bases, the basis filter and every basis's layers and ablations."""
     if data_json is None:
         return '<p class="empty" id="explorer-empty">The run has no AM/IAM results: no units to explore.</p>'
+    layer_infos = choices.layers if choices else data.layers
     layers = [
-        (str(i), info.name + (" (signed)" if info.signed else "")) for i, info in enumerate(data.layers)
+        (str(i), info.name + (" (signed)" if info.signed else "")) for i, info in enumerate(layer_infos)
     ]
+    basis_filter = (
+        f'\n  <label>basis <select id="f-basis">{_options([(str(i), b) for i, b in enumerate(choices.names)])}'
+        "</select></label>"
+        if choices
+        else ""
+    )
     methods = [(str(i), m.upper()) for i, m in enumerate(data.methods)]
     statuses = [(s, s.replace("_", " ")) for s in UNIT_STATUSES]
     stats_choices = [("included", "included"), ("left_out", "left out (any reason)")] + [
@@ -298,9 +331,10 @@ def explorer_section(
     sorts = [("layer", "layer and unit"), ("rs", "RS"), ("selectivity", "selectivity"),
              ("activation", "own activation"), ("rs_ties", "rs_ties")]  # fmt: skip
     importance = ""
-    if data.importance is not None:
+    ablation_names = choices.ablations if choices else data.importance.ablations if data.importance else []
+    if ablation_names:
         sorts += [("importance", "importance (accuracy drop)"), ("loss_increase", "loss increase")]
-        ablations = [(a, f"{a} ablation") for a in data.importance.ablations]
+        ablations = [(a, f"{a} ablation") for a in ablation_names]
         importance = f"""
   <label>importance of <select id="f-ablation">{_options(ablations, None)}</select></label>
   <fieldset><legend>importance (accuracy drop)</legend>
@@ -314,7 +348,7 @@ selectivity, largest class means, RS and status{", and its importance by ablatio
 with exemplars its top and bottom dataset images and interpretability index.
 Thumbnails are {thumb_side} px.</p>
 <form id="filters" role="search" aria-label="filter the units">
-  <label>layer <select id="f-layer">{_options(layers)}</select></label>
+  <label>layer <select id="f-layer">{_options(layers)}</select></label>{basis_filter}
   <label>method <select id="f-method">{_options(methods)}</select></label>
   <label>status <select id="f-status">{_options(statuses, "any")}</select></label>
   <label>in statistics <select id="f-stats">{_options(stats_choices, "any")}</select></label>
@@ -400,11 +434,15 @@ def render_page(
     thumb_side: int,
     importance: pa.Table | None = None,
     index_stats: pa.Table | None = None,
+    bases: list[dict] | None = None,
+    explorer_choices: ExplorerBases | None = None,
 ) -> str:
     """The whole page. `figures`: {'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer:
     path}, 'hist': {layer: path}, 'importance': {against: path}}; `explorer`: the two JSON documents of
     repsub.analysis.explorer or None; `importance`: the importance statistics, `index_stats` the
-    interpretability statistics, None without."""
+    interpretability statistics, None without; `bases`: the bases side by side
+    (repsub.analysis.bases_side_by_side), empty or None for a run of units only; `explorer_choices`: the
+    explorer's basis filter and the layers and ablations of every basis (None: the units' only)."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -428,10 +466,11 @@ def render_page(
         '<dl class="facts small" id="reasons">'
         + "".join(f"<dt>{esc(r.replace('_', ' '))}</dt><dd>{esc(text)}</dd>" for r, text in REASONS.items())
         + "</dl>",
+        *bases_section(bases, figures.get("bases_depth")),
         *importance_section(importance, data, figures),
         *interpretability_section(index_stats, data, figures),
         '<h2 id="explorer">Units</h2>',
-        explorer_section(data, *(explorer or (None, None, None)), thumb_side),
+        explorer_section(data, *(explorer or (None, None, None)), thumb_side, explorer_choices),
         "<h2>Spearman rho against layer depth</h2>",
         _img(figures["depth"], "Spearman rho against layer depth") if figures["depth"] else _none("RS"),
         "<h2>RS against selectivity</h2>",

@@ -1,6 +1,7 @@
 """`repsub report RUN`: the statistics, the paper's figures and the unit explorer of a run, written into DIR.
 
-    DIR/stats.parquet     one row per layer and method (repsub.analysis.stats), options in its metadata
+    DIR/stats.parquet     one row per layer, method and basis (repsub.analysis.stats: the units', then each
+                          basis's), options in its metadata
     DIR/importance_stats.parquet   importance against RS and selectivity (repsub.analysis.importance_stats),
                           for a run with an importance table only
     DIR/interpretability_stats.parquet   the interpretability index against RS and selectivity
@@ -20,13 +21,23 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from repsub.analysis.explorer import explorer_data
+from repsub.analysis.bases_side_by_side import (
+    bases_stats,
+    basis_data,
+    explorer_bases,
+    has_bases,
+    side_by_side_rows,
+)
+from repsub.analysis.explorer import bases_explorer_data, explorer_data
 from repsub.analysis.figures import (
+    BASES_RHO_BY_DEPTH,
     FIGURE_PATTERNS,
     INTERPRETABILITY_BY_DEPTH,
     RHO_BY_DEPTH,
+    bases_rho_by_depth,
     choose_grid_unit,
     histograms,
     histograms_name,
@@ -61,12 +72,12 @@ from repsub.analysis.stats import (
     HIGH_SELECTIVITY,
     LOW_SELECTIVITY,
     StatsOptions,
-    compute_stats,
     stats_metadata,
 )
 from repsub.analysis.thumbnails import image_side, thumbnail_side, thumbnails
 from repsub.errors import RunError, UsageError
 from repsub.runstore.storage import check_location
+from repsub.runstore.tables import UNIT_BASIS
 from repsub.validate import check_int, check_output_dir
 
 STATS_FILE = "stats.parquet"
@@ -101,7 +112,9 @@ def build_report(
     resamples: int = BOOTSTRAP_RESAMPLES,
     unit: str | None = None,
 ) -> tuple[Path, RunData, pa.Table]:
-    """Write the report; returns (report.html, the run's data with its coverage, the statistics table).
+    """Write the report; returns (report.html, the run's data with its coverage, the statistics table of
+    every basis). The figures, the statistics tables and the explorer's details are the units'; a run with
+    the targets of a basis gets the bases side by side (repsub.analysis.bases_side_by_side).
 
     `unit` ('LAYER:UNIT') picks the substitution figure's unit; by default the most selective included IAM
     unit that other units substitute (RS > 0). Raises RunError for a path holding no run, a run of another
@@ -113,7 +126,10 @@ def build_report(
     out = Path(out_dir) if out_dir is not None else default_out(run_uri)
     check_output_dir(out, "--out")
     data = load_run_data(open_run(run_uri))
-    stats = compute_stats(data, options)
+    datas = basis_data(data.run, data)  # the units' data and each basis's, read apart
+    all_stats = bases_stats(datas, options)
+    stats = all_stats.filter(pc.equal(all_stats.column("basis"), UNIT_BASIS))  # the units': tables, figures
+    bases = side_by_side_rows(all_stats, datas) if has_bases(datas) else []
     importance = compute_importance_stats(data, options) if data.importance is not None else None
     index_stats = compute_interpretability_stats(data, options) if data.interpretability is not None else None
     grid_unit = choose_grid_unit(data, options, unit)  # a bad --unit fails before anything is written
@@ -130,9 +146,13 @@ def build_report(
         (staging / FIGURES_DIR).mkdir()
         figures = _draw_figures(data, stats, importance, options, grid_unit, staging / FIGURES_DIR)
         figures.update(_index_figures(data, index_stats, staging / FIGURES_DIR))
-        explorer, side = _explorer(data)
-        page = render_page(data, stats, options, figures, explorer, side, importance, index_stats)
-        pq.write_table(stats.replace_schema_metadata(stats_metadata(data, options)), staging / STATS_FILE)
+        figures["bases_depth"] = (
+            bases_rho_by_depth(data, all_stats, staging / FIGURES_DIR / BASES_RHO_BY_DEPTH) if bases else None
+        )
+        explorer, side = _explorer(datas)
+        page = render_page(data, stats, options, figures, explorer, side, importance, index_stats, bases,
+                           explorer_bases(datas))  # fmt: skip
+        pq.write_table(all_stats.replace_schema_metadata(stats_metadata(data, options)), staging / STATS_FILE)
         if importance is not None:
             meta = importance_metadata(data, options)
             pq.write_table(importance.replace_schema_metadata(meta), staging / IMPORTANCE_STATS_FILE)
@@ -146,7 +166,7 @@ def build_report(
         shutil.rmtree(staging, ignore_errors=True)
         if not committed:
             _remove_empty(created)
-    return out / HTML_FILE, data, stats
+    return out / HTML_FILE, data, all_stats
 
 
 def _missing_dirs(out: Path) -> list[Path]:
@@ -186,13 +206,18 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _explorer(data: RunData) -> tuple[tuple[str, str, str] | None, int]:
-    rows = sum(len(r.indices) for r in data.rows.values())
+def _explorer(datas: dict[str, RunData]) -> tuple[tuple[str, str, str] | None, int]:
+    """The explorer's documents and thumbnail side: of the units, with every basis's rows beside them."""
+    data = datas[UNIT_BASIS]
+    rows = sum(len(r.indices) for d in datas.values() for r in d.rows.values())
     if not rows:
         return None, 0
     original = image_side(data)
     side = thumbnail_side(rows, original)
-    return explorer_data(data, thumbnails(data, side), side, original), side
+    if len(datas) == 1:
+        return explorer_data(data, thumbnails(data, side), side, original), side
+    thumbs = {basis: thumbnails(d, side) for basis, d in datas.items()}
+    return bases_explorer_data(datas, thumbs, side, original), side
 
 
 def _draw_figures(

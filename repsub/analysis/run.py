@@ -138,11 +138,13 @@ class Run:
         return unit_exemplars(self, layer, int(unit), side, images)
 
     def stats(self, **options) -> pa.Table:
-        """The report's statistics table (repsub.analysis.stats), with the report's default options unless
-        given: high, low, seed, resamples, confidence."""
-        from repsub.analysis import StatsOptions, compute_stats, load_run_data
+        """The report's statistics table (repsub.analysis.stats; stats.parquet), with the report's default
+        options unless given: high, low, seed, resamples, confidence. One row per layer, method and basis
+        (`basis`: "unit" for the units, then each basis of the run by name)."""
+        from repsub.analysis import StatsOptions
+        from repsub.analysis.bases_side_by_side import bases_stats, basis_data
 
-        return compute_stats(load_run_data(self), StatsOptions(**options))
+        return bases_stats(basis_data(self), StatsOptions(**options))
 
     def importance_stats(self, **options) -> pa.Table:
         """The report's importance statistics (repsub.analysis.importance_stats; importance_stats.parquet):

@@ -1,7 +1,8 @@
 """The statistics of a run, per layer and method: the one implementation `report`, `summary` and
 `Run.stats()` share.
 
-One row per layer and method (a layer without RS rows gets one row with method null):
+One row per layer and method (a layer without RS rows gets one row with method null), of the targets of one
+basis (``basis``: "unit", the units, or a basis's directions; `bases_stats` stacks every basis of a run):
 
 - ``units``, ``dead``: the layer's selectivity rows, and those marked dead (NaN selectivity).
 - ``mean_selectivity``, ``median_selectivity``, ``n_high``, ``n_low``: over the layer's alive units with a
@@ -45,6 +46,7 @@ EXCLUDED_COLUMNS = [f"excluded_{reason}" for reason in REASONS]
 
 STATS_SCHEMA = pa.schema([
     ("layer", pa.string()),
+    ("basis", pa.string()),  # whose targets: "unit" (the units) or a basis's name
     ("depth", pa.int32()),  # position in the model's catalog (0 = first layer); null if not in it
     ("read", pa.string()),  # how the layer is read (relu, block, logits, module); null if unknown
     ("method", pa.string()),
@@ -162,7 +164,7 @@ def compute_stats(data: RunData, options: StatsOptions | None = None) -> pa.Tabl
     options.validate()
     rows = []
     for info in data.layers:
-        row: dict = {"layer": info.name, "depth": info.depth, "read": info.read}
+        row: dict = {"layer": info.name, "basis": data.basis, "depth": info.depth, "read": info.read}
         sel = data.selectivity.get(info.name)
         if sel is not None:
             alive = sel.alive_values

@@ -7,6 +7,10 @@ left out, by reason). The same numbers as the report's table; the summary skips 
 A run with an importance table gets a second table (`importance_summary_rows`): one line per layer, ablation
 and measure, with Spearman rho of importance against each relation (``rho_rs_am``, ``rho_rs_iam``,
 ``rho_selectivity``) and the units in it (``n_...``), as in importance_stats.parquet.
+
+A run with the targets of a basis (repsub basis fit, then a command with --basis) gets a table of the bases
+side by side: one line per layer and basis, the units first (repsub.analysis.bases_side_by_side); the tables
+above are the units'.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import math
 
 import pyarrow as pa
 
+from repsub.analysis.bases_side_by_side import LEGEND as BASES_LEGEND
+from repsub.analysis.bases_side_by_side import bases_stats, basis_data, has_bases, side_by_side_rows
 from repsub.analysis.importance_stats import compute_importance_stats
 from repsub.analysis.interpretability import kind_label
 from repsub.analysis.interpretability_stats import compute_interpretability_stats
@@ -65,9 +71,10 @@ def run_summary(run, options: StatsOptions = SUMMARY_OPTIONS) -> list[dict]:
     return summary_rows(compute_stats(load_run_data(run), options))
 
 
-def run_summaries(run, options: StatsOptions = SUMMARY_OPTIONS) -> tuple[list[dict], list[dict], list[dict]]:
+def run_summaries(run, options: StatsOptions = SUMMARY_OPTIONS, with_bases: bool = False) -> tuple:
     """The summary rows, the importance summary rows (empty without importance) and the interpretability
-    summary rows (empty without an index), from one reading."""
+    summary rows (empty without an index), from one reading; `with_bases`: and the bases side by side (empty
+    for a run of units only: repsub.analysis.bases_side_by_side)."""
     data = load_run_data(run)
     importance = importance_summary_rows(compute_importance_stats(data, options)) if data.importance else []
     index = (
@@ -75,7 +82,16 @@ def run_summaries(run, options: StatsOptions = SUMMARY_OPTIONS) -> tuple[list[di
         if data.interpretability
         else []
     )
-    return summary_rows(compute_stats(data, options)), importance, index
+    summaries = (summary_rows(compute_stats(data, options)), importance, index)
+    if not with_bases:
+        return summaries
+    datas = basis_data(run, data)
+    bases = side_by_side_rows(bases_stats(datas, options), datas) if has_bases(datas) else []
+    return (*summaries, bases)
+
+
+def format_bases_summary(rows: list[dict]) -> str:
+    return format_table(rows) + "\n" + BASES_LEGEND if rows else ""
 
 
 INTERPRETABILITY_LEGEND = (

@@ -17,6 +17,7 @@ import pyarrow as pa
 from PIL import Image
 
 from repsub.analysis.load import FILENAME, RunData
+from repsub.analysis.tables import basis_filter
 from repsub.errors import RunError
 
 THUMBNAIL_BUDGET = 40_000_000  # bytes of base64 text for all thumbnails of a page
@@ -65,8 +66,9 @@ def thumbnails(data: RunData, side: int) -> dict[tuple[str, str, int], str]:
     columns = ["layer", "method", "unit", "image", FILENAME]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL releases the GIL while coding
         try:
+            only = basis_filter(data.basis) if "basis" in data.run.units.schema.names else None
             batches = data.run.units.to_batches(
-                columns=columns, batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1
+                columns=columns, filter=only, batch_size=BATCH_ROWS, batch_readahead=2, fragment_readahead=1
             )  # read ahead little: a batch of 224 px PNGs is tens of MB
             for batch in batches:
                 rows = _kept(batch, data.kept_files)

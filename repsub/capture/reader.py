@@ -97,6 +97,14 @@ def restore_layout(values: torch.Tensor, kind: str) -> torch.Tensor:
     return values.permute(0, 3, 1, 2) if kind == "conv" else values
 
 
+def _side_by_side(parts: list[torch.Tensor], layer_kind: str) -> torch.Tensor:
+    """The responses of a readout's parts as one tensor, joined on K: the last dimension, but dimension 1 of
+    a conv layer's full maps [B, K, H, W]; a single part as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, dim=1 if layer_kind == "conv" or parts[0].dim() == 2 else -1)
+
+
 @dataclass(frozen=True)
 class Captured:
     """What one forward through a `LayerCapture` gave."""
@@ -289,21 +297,25 @@ class LayerCapture:
             forward.activations[layer.name] = readout.encode(reduce_units(output, layer.kind, self.reduce))[0]
             return
         relu_input = forward.relu_inputs.get(layer.relu) if forward.pre is not None and layer.relu else None
-        response, pre = encode_with_pre(
-            readout,
-            channels_last(output, layer.kind),
-            None if relu_input is None else channels_last(relu_input, layer.kind),
-        )
+        values = channels_last(output, layer.kind)
+        values_pre = None if relu_input is None else channels_last(relu_input, layer.kind)
         kind = ENCODED_KIND[layer.kind]
-        if self.reduce is None:
-            forward.activations[layer.name] = restore_layout(response, layer.kind)
-        else:
-            forward.activations[layer.name] = reduce_units(response, kind, self.reduce)
-        if forward.pre is not None and pre is not None:
-            forward.pre[layer.name] = (
-                restore_layout(pre, layer.kind) if self.pre_reduce is None
-                else reduce_units(pre, kind, self.pre_reduce)
-            )  # fmt: skip
+        # A stacked readout's parts are encoded and reduced one by one, then put side by side: each part's
+        # responses are then those of the part read alone, bit for bit (one reduction over all K could order
+        # its sums otherwise).
+        responses, pres = [], []
+        for part in getattr(readout, "parts", None) or [readout]:
+            response, pre = encode_with_pre(part, values, values_pre)
+            responses.append(self._reduced(response, layer.kind, kind, self.reduce))
+            pres.append(None if pre is None else self._reduced(pre, layer.kind, kind, self.pre_reduce))
+        forward.activations[layer.name] = _side_by_side(responses, layer.kind)
+        if forward.pre is not None and all(pre is not None for pre in pres):
+            forward.pre[layer.name] = _side_by_side(pres, layer.kind)
+
+    @staticmethod
+    def _reduced(values: torch.Tensor, layer_kind: str, kind: str, reduce: str | None) -> torch.Tensor:
+        """Encoded values [B, ..., K] reduced as units are ([B, K]), or (`reduce` None) in the layer's layout."""
+        return restore_layout(values, layer_kind) if reduce is None else reduce_units(values, kind, reduce)
 
     def _relu_input_hook(self, path: str, kind: str):
         # Reduced before the ReLU runs: an inplace ReLU overwrites its input. A spatial max keeps its input for

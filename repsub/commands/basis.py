@@ -38,12 +38,13 @@ from repsub.runstore.bases import (
     write_basis,
 )
 from repsub.runstore.manifest import now_utc
-from repsub.runstore.provenance import Scope, data_meaning
+from repsub.runstore.provenance import Scope, data_meaning, forget_basis_rows
 from repsub.runstore.reader import RunReader
 from repsub.runstore.tables import BASES
 from repsub.validate import check_int
 
 DEFAULT_POSITIONS = 16
+MEASURED_TABLES = ("selectivity", "units", "importance")  # the tables whose rows a basis's targets have
 NO_SECOND_FIT = ("unit", "vectors")  # nothing seeded to refit: their stability is not measured
 LISTED = ["layer", "name", "kind", "size", "n_channels", "signed", "hash", "fve", "mean_l0", "dead", "stability",
           "n_fit", "n_held_out"]  # fmt: skip
@@ -82,7 +83,9 @@ def fit_basis(
     metrics (FVE, mean L0, dead directions) and, with `stability`, a second fit with seed + 1 to match against.
     `expansion` (sae: K = expansion x C unless `size`), `top_k` (sae: active latents, default C / 8),
     `sae_epochs`, `vectors` (a .npy or .pt file of K x C directions, for kind `vectors`). A name the run already
-    holds with another fit is refused unless `replace`."""
+    holds with another fit is refused unless `replace`; a replaced fit takes with it the rows measured with it
+    (its selectivity, units and importance rows of that layer), so that no row of the old fit ever sits beside
+    rows of the new one."""
     if kind not in KINDS:
         raise UsageError(f"unknown basis kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     if kind == UNIT:
@@ -113,7 +116,7 @@ def fit_basis(
     )  # fmt: skip
     fit = {"data": source.describe(), "image_size": size_px, "positions": positions, "seed": ctx.seed,
            "images": images, "n_images": len(indices), "held_out_share": HELD_OUT_SHARE}  # fmt: skip
-    rows, entries = {}, {}
+    rows, entries, replaced = {}, {}, []
     for layer in chosen:
         sample = samples[layer.name]
         if len(sample.fit) == 0:
@@ -126,7 +129,8 @@ def fit_basis(
         print(f"basis {name}: fitting {kind} on {layer.name} ({len(sample.fit)} vectors)", file=sys.stderr)
         basis = fit_one(kind, layer.name, sample.fit, size, ctx.seed, **options)
         basis.name = name
-        refuse_refit(ctx.record.manifest, layer.name, name, basis.content_hash(), replace)
+        if refuse_refit(ctx.record.manifest, layer.name, name, basis.content_hash(), replace):
+            replaced.append(layer.name)
         refit = None
         if stability and kind not in NO_SECOND_FIT:
             refit = fit_one(kind, layer.name, sample.fit, size, ctx.seed + 1, **options)
@@ -145,7 +149,23 @@ def fit_basis(
         for layer_name, row in rows.items():
             file = write_basis(output.writer, layer_name, name, row)
             entries[f"{layer_name}/{name}"] = manifest_entry(row, layer_name, file, fitted_at)
-        output.complete(config, update=lambda manifest: manifest.setdefault("bases", {}).update(entries))
+        for layer_name in replaced:  # rows measured with the fit replaced: never beside the new fit's
+            retired = output.writer.retire_basis_files(MEASURED_TABLES, layer_name, name)
+            if retired:
+                print(
+                    f"basis {name}: {len(retired)} file(s) of rows of {layer_name} measured with the replaced "
+                    "fit removed (measure them again with the new fit)",
+                    file=sys.stderr,
+                )
+        if replaced:
+            config["replaced"] = replaced
+
+        def record(manifest: dict) -> None:
+            manifest.setdefault("bases", {}).update(entries)
+            for layer_name in replaced:
+                forget_basis_rows(manifest, layer_name, name)
+
+        output.complete(config, update=record)
     return pa.concat_tables(
         [row.add_column(0, "layer", pa.array([layer], pa.string())) for layer, row in rows.items()]
     ).select(LISTED)

@@ -12,9 +12,10 @@ import torch
 from repsub.capture.precision import resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.commands.context import CommandContext, check_common, say_precision
-from repsub.commands.targets import basis_layer, basis_record, resolve_basis
+from repsub.commands.targets import basis_layer, basis_record, resolve_bases
 from repsub.core.exemplars import ExemplarAccumulator
 from repsub.core.quantiles import DEFAULT_K, QuantileSketches
+from repsub.core.readout import UNIT, StackedReadout, UnitReadout
 from repsub.data.sources import open_source
 from repsub.data.thumbnails import read_thumbnails
 from repsub.errors import DataError, UsageError
@@ -71,8 +72,11 @@ def selectivity(
 
     `basis` (a readout object, repsub.core.readout, or a basis name of the run; None or "unit": the units)
     measures the basis's directions at its layer instead: each direction's response at every position,
-    reduced as units are; the rows carry the basis's name (no exemplars or saved activations: those are the
-    units').
+    reduced as units are; the rows carry the basis's name. Several bases (a comma list "unit,pca,sae", or a
+    list) are measured in the same single pass (a StackedReadout per layer): the units at every layer of the
+    command when "unit" is among them, each other basis at its layer; each basis's rows equal those of a
+    pass of its own, bit for bit. Exemplars, quantiles and saved activations are the units': only with
+    "unit" among the bases.
 
     Writing into `out` holds its lock and refuses rows of another meaning beside the run's (other data or
     image size in the selectivity table) unless `allow_mixed`; `force_unlock` removes a lock whose holder is
@@ -87,12 +91,18 @@ def selectivity(
                               layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
     used_precision = resolve_precision(precision, ctx.device)
     loaded, chosen = ctx.model, ctx.layers
-    readout = resolve_basis(basis, out, [layer.name for layer in ctx.layers])
-    if readout is not None:
-        chosen = basis_layer(readout, chosen, layers)
+    with_units, readouts = resolve_bases(basis, out, [layer.name for layer in ctx.layers])
+    placed = {readout.name: basis_layer(readout, chosen, layers)[0].name for readout in readouts}
+    if not with_units:
+        chosen = [layer for layer in chosen if layer.name in placed.values()]
         if save_activations:
-            raise UsageError("--save-activations stores the units' activations: not with a --basis")
+            raise UsageError(
+                "--save-activations stores the units' activations: give --basis unit,... or none"
+            )
         exemplars = 0
+    parts = {layer.name: [UnitReadout(layer.n_units, layer.name)] * with_units
+             + [readout for readout in readouts if placed[readout.name] == layer.name]
+             for layer in chosen}  # fmt: skip
     saved = _activation_layers(save_activations, chosen, loaded, out)
     size = ctx.image_size(image_size, batch=batch_size)
     ctx.record.say()
@@ -121,17 +131,20 @@ def selectivity(
     keep = exemplars if out is not None else 0  # exemplars are only worth their work when written
     if keep:
         config["exemplars"] = keep
-    sketch_k = quantile_k if out is not None and readout is None else 0  # quantiles: of the units
+    sketch_k = quantile_k if out is not None and with_units else 0  # quantiles: of the units
     if sketch_k:
         config["quantile_k"] = sketch_k
-    if readout is not None:
-        config["basis"] = basis_record(readout)
+    if len(readouts) == 1 and not with_units:
+        config["basis"] = basis_record(readouts[0])
+    elif readouts:
+        config["bases"] = [UNIT] * with_units + [basis_record(readout) for readout in readouts]
     say_precision(used_precision, "selectivity")
-    meaning = basis_meaning(selectivity_meaning(source, size), readout)
-    basis_name = "unit" if readout is None else readout.name
+    meaning = selectivity_meaning(source, size)
+    unit_layers = dict.fromkeys(config["layers"]) if with_units else {}
     tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))
-    scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning, basis=basis_name)
-              for table in tables_written]  # fmt: skip
+    scopes = [Scope(table, None, unit_layers, meaning) for table in tables_written if unit_layers]
+    scopes += [Scope("selectivity", None, {placed[readout.name]: None}, basis_meaning(meaning, readout),
+                     basis=readout.name) for readout in readouts]  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(
             "selectivity", config, scopes, reduce=reduce, allow_mixed=allow_mixed, force_unlock=force_unlock
@@ -148,9 +161,9 @@ def selectivity(
         )
         layer_units = {layer.name: layer.n_units for layer in chosen}
         sketches = QuantileSketches(layer_units, sketch_k) if sketch_k else None
-        on_batch = _each(
+        on_batch = _units_of(_each(
             sink.add if sink else None, kept.add if kept else None, sketches.add if sketches else None
-        )
+        ), layer_units)  # fmt: skip
         acc = accumulate_class_sums(
             loaded,
             chosen,
@@ -162,33 +175,70 @@ def selectivity(
             progress=progress,
             on_batch=on_batch,
             precision=used_precision,
-            readouts=None if readout is None else {layer.name: readout for layer in chosen},
+            readouts=_pass_readouts(parts),
         )
         if acc.n_images != len(source):
             raise DataError(f"the pass saw {acc.n_images} images, {data} holds {len(source)}")
         activation_rows = sink.row_groups() if sink else None
         if sink:
             sink.commit()  # in place before the manifest records the command
-        tables = {
-            layer.name: with_basis(selectivity_table(acc.class_means(layer.name), acc.n_images), readout)
-            for layer in chosen
-        }
-        for name, table in tables.items():
+        tables = _basis_tables(acc, parts)
+        for (name, _), table in tables.items():
             output.write("selectivity", name, table)
         if sketches is not None:
-            for name in tables:
+            for name in layer_units:
                 values = sketches.quantiles(name, STORED_RANKS)
                 rows = quantiles_table(values, sketches.k, sketches.rank_error, sketches.n_images)
                 output.write("quantiles", name, rows)
         if kept is not None:
-            write_exemplars(output.writer, kept, list(tables))
+            write_exemplars(output.writer, kept, list(layer_units))
             store_thumbnails(output.writer, source, kept, loaded, batch_size, workers, progress)
         config["n_images"] = acc.n_images
         if saved:
             config["save_activations"] = [layer.name for layer in saved]
             config["activations_row_group_rows"] = activation_rows
         output.complete(config)
-    return with_layer(tables)
+    return pa.concat_tables(with_layer({name: table}) for (name, _), table in tables.items())
+
+
+def _pass_readouts(parts: dict[str, list]) -> dict:
+    """The readout of each layer's pass: none where the units alone are read, a basis alone as itself, else
+    the bases side by side (the units first)."""
+    readouts = {}
+    for name, layer_parts in parts.items():
+        if len(layer_parts) == 1:
+            if not isinstance(layer_parts[0], UnitReadout):
+                readouts[name] = layer_parts[0]
+        else:
+            readouts[name] = StackedReadout(layer_parts)
+    return readouts
+
+
+def _basis_tables(acc, parts: dict[str, list]) -> dict[tuple[str, str], pa.Table]:
+    """The selectivity rows of every (layer, basis) of the pass, from its class means split by basis."""
+    tables = {}
+    for name, layer_parts in parts.items():
+        means = acc.class_means(name)
+        start = 0
+        for part in layer_parts:
+            rows = selectivity_table(means[:, start : start + part.K], acc.n_images)
+            tables[name, part.name] = with_basis(rows, None if isinstance(part, UnitReadout) else part)
+            start += part.K
+    return tables
+
+
+def _units_of(callback, layer_units: dict[str, int]):
+    """`callback` (exemplars, quantiles, saved activations: the units') seeing each layer's units only: the
+    first values of a pass that reads bases beside them."""
+    if callback is None:
+        return None
+
+    def units_only(activations, *rest):
+        callback(
+            {name: values[:, : layer_units[name]].contiguous() for name, values in activations.items()}, *rest
+        )
+
+    return units_only
 
 
 def _each(*callbacks):

@@ -52,6 +52,10 @@ def resolve_basis(basis, out, layers: list[str] | None = None):
     if basis is None:
         return None
     if isinstance(basis, str):
+        if "," in basis:
+            raise UsageError(
+                f"--basis {basis}: one basis here (repsub selectivity measures several together: --basis unit,pca)"
+            )
         return lookup_basis(out, basis, layers)
     if not isinstance(basis, Readout):
         raise UsageError(
@@ -85,3 +89,31 @@ def basis_record(readout) -> dict | None:
         return None
     return {"name": readout.name, "kind": getattr(readout, "kind", None), "K": int(readout.K),
             "content_hash": readout.content_hash()}  # fmt: skip
+
+
+def basis_names(basis) -> list:
+    """`basis` as a command takes it for several bases: a comma list of names ("unit,pca,sae"), a list of
+    names and readouts, or one of them -> the list (None: the units alone)."""
+    if basis is None:
+        return [UNIT]
+    if isinstance(basis, str):
+        names = [name.strip() for name in basis.split(",") if name.strip()]
+        if not names:
+            raise UsageError(f"--basis {basis!r}: give a basis name, or several separated by commas")
+        return names
+    return list(basis) if isinstance(basis, list | tuple) else [basis]
+
+
+def resolve_bases(basis, out, layers: list[str] | None = None) -> tuple[bool, list]:
+    """(whether the units are among them, the readouts of the other bases) of `basis` (`basis_names`); a
+    basis named twice is refused."""
+    readouts, units = [], False
+    for item in basis_names(basis):
+        readout = resolve_basis(item, out, layers)
+        if readout is None:
+            units = True
+            continue
+        if any(other.name == readout.name for other in readouts):
+            raise UsageError(f"basis {readout.name!r} is given twice")
+        readouts.append(readout)
+    return units, readouts

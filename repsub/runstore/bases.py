@@ -83,16 +83,18 @@ def recorded_bases(manifest: dict | None) -> dict[str, dict]:
     return dict((manifest or {}).get("bases") or {})
 
 
-def refuse_refit(manifest: dict | None, layer: str, name: str, new_hash: str, replace: bool) -> None:
+def refuse_refit(manifest: dict | None, layer: str, name: str, new_hash: str, replace: bool) -> bool:
     """A name already holding another fit on the layer is kept unless `replace`: rows measured with one fit of a
-    basis name must never sit beside rows of another."""
+    basis name must never sit beside rows of another. Returns whether the fit replaces another."""
     entry = recorded_bases(manifest).get(f"{layer}/{name}")
-    if entry and entry.get("hash") != new_hash and not replace:
+    differs = bool(entry) and entry.get("hash") != new_hash
+    if differs and not replace:
         raise RunError(
             f"basis {name!r} of {layer} exists in this run ({entry.get('kind')}, hash {entry.get('hash', '')[:12]}); "
-            "this fit differs: give it another --name, or --replace to refit it (rows measured with the old fit "
-            "must then be measured again)"
+            "this fit differs: give it another --name, or --replace to refit it (the rows measured with the old fit "
+            "are removed with it: measure them again)"
         )
+    return differs
 
 
 def read_basis(location, manifest: dict, layer: str, name: str, model: dict | None = None) -> dict:

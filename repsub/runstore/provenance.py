@@ -278,6 +278,24 @@ def _prune(manifest: dict) -> None:
             entry["invocations"] = [i for i in entry["invocations"] if i.get("seq") in alive]
 
 
+def forget_basis_rows(manifest: dict, layer: str, basis: str) -> None:
+    """Record (in place) that no row of `basis` is left at `layer` (a refit retired them): every invocation's
+    writes of that basis's scopes lose the layer, and invocations left without rows are dropped."""
+    for _command, inv in _invocations(manifest):
+        writes = inv.get("writes") or {}
+        for name in [name for name in writes if _scope_basis(name) == basis]:
+            writes[name].get("layers", {}).pop(layer, None)
+            if not writes[name].get("layers"):
+                del writes[name]
+    _prune(manifest)
+
+
+def _scope_basis(name: str) -> str:
+    """The basis of a scope name (scope_name: `units@pca/am` -> pca, `selectivity` -> unit)."""
+    table = name.split("/", 1)[0]
+    return table.split("@", 1)[1] if "@" in table else UNIT_BASIS
+
+
 # ------------------------------------------------------------------ reading
 
 

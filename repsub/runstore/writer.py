@@ -216,6 +216,17 @@ class RunWriter(RunLocation):
             path = self._replace_files(table, self._partition_dir(table, layer), name, rows, superseded)
         return self._relative(path)
 
+    def retire_basis_files(self, tables: tuple[str, ...], layer: str, basis: str) -> list[str]:
+        """Retire every file of `basis`'s rows in the `layer` partition of `tables` (its own files:
+        repsub.runstore.tables.file_key), in one commit; returns their paths relative to the run."""
+        with self.committing():
+            retired = [
+                path for table in tables for path in self.partition_files(table, layer)
+                if file_basis(path.rsplit("/", 1)[-1]) == basis
+            ]  # fmt: skip
+            self._commit([], retired)
+        return [self._relative(path) for path in retired]
+
     def write_whole_table(self, name: str, rows: pa.Table) -> str:
         """Replace a table without layer partitions (the exemplars' thumbnails) by `rows`, under a name no
         file has had, the old files retired: one commit."""
