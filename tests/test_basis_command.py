@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -157,3 +158,21 @@ def test_a_fitted_basis_is_measured_by_name(tmp_path, image_folder_dir, shallow_
     expected = torch.stack([responses[labels == c].mean(0) for c in range(3)]).T  # [K, classes]
     got = torch.tensor(table.column("class_means").to_pylist(), dtype=torch.float64)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_one_basis_name_fitted_to_several_layers_is_measured_layer_by_layer(tmp_path, image_folder_dir,
+                                                                             shallow_random):  # fmt: skip
+    """Each layer's fit of a name is its own (another K, another hash): measuring conv2's after fc5's is no
+    mixing, while a refit of fc5 still cannot sit beside fc5's old rows."""
+    out = tmp_path / "run"
+    common = {"data": image_folder_dir, "out": out, "workers": 0, "progress": False, "precision": "fp32"}
+    repsub.selectivity(model=shallow_random, layers=["conv2", "fc5"], **common)
+    repsub.fit_basis(out, kind="pca", size=4, positions=6, workers=0, seed=0)
+    repsub.selectivity(basis="pca", layers=["fc5"], **common)
+    repsub.selectivity(basis="pca", layers=["conv2"], **common)  # not refused: conv2's fit is conv2's
+    rows = repsub.open_run(out).table("selectivity").filter(pc.equal(pc.field("basis"), "pca"))
+    assert sorted(set(rows.column("layer").to_pylist())) == ["conv2", "fc5"]
+    repsub.fit_basis(out, kind="random", size=4, name="rand", layers=["fc5"], positions=6, workers=0, seed=0)
+    repsub.selectivity(basis="rand", layers=["fc5"], **common)
+    run = repsub.open_run(out)
+    assert run.table("selectivity").filter(pc.equal(pc.field("basis"), "rand")).num_rows == 4

@@ -291,20 +291,24 @@ class LayerCapture:
 
     def _read_out(self, forward: _Forward, layer: UnitLayer, readout, output: torch.Tensor) -> None:
         """The layer's K responses to `readout` (and their pre-activations), reduced as units are."""
-        if forward.pre is None and self.reduce in ("mean", "center") and is_affine(readout):
-            # The readout of the reduced values, once per image: equal to reducing the responses per position
-            # (the mean and the centre commute with an affine map), K/C of one position's arithmetic.
-            forward.activations[layer.name] = readout.encode(reduce_units(output, layer.kind, self.reduce))[0]
-            return
         relu_input = forward.relu_inputs.get(layer.relu) if forward.pre is not None and layer.relu else None
         values = channels_last(output, layer.kind)
         values_pre = None if relu_input is None else channels_last(relu_input, layer.kind)
         kind = ENCODED_KIND[layer.kind]
+        # An affine part reduced by the mean or the centre (no pre wanted) encodes the reduced values, once per
+        # image: equal to reducing its responses per position (both commute with an affine map), at K/C of one
+        # position's arithmetic.
+        shortcut = forward.pre is None and self.reduce in ("mean", "center")
+        reduced = reduce_units(output, layer.kind, self.reduce) if shortcut else None
         # A stacked readout's parts are encoded and reduced one by one, then put side by side: each part's
         # responses are then those of the part read alone, bit for bit (one reduction over all K could order
         # its sums otherwise).
         responses, pres = [], []
         for part in getattr(readout, "parts", None) or [readout]:
+            if shortcut and is_affine(part):
+                responses.append(part.encode(reduced)[0])
+                pres.append(None)
+                continue
             response, pre = encode_with_pre(part, values, values_pre)
             responses.append(self._reduced(response, layer.kind, kind, self.reduce))
             pres.append(None if pre is None else self._reduced(pre, layer.kind, kind, self.pre_reduce))
