@@ -120,5 +120,10 @@ def read_basis(location, manifest: dict, layer: str, name: str, model: dict | No
             raise RunError(
                 f"basis {name!r} of {layer} was fitted on another model ({mismatch.replace('the run', 'the basis')})"
             )
+    return row_state(row)
+
+
+def row_state(row: dict) -> dict:
+    """A `bases` row (as a dict) as the state Basis.from_state builds the basis from."""
     return {"tensors": decode_tensors(row["state"]), "meta": json.loads(row["meta"]), "name": row["name"],
             "hash": row["hash"], "fit": json.loads(row["fit"])}  # fmt: skip

@@ -51,10 +51,26 @@ class Scope:
     # The targets' basis: its rows are a scope of their own (`units@pca/am`), and its meaning holds the basis's
     # content hash (`basis_meaning`), so that two fits of one basis name are never mixed.
     basis: str = UNIT_BASIS
+    # What differs by layer (a sweep's basis: each layer's fit has its own content hash), over `meaning`.
+    layer_meanings: dict[str, dict] | None = None
 
     @property
     def name(self) -> str:
         return scope_name(self.table, self.key, self.basis)
+
+    def record(self) -> dict:
+        """What an invocation records of the scope (its `writes` entry)."""
+        entry = {"layers": dict(self.layers), "meaning": self.meaning}
+        if self.layer_meanings:
+            entry["layer_meanings"] = self.layer_meanings
+        return entry
+
+
+def meaning_at(write: dict, layer: str) -> dict | None:
+    """The meaning of a recorded scope's rows of `layer` (an invocation's `writes` entry, or Scope.record())."""
+    meaning = write.get("meaning")
+    extra = (write.get("layer_meanings") or {}).get(layer)
+    return meaning if meaning is None or not extra else {**meaning, **extra}
 
 
 def _expand(text: str) -> set[int]:
@@ -157,10 +173,11 @@ def mixing_conflicts(manifest: dict, scopes: list[Scope]) -> list[str]:
         for layer, state in owned.items():
             left = _remaining(state, scope.layers.get(layer, "")) if layer in scope.layers else _all(state)
             for unit, (command, inv) in left.items():
-                old = (inv.get("writes") or {}).get(scope.name, {}).get("meaning")
-                if old is None or old == scope.meaning:
+                old = meaning_at((inv.get("writes") or {}).get(scope.name, {}), layer)
+                new = meaning_at(scope.record(), layer)
+                if old is None or old == new:
                     continue
-                text = _difference(old, scope.meaning, command)
+                text = _difference(old, new, command)
                 differing.setdefault(text, {}).setdefault(layer, set()).add(unit)
         for text, layers in differing.items():
             where = ", ".join(
@@ -226,7 +243,7 @@ def start_invocation(
         "started_at": now,
         "status": "running",
         "config": config,
-        "writes": {s.name: {"layers": dict(s.layers), "meaning": s.meaning} for s in scopes},
+        "writes": {s.name: s.record() for s in scopes},
     }
     if allowed_mixed:
         inv["allowed_mixed"] = allowed_mixed
