@@ -21,7 +21,7 @@ from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
 from repsub.runstore.activations import ActivationWriter
 from repsub.runstore.exemplars import write_exemplars, write_images
-from repsub.runstore.provenance import Scope, basis_meaning, data_meaning, selectivity_meaning
+from repsub.runstore.provenance import Scope, basis_layer_meanings, data_meaning, selectivity_meaning
 from repsub.runstore.tables import STORED_RANKS, quantiles_table, selectivity_table, with_basis, with_layer
 from repsub.validate import check_int
 
@@ -127,10 +127,11 @@ def selectivity(
     if readout is not None:
         config["basis"] = basis_record(readout)
     say_precision(used_precision, "selectivity")
-    meaning = basis_meaning(selectivity_meaning(source, size), readout)
+    meaning = selectivity_meaning(source, size)
+    per_layer = basis_layer_meanings(dict.fromkeys(config["layers"], readout))
     basis_name = "unit" if readout is None else readout.name
     tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))
-    scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning, basis=basis_name)
+    scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning, basis=basis_name, layer_meanings=per_layer)
               for table in tables_written]  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(

@@ -117,6 +117,18 @@ def basis_meaning(meaning: dict, readout) -> dict:
                                  "content_hash": readout.content_hash()}}  # fmt: skip
 
 
+def basis_layer_meanings(readouts: dict) -> dict[str, dict] | None:
+    """A scope's per-layer meaning for the targets of `readouts` ({layer: readout}; None or a unit readout: the
+    units, nothing added): each layer's fit, as `basis_meaning` records it. A basis fitted to several layers has
+    a fit (a content hash) per layer, so its rows of one layer never conflict with another layer's."""
+    found = {
+        layer: {"basis": basis_meaning({}, readout)["basis"]}
+        for layer, readout in readouts.items()
+        if readout is not None and readout.name != UNIT_BASIS
+    }
+    return found or None
+
+
 def units_meaning(settings: OptimSettings) -> dict:
     """The settings (an OptimSettings, or a subclass declaring more) that define what its units rows mean."""
     values = settings.to_dict()
@@ -175,6 +187,11 @@ def mixing_conflicts(manifest: dict, scopes: list[Scope]) -> list[str]:
             for unit, (command, inv) in left.items():
                 old = meaning_at((inv.get("writes") or {}).get(scope.name, {}), layer)
                 new = meaning_at(scope.record(), layer)
+                if old is not None and layer not in scope.layers and scope.layer_meanings:
+                    # A layer this scope leaves alone: what differs by layer (each layer's fit) is no conflict.
+                    per_layer = {key for extra in scope.layer_meanings.values() for key in extra}
+                    old = {k: v for k, v in old.items() if k not in per_layer}
+                    new = {k: v for k, v in new.items() if k not in per_layer}
                 if old is None or old == new:
                     continue
                 text = _difference(old, new, command)

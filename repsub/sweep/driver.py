@@ -23,7 +23,7 @@ from repsub.runstore.bases import recorded_bases, refuse_refit, row_state
 from repsub.runstore.exemplars import write_exemplars
 from repsub.runstore.provenance import (
     Scope,
-    basis_meaning,
+    basis_layer_meanings,
     data_meaning,
     importance_meaning,
     selectivity_meaning,
@@ -253,8 +253,8 @@ def _adopt_bases(config: SweepConfig, ledger: ShardLedger, output, source) -> di
 
 def _basis_scopes(config: SweepConfig, name: str, readouts: dict, source) -> list[Scope]:
     """What the sweep writes of basis `name`: its selectivity and units rows, each layer's meaning holding that
-    layer's fit (the content hash: repsub.runstore.provenance.basis_meaning)."""
-    per_layer = {layer: {"basis": basis_meaning({}, readout)["basis"]} for layer, readout in readouts.items()}
+    layer's fit (its content hash: repsub.runstore.provenance.basis_layer_meanings)."""
+    per_layer = basis_layer_meanings(readouts)
     directions = {
         layer: ranges_text(units_within(config.units, readout.K)) for layer, readout in readouts.items()
     }
