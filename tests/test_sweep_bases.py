@@ -281,7 +281,7 @@ def test_a_vgg16_shaped_sweep_with_pca_and_sae_runs_end_to_end(local_ray, tmp_pa
         "selectivity": {"data": str(image_folder_dir), "image_size": 32, "batch_size": 8, "workers": 0,
                         "images_per_shard": 11, "exemplars": 0},
         "sharding": {"units_per_shard": 2}, "workers": {"count": 2, "cpus": 1},
-        "bases": [{"name": "pca", "kind": "pca", "size": 4, "layers": VGG_LAYERS, "positions": 2},
+        "bases": [{"name": "pca", "kind": "pca", "size": 4, "layers": VGG_LAYERS, "positions": 2, "stability": False},
                   {"name": "sae", "kind": "sae", "size": 8, "top_k": 2, "layers": VGG_LAYERS, "positions": 2,
                    "sae_epochs": 1, "stability": False}],
     }  # fmt: skip
