@@ -29,15 +29,7 @@ from tests.sweep_helpers import kill_a_driver_midway, small_sweep_config, start_
 
 LAYERS = ["conv2", "fc5"]
 PCA = {"name": "pca", "kind": "pca", "size": 4, "layers": LAYERS, "positions": 6}
-SAE = {
-    "name": "sae",
-    "kind": "sae",
-    "size": 16,
-    "top_k": 4,
-    "layers": ["fc5"],
-    "positions": 6,
-    "sae_epochs": 3,
-}
+SAE = {"name": "sae", "kind": "sae", "size": 16, "top_k": 4, "layers": LAYERS, "positions": 6, "sae_epochs": 3}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +123,8 @@ def test_one_fit_shard_is_repsub_basis_fit_bit_for_bit(tmp_path, image_folder_di
 def test_sweep_with_bases_equals_the_command_path(local_ray, tmp_path, image_folder_dir):
     """A sweep with bases [pca, sae] on a real local Ray: the rows of every basis exactly once; pca's fit, its
     directions' selectivity and AM/IAM rows equal `repsub basis fit` + `repsub selectivity --basis` +
-    `repsub visualize --basis` (the actors' single-threaded forwards: the command runs single-threaded too)."""
+    `repsub visualize --basis` bit for bit (the actors' forwards are single-threaded: the command's are too here;
+    the data pass reads pca and sae stacked, each reduced alone)."""
     # One data shard and one block of directions a layer: the command's batches, so its very floats.
     config = bases_config(
         tmp_path / "sweep", image_folder_dir, images_per_shard=21, sharding={"units_per_shard": 4}
@@ -140,19 +133,21 @@ def test_sweep_with_bases_equals_the_command_path(local_ray, tmp_path, image_fol
     expected_units = sorted(
         [(m, layer, "unit", u) for m in ("am", "iam") for layer in LAYERS for u in range(4)]
         + [(m, layer, "pca", u) for m in ("am", "iam") for layer in LAYERS for u in range(4)]
-        + [(m, "fc5", "sae", u) for m in ("am", "iam") for u in range(4)]
+        + [(m, layer, "sae", u) for m in ("am", "iam") for layer in LAYERS for u in range(4)]
     )
     assert target_rows(config.out, "units") == expected_units
     expected_selectivity = sorted(
         [("conv2", "unit", u) for u in range(64)] + [("fc5", "unit", u) for u in range(128)]
-        + [(layer, "pca", u) for layer in LAYERS for u in range(4)] + [("fc5", "sae", u) for u in range(16)]
+        + [(layer, basis, u) for layer in LAYERS for basis, k in (("pca", 4), ("sae", 16)) for u in range(k)]
     )  # fmt: skip
     assert target_rows(config.out, "selectivity") == expected_selectivity
     manifest = repsub.open_run(config.out).manifest
     swept_pca = basis_rows(config.out, "pca")
+    swept_sae = basis_rows(config.out, "sae")
     assert {key: entry["hash"] for key, entry in manifest["bases"].items()} == {
-        **{f"{layer}/pca": swept_pca[layer]["hash"] for layer in LAYERS},
-        "fc5/sae": basis_rows(config.out, "sae")["fc5"]["hash"],
+        f"{layer}/{name}": rows[layer]["hash"]
+        for layer in LAYERS
+        for name, rows in (("pca", swept_pca), ("sae", swept_sae))
     }
     writes = manifest["commands"]["sweep"]["invocations"][-1]["writes"]
     assert (

@@ -14,6 +14,7 @@ from repsub.commands.context import CommandContext
 from repsub.commands.selectivity import store_thumbnails
 from repsub.core.bases.basis import Basis
 from repsub.core.exemplars import ExemplarAccumulator
+from repsub.core.readout import StackedReadout
 from repsub.core.selectivity import ClassMeanAccumulator
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
@@ -193,12 +194,14 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
         with writer.committing():  # every layer's selectivity and exemplars in one snapshot
             for name in layer_names:
                 writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
-            for spec in config.bases:  # each basis's directions, in their own files (selectivity@<basis>)
-                shards = [s for s in basis_shards if isinstance(s, DataShard) and s.basis == spec.name]
-                sums = _merge_partial_sums(ledger, shards)
-                for name, readout in bases[spec.name].items():
-                    rows = selectivity_table(sums.class_means(name), sums.n_images)
-                    writer.write_selectivity(name, with_basis(rows, readout))
+            if bases:  # each basis's directions, in their own files (selectivity@<basis>)
+                sums = _merge_partial_sums(ledger, [s for s in basis_shards if isinstance(s, DataShard)])
+                stacked = layer_readouts(bases)
+                for name, by_layer in bases.items():
+                    for layer, readout in by_layer.items():
+                        part = getattr(stacked[layer], "slices", {}).get(name, slice(None))
+                        rows = selectivity_table(sums.class_means(layer)[:, part], sums.n_images)
+                        writer.write_selectivity(layer, with_basis(rows, readout))
             if config.selectivity.exemplars:
                 exemplars = merge_partial_exemplars(ledger, data_shards)
                 write_exemplars(writer, exemplars, layer_names)
@@ -217,7 +220,7 @@ def _basis_count(basis_shards: list) -> str:
     if not basis_shards:
         return ""
     data = sum(isinstance(s, DataShard) for s in basis_shards)
-    return f"+ {data} basis data shards, {len(basis_shards) - data} basis unit shards "
+    return f"+ {data} data shards of the bases, {len(basis_shards) - data} basis unit shards "
 
 
 def _adopt_bases(config: SweepConfig, ledger: ShardLedger, output, source) -> dict[str, dict]:
@@ -275,10 +278,22 @@ def _basis_scopes(config: SweepConfig, name: str, readouts: dict, source) -> lis
     ]
 
 
+def layer_readouts(bases: dict[str, dict]) -> dict:
+    """{layer: what its bases' data shards read out}: the one basis of a layer, or its bases stacked
+    (repsub.core.readout.StackedReadout; LayerCapture reduces each part alone, so each basis's numbers are those
+    of a pass through it alone)."""
+    found: dict[str, list] = {}
+    for by_layer in bases.values():
+        for layer, basis in by_layer.items():
+            found.setdefault(layer, []).append(basis)
+    return {layer: parts[0] if len(parts) == 1 else StackedReadout(parts) for layer, parts in found.items()}
+
+
 def _with_readouts(shards: list, bases: dict[str, dict]) -> list:
-    """The basis target shards carrying their fitted basis (what the workers read out)."""
+    """The basis target shards carrying their fitted bases (what the workers read out)."""
+    stacked = layer_readouts(bases)
     return [
-        replace(shard, readouts=bases[shard.basis])
+        replace(shard, readouts=stacked)
         if isinstance(shard, DataShard)
         else replace(shard, readout=bases[shard.basis][shard.layer])
         for shard in shards

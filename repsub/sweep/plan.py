@@ -7,8 +7,9 @@ always yields the same shards, and a rerun finds the ones already done.
 
 A sweep with `bases:` plans fit shards first: fit data shards (an index range: each basis's sampled vectors and
 pca's exact sums), then one fit shard per basis (the gathered vectors fitted, on one worker). Its target shards
-follow: a data shard per basis (`data@<basis>-...`: its directions' class sums) and unit shards over its
-directions (`am@<basis>-<layer>-...`), which carry the fitted basis (`readout`) once the driver has it.
+follow: data shards for all bases at once (`data@<basis>+<basis>-...`: every basis's directions' class sums in
+one pass) and unit shards over each basis's directions (`am@<basis>-<layer>-...`), which carry the fitted
+bases (`readouts`, `readout`) once the driver has them.
 """
 
 from __future__ import annotations
@@ -137,14 +138,21 @@ def basis_sizes(config: SweepConfig, num_classes: int | None = None) -> dict[str
     }
 
 
+def stacked_name(config: SweepConfig) -> str:
+    """The name of all the bases' data shards: their names joined by '+' (as repsub.core.readout.StackedReadout
+    joins them; no basis name holds a '+')."""
+    return "+".join(spec.name for spec in config.bases)
+
+
 def plan_basis_shards(config: SweepConfig, n_images: int, num_classes: int | None = None) -> list:
-    """The target shards of every basis: its data shards (with a selectivity pass), then its directions in blocks
-    per method and layer (`units` selects directions as it selects units)."""
-    shards: list = []
+    """The target shards of the bases: their data shards (one pass for all), then each basis's directions in
+    blocks per method and layer (`units` selects directions as it selects units)."""
+    if not config.bases:
+        return []
+    shards: list = plan_data_shards(n_images, config.selectivity.images_per_shard, stacked_name(config))
     per_shard = config.sharding.units_per_shard
     sizes = basis_sizes(config, num_classes)
     for spec in config.bases:
-        shards += plan_data_shards(n_images, config.selectivity.images_per_shard, spec.name)
         for method in config.methods:
             for layer in spec.layers:
                 directions = units_within(config.units, sizes[spec.name][layer])
