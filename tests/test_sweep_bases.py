@@ -29,7 +29,15 @@ from tests.sweep_helpers import kill_a_driver_midway, small_sweep_config, start_
 
 LAYERS = ["conv2", "fc5"]
 PCA = {"name": "pca", "kind": "pca", "size": 4, "layers": LAYERS, "positions": 6}
-SAE = {"name": "sae", "kind": "sae", "size": 16, "top_k": 4, "layers": LAYERS, "positions": 6, "sae_epochs": 3}
+SAE = {
+    "name": "sae",
+    "kind": "sae",
+    "size": 16,
+    "top_k": 4,
+    "layers": LAYERS,
+    "positions": 6,
+    "sae_epochs": 3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +222,9 @@ def test_another_fit_of_a_basis_name_is_refused_before_any_write(local_ray, tmp_
                        layers=LAYERS, batch_size=4, workers=0, progress=False, seed=config.seed)  # fmt: skip
     repsub.fit_basis(config.out, kind="pca", size=2, positions=6, workers=0, seed=config.seed)  # another K
     before = json.loads((tmp_path / "sweep" / "manifest.json").read_text())["bases"]
-    with pytest.raises(RunError, match="basis 'pca' of conv2 exists in this run"):
+    with pytest.raises(
+        RunError, match="basis 'pca' of conv2 exists in this run .*rename the basis in the config"
+    ):
         run_sweep(config, progress=False)
     after = repsub.open_run(config.out)
     assert after.manifest["bases"] == before

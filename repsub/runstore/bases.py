@@ -83,15 +83,20 @@ def recorded_bases(manifest: dict | None) -> dict[str, dict]:
     return dict((manifest or {}).get("bases") or {})
 
 
-def refuse_refit(manifest: dict | None, layer: str, name: str, new_hash: str, replace: bool) -> None:
+REFIT_REMEDY = "give it another --name, or --replace to refit it (rows measured with the old fit must then be measured again)"
+
+
+def refuse_refit(
+    manifest: dict | None, layer: str, name: str, new_hash: str, replace: bool, remedy: str = REFIT_REMEDY
+) -> None:
     """A name already holding another fit on the layer is kept unless `replace`: rows measured with one fit of a
-    basis name must never sit beside rows of another."""
+    basis name must never sit beside rows of another. `remedy`: what the refusal advises (the command's flags by
+    default)."""
     entry = recorded_bases(manifest).get(f"{layer}/{name}")
     if entry and entry.get("hash") != new_hash and not replace:
         raise RunError(
             f"basis {name!r} of {layer} exists in this run ({entry.get('kind')}, hash {entry.get('hash', '')[:12]}); "
-            "this fit differs: give it another --name, or --replace to refit it (rows measured with the old fit "
-            "must then be measured again)"
+            f"this fit differs: {remedy}"
         )
 
 

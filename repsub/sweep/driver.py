@@ -223,6 +223,9 @@ def _basis_count(basis_shards: list) -> str:
     return f"+ {data} data shards of the bases, {len(basis_shards) - data} basis unit shards "
 
 
+SWEEP_REMEDY = "rename the basis in the config's bases:, or sweep into another out (no row was written)"
+
+
 def _adopt_bases(config: SweepConfig, ledger: ShardLedger, output, source) -> dict[str, dict]:
     """After the fit shards: each basis stored in the run as `repsub basis fit` stores it (a layer whose name the
     run already holds with this very fit is kept as it is; another fit of the name is refused before anything is
@@ -234,7 +237,9 @@ def _adopt_bases(config: SweepConfig, ledger: ShardLedger, output, source) -> di
     fitted = {spec.name: ledger.load_fitted(spec.name) for spec in config.bases}
     for name, rows in fitted.items():  # every refusal before any write
         for layer, row in rows.items():
-            refuse_refit(manifest, layer, name, row.column("hash")[0].as_py(), replace=False)
+            refuse_refit(
+                manifest, layer, name, row.column("hash")[0].as_py(), replace=False, remedy=SWEEP_REMEDY
+            )
     entries, bases, scopes = {}, {}, []
     with writer.committing():
         for name, rows in fitted.items():
