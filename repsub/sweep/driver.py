@@ -146,8 +146,9 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
 
     done = ledger.verified_done()
     writer.commit_files(ledger.committed_files(done))  # a resumed sweep's committed shards, in the snapshot
-    # Fit shards first, then every target: a basis's targets need its fit.
-    phases = [fit_data, fit_shards, data_shards + unit_shards + basis_shards]
+    # The fit data first; the fit shards next, the units' shards queued behind them (workers the fits leave idle
+    # take those); the bases' targets last: they need the fits.
+    phases = [fit_data, fit_shards + data_shards + unit_shards, basis_shards]
     planned = [shard for phase in phases for shard in phase]
     pending = [s for s in planned if s.id not in done]
     targets = [s for s in unit_shards + basis_shards if isinstance(s, UnitShard | ImportanceShard)]
@@ -164,9 +165,8 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
         for number, phase in enumerate(phases):
             if number == len(phases) - 1 and fit_shards:
                 bases = _adopt_bases(config, ledger, output, source)
-                basis_shards[:] = _with_readouts(basis_shards, bases)
+                phase = basis_shards[:] = _with_readouts(basis_shards, bases)
                 _clear_foreign_rows(writer, [s for s in basis_shards if isinstance(s, UnitShard)])
-                phase = data_shards + unit_shards + basis_shards
             waiting = [s for s in phase if s.id not in done]
             if not waiting:
                 continue
