@@ -15,7 +15,13 @@ import pytest
 import repsub
 from repsub.errors import RunError
 from repsub.runstore.manifest import SCHEMA_VERSION
-from repsub.runstore.provenance import Scope, basis_meaning, mixing_conflicts, row_settings
+from repsub.runstore.provenance import (
+    Scope,
+    basis_layer_meanings,
+    basis_meaning,
+    mixing_conflicts,
+    row_settings,
+)
 from repsub.runstore.session import WriteSession
 from repsub.runstore.tables import file_basis
 from repsub.runstore.writer import RunWriter
@@ -142,3 +148,27 @@ def test_two_fits_of_one_basis_name_are_never_mixed(tmp_path):
         "units", "am", {"conv1": None}, basis_meaning(meaning, Fit("pca", "bbbb")), basis="pca"
     )
     assert mixing_conflicts(manifest, [everything]) == []  # rewriting every direction is no mixing
+
+
+def test_a_basis_of_several_layers_has_a_fit_per_layer(tmp_path):
+    """A basis name fitted to two layers holds two fits (two content hashes): rows of one layer measured beside the
+    other layer's are no mixing, whichever wrote which (a sweep: both layers at once, with per-layer meanings); a
+    refit of one layer still is."""
+    writer = RunWriter(tmp_path / "run")
+    meaning = {"image_size": 32}
+    both = Scope("units", "am", {"conv1": "0-4", "fc2": "0-4"}, meaning, basis="pca",
+                 layer_meanings=basis_layer_meanings({"conv1": Fit("pca", "aaaa"), "fc2": Fit("pca", "cccc")}))  # fmt: skip
+    with WriteSession(writer, "sweep", IDENTITY, {"n": 1}, [both]) as session:
+        session.complete({"n": 1})
+    manifest = writer.read_manifest()
+    assert manifest["commands"]["sweep"]["invocations"][-1]["writes"]["units@pca/am"]["layer_meanings"][
+        "fc2"
+    ] == {"basis": {"kind": "pca", "K": 5, "content_hash": "cccc"}}
+    again = Scope("units", "am", {"fc2": "0-2"}, meaning, basis="pca",
+                  layer_meanings=basis_layer_meanings({"fc2": Fit("pca", "cccc")}))  # fmt: skip
+    assert mixing_conflicts(manifest, [again]) == []  # conv1's rows stay, of their own fit
+    refit = Scope("units", "am", {"fc2": "0-2"}, meaning, basis="pca",
+                  layer_meanings=basis_layer_meanings({"fc2": Fit("pca", "dddd")}))  # fmt: skip
+    (conflict,) = mixing_conflicts(manifest, [refit])
+    assert "of fc2 (units 3-4)" in conflict and "'cccc'" in conflict and "'dddd'" in conflict
+    assert basis_layer_meanings({"fc2": None}) is None  # units: nothing per layer

@@ -169,4 +169,6 @@ def test_one_pass_serves_the_units_and_several_bases_of_a_layer():
             model, [conv], Batches(), 3, progress=False, readouts={conv.name: readout} if readout else None
         )
         part = stacked.slices["unit" if readout is None else readout.name]
-        assert torch.equal(means[:, part], alone.class_means(conv.name))  # bit for bit
+        # Bit for bit: the capture reduces each part alone (a reduction over the stacked tensor sums in
+        # another order).
+        assert torch.equal(means[:, part], alone.class_means(conv.name))

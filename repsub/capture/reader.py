@@ -290,7 +290,27 @@ class LayerCapture:
         return hook
 
     def _read_out(self, forward: _Forward, layer: UnitLayer, readout, output: torch.Tensor) -> None:
-        """The layer's K responses to `readout` (and their pre-activations), reduced as units are."""
+        """The layer's K responses to `readout` (and their pre-activations), reduced as units are. A stacked
+        readout's parts are reduced one by one: each part's numbers are then those of a capture through it
+        alone (a reduction over the wider stacked tensor may sum in another order)."""
+        parts = getattr(readout, "parts", None)
+        if parts is None or self.reduce is None:
+            return self._read_out_one(forward, layer, readout, output)
+        pieces = []
+        for part in parts:
+            self._read_out_one(forward, layer, part, output)
+            pieces.append(
+                (
+                    forward.activations.pop(layer.name),
+                    forward.pre.pop(layer.name, None) if forward.pre is not None else None,
+                )
+            )
+        forward.activations[layer.name] = torch.cat([response for response, _ in pieces], dim=-1)
+        if forward.pre is not None and all(pre is not None for _, pre in pieces):
+            full_conv = self.pre_reduce is None and layer.kind == "conv"  # [B, K, H, W] (restore_layout)
+            forward.pre[layer.name] = torch.cat([pre for _, pre in pieces], dim=1 if full_conv else -1)
+
+    def _read_out_one(self, forward: _Forward, layer: UnitLayer, readout, output: torch.Tensor) -> None:
         relu_input = forward.relu_inputs.get(layer.relu) if forward.pre is not None and layer.relu else None
         values = channels_last(output, layer.kind)
         values_pre = None if relu_input is None else channels_last(relu_input, layer.kind)

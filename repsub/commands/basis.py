@@ -18,12 +18,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from repsub.capture.positions import HELD_OUT_SHARE, sample_vectors
+from repsub.capture.positions import HELD_OUT_SHARE, Sample, sample_vectors
 from repsub.commands.context import CommandContext, check_common
 from repsub.core.bases.basis import Basis
 from repsub.core.bases.fit import DEFAULT_EXPANSION, KINDS
 from repsub.core.bases.fit import fit_basis as fit_one
 from repsub.core.bases.metrics import basis_metrics
+from repsub.core.bases.pca import PcaSums
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
 from repsub.errors import DataError, UsageError
@@ -114,30 +115,18 @@ def fit_basis(
         loaded, chosen, source.batches(batch_size, indices=indices, workers=workers, device=ctx.device),
         indices, positions, ctx.seed, ctx.device,
     )  # fmt: skip
-    fit = {"data": source.describe(), "image_size": size_px, "positions": positions, "seed": ctx.seed,
-           "images": images, "n_images": len(indices), "held_out_share": HELD_OUT_SHARE}  # fmt: skip
-    rows, entries, replaced = {}, {}, []
+    fit = fit_fields(source, size_px, positions, ctx.seed, images, len(indices))
+    options = fit_options(top_k, expansion, given_vectors, vectors, sae_epochs, ctx.device)
+    rows = {}
     for layer in chosen:
-        sample = samples[layer.name]
-        if len(sample.fit) == 0:
-            raise DataError(
-                f"--data {data}: no image left to fit {layer.name} on (all held out): give more images"
-            )
-        options = {"top_k": top_k, "expansion": expansion, "vectors": given_vectors,
-                   "vectors_source": Path(vectors).name if vectors else "vectors",
-                   "sae_training": {"epochs": sae_epochs, "device": ctx.device}}  # fmt: skip
-        print(f"basis {name}: fitting {kind} on {layer.name} ({len(sample.fit)} vectors)", file=sys.stderr)
-        basis = fit_one(kind, layer.name, sample.fit, size, ctx.seed, **options)
-        basis.name = name
-        if refuse_refit(ctx.record.manifest, layer.name, name, basis.content_hash(), replace):
-            replaced.append(layer.name)
-        refit = None
-        if stability and kind not in NO_SECOND_FIT:
-            refit = fit_one(kind, layer.name, sample.fit, size, ctx.seed + 1, **options)
-        metrics = basis_metrics(basis, sample.held_out, refit)
-        layer_fit = {**fit, "n_fit": len(sample.fit), "positions_per_image": sample.n_positions}
-        rows[layer.name] = basis_row(
-            basis.state_dict(), basis.content_hash(), loaded.identity(), layer_fit, metrics
+        print(f"basis {name}: fitting {kind} on {layer.name} ({len(samples[layer.name].fit)} vectors)",
+              file=sys.stderr)  # fmt: skip
+        rows[layer.name] = fit_layer_basis(
+            kind, name, layer.name, samples[layer.name], size, ctx.seed, options, stability, loaded.identity(),
+            fit, f"--data {data}",
+        )  # fmt: skip
+        refuse_refit(
+            ctx.record.manifest, layer.name, name, rows[layer.name].column("hash")[0].as_py(), replace
         )
     config = {**fit, "kind": kind, "name": name, "size": size, "layers": [layer.name for layer in chosen],
               "expansion": expansion, "top_k": top_k, "stability": stability, "device": str(ctx.device),
@@ -145,10 +134,7 @@ def fit_basis(
     meaning = {"kind": kind, "data": data_meaning(source), "image_size": size_px}
     scope = Scope("bases", name, dict.fromkeys(rows), meaning)
     with ctx.writing(f"basis/{name}", config, [scope], force_unlock=force_unlock) as output:
-        fitted_at = now_utc()
-        for layer_name, row in rows.items():
-            file = write_basis(output.writer, layer_name, name, row)
-            entries[f"{layer_name}/{name}"] = manifest_entry(row, layer_name, file, fitted_at)
+        entries, replaced = store_bases(output.writer, ctx.record.manifest, name, rows, replace)
         for layer_name in replaced:  # rows measured with the fit replaced: never beside the new fit's
             retired = output.writer.retire_basis_files(MEASURED_TABLES, layer_name, name)
             if retired:
@@ -169,6 +155,64 @@ def fit_basis(
     return pa.concat_tables(
         [row.add_column(0, "layer", pa.array([layer], pa.string())) for layer, row in rows.items()]
     ).select(LISTED)
+
+
+def fit_fields(source, size_px: int, positions: int, seed: int, images: int | None, n_images: int) -> dict:
+    """How a fit's vectors were sampled, as its rows record it (the command and the sweep alike)."""
+    return {"data": source.describe(), "image_size": size_px, "positions": positions, "seed": seed,
+            "images": images, "n_images": n_images, "held_out_share": HELD_OUT_SHARE}  # fmt: skip
+
+
+def fit_options(top_k, expansion, vectors=None, vectors_path=None, sae_epochs=20, device="cpu") -> dict:
+    """The kind-specific options of repsub.core.bases.fit.fit_basis, from the command's (or a sweep's) settings."""
+    return {"top_k": top_k, "expansion": expansion, "vectors": vectors,
+            "vectors_source": Path(vectors_path).name if vectors_path else "vectors",
+            "sae_training": {"epochs": sae_epochs, "device": device}}  # fmt: skip
+
+
+def fit_layer_basis(
+    kind: str,
+    name: str,
+    layer: str,
+    sample: Sample,
+    size: int | None,
+    seed: int,
+    options: dict,
+    stability: bool,
+    model: dict,
+    fit: dict,
+    data_label: str = "the data",
+    sums: PcaSums | None = None,
+) -> pa.Table:
+    """Fit basis `name` of `kind` on one layer's sampled vectors (`sample`, repsub.capture.positions; `sums`: pca's
+    exact sums of its fit vectors, merged over a sweep's shards) with `seed`, measure it on the held-out vectors
+    (and, with `stability`, against a second fit with seed + 1), and return its `bases` row (basis_row). `model`:
+    the run's model identity, `fit`: fit_fields. Shared by `repsub basis fit` and the sweep's fit shards."""
+    if len(sample.fit) == 0:
+        raise DataError(f"{data_label}: no image left to fit {layer} on (all held out): give more images")
+    basis = fit_one(kind, layer, sample.fit, size, seed, sums=sums, **options)
+    basis.name = name
+    refit = None
+    if stability and kind not in NO_SECOND_FIT:
+        refit = fit_one(kind, layer, sample.fit, size, seed + 1, sums=sums, **options)
+    metrics = basis_metrics(basis, sample.held_out, refit)
+    layer_fit = {**fit, "n_fit": len(sample.fit), "positions_per_image": sample.n_positions}
+    return basis_row(basis.state_dict(), basis.content_hash(), model, layer_fit, metrics)
+
+
+def store_bases(writer, manifest: dict | None, name: str, rows: dict[str, pa.Table],
+                replace: bool) -> tuple[dict, list[str]]:  # fmt: skip
+    """Write basis `name`'s rows ({layer: basis_row}) into the run, in the caller's write session; returns the
+    manifest's entries for them and the layers whose earlier fit they replace. A layer whose name holds another
+    fit is refused first (nothing written) unless `replace`."""
+    replaced = [layer for layer, row in rows.items()
+                if refuse_refit(manifest, layer, name, row.column("hash")[0].as_py(), replace)]  # fmt: skip
+    fitted_at = now_utc()
+    entries = {}
+    for layer, row in rows.items():
+        file = write_basis(writer, layer, name, row)
+        entries[f"{layer}/{name}"] = manifest_entry(row, layer, file, fitted_at)
+    return entries, replaced
 
 
 def read_vectors(path: str | os.PathLike) -> torch.Tensor:

@@ -21,7 +21,7 @@ from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
 from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
-from repsub.runstore.provenance import Scope, basis_meaning, importance_meaning
+from repsub.runstore.provenance import Scope, basis_layer_meanings, importance_meaning
 from repsub.runstore.tables import importance_table, with_basis, with_layer
 from repsub.selection import parse_units, ranges_text
 
@@ -104,8 +104,9 @@ def importance(
 
     tables, baseline = {}, None
     scope = Scope("importance", ablation, {name: ranges_text(u) for name, u in unit_lists.items()},
-                  basis_meaning(importance_meaning(source, size, len(subset)), readout),
-                  basis="unit" if readout is None else readout.name)  # fmt: skip
+                  importance_meaning(source, size, len(subset)),
+                  basis="unit" if readout is None else readout.name,
+                  layer_meanings=basis_layer_meanings(dict.fromkeys(unit_lists, readout)))  # fmt: skip
     with ctx.writing(
         command_key(ablation), config, [scope], allow_mixed=allow_mixed, force_unlock=force_unlock
     ) as output:

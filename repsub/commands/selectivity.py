@@ -22,7 +22,7 @@ from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
 from repsub.runstore.activations import ActivationWriter
 from repsub.runstore.exemplars import write_exemplars, write_images
-from repsub.runstore.provenance import Scope, basis_meaning, data_meaning, selectivity_meaning
+from repsub.runstore.provenance import Scope, basis_layer_meanings, data_meaning, selectivity_meaning
 from repsub.runstore.tables import STORED_RANKS, quantiles_table, selectivity_table, with_basis, with_layer
 from repsub.validate import check_int
 
@@ -143,8 +143,9 @@ def selectivity(
     unit_layers = dict.fromkeys(config["layers"]) if with_units else {}
     tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))
     scopes = [Scope(table, None, unit_layers, meaning) for table in tables_written if unit_layers]
-    scopes += [Scope("selectivity", None, {placed[readout.name]: None}, basis_meaning(meaning, readout),
-                     basis=readout.name) for readout in readouts]  # fmt: skip
+    scopes += [Scope("selectivity", None, {placed[readout.name]: None}, meaning, basis=readout.name,
+                     layer_meanings=basis_layer_meanings({placed[readout.name]: readout}))
+               for readout in readouts]  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(
             "selectivity", config, scopes, reduce=reduce, allow_mixed=allow_mixed, force_unlock=force_unlock

@@ -18,7 +18,7 @@ from repsub.errors import UsageError
 from repsub.models import LoadedModel
 from repsub.optimize import OptimSettings, UnitProgress, optimize_units
 from repsub.optimize.objectives import METHODS
-from repsub.runstore.provenance import Scope, basis_meaning, units_meaning
+from repsub.runstore.provenance import Scope, basis_layer_meanings, units_meaning
 from repsub.runstore.tables import units_table, with_basis, with_layer
 from repsub.selection import parse_units, ranges_text
 
@@ -100,7 +100,8 @@ def visualize(
     tables = {}
     total = sum(len(u) for u in unit_lists.values())
     scope = Scope("units", method, {name: ranges_text(u) for name, u in unit_lists.items()},
-                  basis_meaning(units_meaning(settings), readout), basis=_name(readout))  # fmt: skip
+                  units_meaning(settings), basis=_name(readout),
+                  layer_meanings=basis_layer_meanings(dict.fromkeys(unit_lists, readout)))  # fmt: skip
     with contextlib.ExitStack() as stack:
         output = stack.enter_context(ctx.writing(
             f"visualize/{method}", config, [scope], reduce=reduce, allow_mixed=allow_mixed,

@@ -83,16 +83,24 @@ def recorded_bases(manifest: dict | None) -> dict[str, dict]:
     return dict((manifest or {}).get("bases") or {})
 
 
-def refuse_refit(manifest: dict | None, layer: str, name: str, new_hash: str, replace: bool) -> bool:
+REFIT_REMEDY = (
+    "give it another --name, or --replace to refit it (the rows measured with the old fit are removed with it: "
+    "measure them again)"
+)
+
+
+def refuse_refit(
+    manifest: dict | None, layer: str, name: str, new_hash: str, replace: bool, remedy: str = REFIT_REMEDY
+) -> bool:
     """A name already holding another fit on the layer is kept unless `replace`: rows measured with one fit of a
-    basis name must never sit beside rows of another. Returns whether the fit replaces another."""
+    basis name must never sit beside rows of another. `remedy`: what the refusal advises (the command's flags by
+    default). Returns whether the fit replaces another."""
     entry = recorded_bases(manifest).get(f"{layer}/{name}")
     differs = bool(entry) and entry.get("hash") != new_hash
     if differs and not replace:
         raise RunError(
             f"basis {name!r} of {layer} exists in this run ({entry.get('kind')}, hash {entry.get('hash', '')[:12]}); "
-            "this fit differs: give it another --name, or --replace to refit it (the rows measured with the old fit "
-            "are removed with it: measure them again)"
+            f"this fit differs: {remedy}"
         )
     return differs
 
@@ -122,5 +130,10 @@ def read_basis(location, manifest: dict, layer: str, name: str, model: dict | No
             raise RunError(
                 f"basis {name!r} of {layer} was fitted on another model ({mismatch.replace('the run', 'the basis')})"
             )
+    return row_state(row)
+
+
+def row_state(row: dict) -> dict:
+    """A `bases` row (as a dict) as the state Basis.from_state builds the basis from."""
     return {"tensors": decode_tensors(row["state"]), "meta": json.loads(row["meta"]), "name": row["name"],
             "hash": row["hash"], "fit": json.loads(row["fit"])}  # fmt: skip

@@ -51,10 +51,26 @@ class Scope:
     # The targets' basis: its rows are a scope of their own (`units@pca/am`), and its meaning holds the basis's
     # content hash (`basis_meaning`), so that two fits of one basis name are never mixed.
     basis: str = UNIT_BASIS
+    # What differs by layer (a sweep's basis: each layer's fit has its own content hash), over `meaning`.
+    layer_meanings: dict[str, dict] | None = None
 
     @property
     def name(self) -> str:
         return scope_name(self.table, self.key, self.basis)
+
+    def record(self) -> dict:
+        """What an invocation records of the scope (its `writes` entry)."""
+        entry = {"layers": dict(self.layers), "meaning": self.meaning}
+        if self.layer_meanings:
+            entry["layer_meanings"] = self.layer_meanings
+        return entry
+
+
+def meaning_at(write: dict, layer: str) -> dict | None:
+    """The meaning of a recorded scope's rows of `layer` (an invocation's `writes` entry, or Scope.record())."""
+    meaning = write.get("meaning")
+    extra = (write.get("layer_meanings") or {}).get(layer)
+    return meaning if meaning is None or not extra else {**meaning, **extra}
 
 
 def _expand(text: str) -> set[int]:
@@ -99,6 +115,18 @@ def basis_meaning(meaning: dict, readout) -> dict:
         return meaning
     return {**meaning, "basis": {"kind": getattr(readout, "kind", None), "K": int(readout.K),
                                  "content_hash": readout.content_hash()}}  # fmt: skip
+
+
+def basis_layer_meanings(readouts: dict) -> dict[str, dict] | None:
+    """A scope's per-layer meaning for the targets of `readouts` ({layer: readout}; None or a unit readout: the
+    units, nothing added): each layer's fit, as `basis_meaning` records it. A basis fitted to several layers has
+    a fit (a content hash) per layer, so its rows of one layer never conflict with another layer's."""
+    found = {
+        layer: {"basis": basis_meaning({}, readout)["basis"]}
+        for layer, readout in readouts.items()
+        if readout is not None and readout.name != UNIT_BASIS
+    }
+    return found or None
 
 
 def units_meaning(settings: OptimSettings) -> dict:
@@ -157,10 +185,16 @@ def mixing_conflicts(manifest: dict, scopes: list[Scope]) -> list[str]:
         for layer, state in owned.items():
             left = _remaining(state, scope.layers.get(layer, "")) if layer in scope.layers else _all(state)
             for unit, (command, inv) in left.items():
-                old = (inv.get("writes") or {}).get(scope.name, {}).get("meaning")
-                if old is None or old == scope.meaning:
+                old = meaning_at((inv.get("writes") or {}).get(scope.name, {}), layer)
+                new = meaning_at(scope.record(), layer)
+                if old is not None and layer not in scope.layers and scope.layer_meanings:
+                    # A layer this scope leaves alone: what differs by layer (each layer's fit) is no conflict.
+                    per_layer = {key for extra in scope.layer_meanings.values() for key in extra}
+                    old = {k: v for k, v in old.items() if k not in per_layer}
+                    new = {k: v for k, v in new.items() if k not in per_layer}
+                if old is None or old == new:
                     continue
-                text = _difference(old, scope.meaning, command)
+                text = _difference(old, new, command)
                 differing.setdefault(text, {}).setdefault(layer, set()).add(unit)
         for text, layers in differing.items():
             where = ", ".join(
@@ -226,7 +260,7 @@ def start_invocation(
         "started_at": now,
         "status": "running",
         "config": config,
-        "writes": {s.name: {"layers": dict(s.layers), "meaning": s.meaning} for s in scopes},
+        "writes": {s.name: s.record() for s in scopes},
     }
     if allowed_mixed:
         inv["allowed_mixed"] = allowed_mixed

@@ -136,6 +136,28 @@ class WriteSession:
         if self.invariants:
             manifest["invariants"] = {**(manifest.get("invariants") or {}), **self.invariants}
 
+    def extend(self, scopes: list[Scope], update=None) -> None:
+        """Scopes known only once the session is under way (a sweep's bases: their content hashes come from its
+        fit), checked for mixing and recorded in the invocation as those given at its start; `update(manifest)`
+        adds what goes beside them (the fitted bases), in the same manifest write."""
+        manifest = self.writer.read_manifest() or {}
+        conflicts = mixing_conflicts(manifest, scopes)
+        if conflicts and not self.allow_mixed:
+            raise refuse_mixing(self.writer.uri, conflicts)
+        entry = (manifest.get("commands") or {}).get(self.command) or {}
+        inv = next((i for i in entry.get("invocations") or [] if i.get("seq") == self.seq), None)
+        if inv is None:
+            raise RunError(
+                f"{self.writer.uri}: the manifest lost this {self.command} invocation ({self.seq})"
+            )
+        inv.setdefault("writes", {}).update({scope.name: scope.record() for scope in scopes})
+        if conflicts:
+            inv.setdefault("allowed_mixed", []).extend(conflicts)
+        if update is not None:
+            update(manifest)
+        self.writer.put_bytes(MANIFEST, encode_manifest(manifest))
+        self.scopes = [*self.scopes, *scopes]
+
     # -------------------------------------------------------------- exit
 
     def complete(self, config: dict | None = None, catalog: list[dict] | None = None, update=None) -> dict:

@@ -1,7 +1,7 @@
 """Distributed sweeps on Ray: a YAML config planned into deterministic shards, run by long-lived actors,
 committed shard by shard (resumable), merged, and summarized.
 
-config      the sweep's YAML, validated          plan        deterministic data, unit and importance shards
+config      the sweep's YAML, validated          plan        deterministic fit, data, unit and importance shards
 driver      plan, skip what is done, run, merge  ray_runner  Ray: connect, start actors, feed shards
 work        what one actor does with a shard     commit      the shard-commit protocol (files, markers)
 resources   what the cluster offers              command     `repsub sweep` / jobs/sweep.py options

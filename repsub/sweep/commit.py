@@ -26,6 +26,8 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from repsub.core.exemplars import ExemplarAccumulator
@@ -141,6 +143,45 @@ class ShardLedger:
 
     def load_partial_exemplars(self, shard_id: str) -> ExemplarAccumulator:
         return ExemplarAccumulator.from_state(self._load(self.partial_exemplars_path(shard_id), shard_id))
+
+    def fit_samples_path(self, shard_id: str) -> str:
+        return f"{self.base}/fit/{shard_id}.pt"
+
+    def save_fit_samples(self, shard_id: str, state: dict) -> str:
+        """Write a fit data shard's sampled vectors (and pca sums): plain tensors; returns the file's path."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.writer.put_bytes(self.fit_samples_path(shard_id), buffer.getvalue())
+        return self.writer._path(self.fit_samples_path(shard_id))
+
+    def load_fit_samples(self, shard_id: str) -> dict:
+        return self._load(self.fit_samples_path(shard_id), shard_id)
+
+    def fitted_path(self, basis: str) -> str:
+        return f"{self.base}/bases/{basis}.parquet"
+
+    def save_fitted(self, basis: str, rows: dict[str, pa.Table]) -> str:
+        """Write a fit shard's basis rows ({layer: its `bases` row}) as one Parquet file under `_sweep/`; the
+        driver stores them in the run (repsub.commands.basis.store_bases). Returns the file's path."""
+        buffer = io.BytesIO()
+        table = pa.concat_tables(
+            [row.add_column(0, "layer", pa.array([layer], pa.string())) for layer, row in rows.items()]
+        )
+        pq.write_table(table, buffer)
+        self.writer.put_bytes(self.fitted_path(basis), buffer.getvalue())
+        return self.writer._path(self.fitted_path(basis))
+
+    def load_fitted(self, basis: str) -> dict[str, pa.Table]:
+        """A fit shard's rows, {layer: row}, in the order it fitted them."""
+        data = self.writer.get_bytes(self.fitted_path(basis))
+        if data is None:
+            raise RunError(
+                f"{self.writer.uri}: the fitted basis {self.fitted_path(basis)} is missing although its fit shard "
+                "is marked done; rerun the sweep (it recomputes shards whose files do not verify)"
+            )
+        table = pq.read_table(io.BytesIO(data))
+        layers = table.column("layer").to_pylist()
+        return {layer: table.slice(i, 1).drop_columns(["layer"]) for i, layer in enumerate(layers)}
 
     def _load(self, relative: str, shard_id: str) -> dict:
         """A data shard's saved state, read back (torch.load of plain tensors only)."""

@@ -20,6 +20,9 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     workers:      {count: 8, gpus: 1, cpus: 4}
     storage:      {endpoint_url: null, region: null}   # S3-compatible endpoint; credentials never here
     allow_mixed: false           # accept rows of another meaning beside the run's (README, "Run integrity")
+    bases:                       # fitted on selectivity.data before the targets (README, "Bases in a sweep")
+      - {name: pca, kind: pca, size: 64, layers: [conv5_3]}       # + positions, stability
+      - {name: sae, kind: sae, layers: [fc7], expansion: 4, top_k: 64, sae_epochs: 20}
 
 `selectivity.data` is a .beton file (local or s3://), an ImageFolder directory, or `demo`: the demo's
 generated held-out images, made on first use in each worker machine's cache, identically. Relative paths
@@ -88,6 +91,21 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class BasisSpec:
+    """One basis a sweep fits (repsub.commands.basis.fit_basis's settings) and then measures like the units."""
+
+    name: str
+    kind: str
+    layers: tuple[str, ...]
+    size: int | None = None  # K (None: C; expansion x C for sae)
+    positions: int = 16  # sampled positions per image (repsub.capture.positions)
+    expansion: int = 4  # sae: K = expansion x C unless `size`
+    top_k: int | None = None  # sae: active latents per position (None: C / 8)
+    sae_epochs: int = 20
+    stability: bool = True  # a second fit with seed + 1, matched against (not for pca: the same fit)
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     # A registered name; from Python also a LoadedModel (repsub.models.from_module: any nn.Module with its
     # layers, input size and normalization), shipped to the workers with the config.
@@ -107,6 +125,10 @@ class SweepConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     allow_mixed: bool = False  # mixing rows of another meaning into a table (runstore.provenance), recorded
+    bases: tuple[BasisSpec, ...] = ()
+
+    def basis(self, name: str) -> BasisSpec:
+        return next(spec for spec in self.bases if spec.name == name)
 
     def selectivity_image_size(self) -> int:
         return self.selectivity.image_size or self.optimization.image_size
@@ -128,6 +150,8 @@ class SweepConfig:
         (workers, device and storage change where work runs and lands, not what it computes.)"""
         ignored = ("workers", "device", "out", "storage", "allow_mixed")
         payload = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        if not payload["bases"]:  # a sweep without bases keeps the fingerprint it had before they existed
+            del payload["bases"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -157,6 +181,8 @@ def _section(name: str, cls, values, defaults: dict | None = None):
 def _typed(key: str, value, type_name):
     """Check one scalar's type (the dataclass annotations are strings under `from __future__`)."""
     text = str(type_name)
+    if text == "bool" and isinstance(value, bool):
+        return value
     if "int" in text and "float" not in text and not isinstance(value, bool) and isinstance(value, int):
         return value
     if "float" in text and isinstance(value, int | float) and not isinstance(value, bool):
@@ -258,6 +284,7 @@ def parse_config(
     allow_mixed = raw.get("allow_mixed", False)
     if not isinstance(allow_mixed, bool):
         raise UsageError(f"{source}: allow_mixed must be true or false, got {shown(allow_mixed)}")
+    bases = _bases(raw.get("bases"), source, model, raw.get("weights"), layers, selectivity)
     return SweepConfig(
         model=model,
         out=str(raw["out"]),
@@ -275,7 +302,93 @@ def parse_config(
         workers=workers,
         storage=storage,
         allow_mixed=allow_mixed,
+        bases=bases,
     )
+
+
+SWEEP_KINDS = (
+    "random",
+    "pca",
+    "ica",
+    "nmf",
+    "kmeans",
+    "sae",
+)  # `unit` is every run's; `vectors` needs a file
+
+
+def _bases(value, source: str, model, weights, layers, selectivity) -> tuple[BasisSpec, ...]:
+    """`bases:` a list of {name, kind, layers, size, ...}: each kind known, each K allowed on each of its layers
+    (repsub.core.bases.fit.check_size), each layer one of the sweep's, names distinct and file-safe."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise UsageError(
+            f"{source}: bases must be a list of {{name, kind, layers, size, ...}}, got {shown(value)}"
+        )
+    from repsub.core.bases.fit import check_size, default_size
+    from repsub.core.readout import check_basis_name as check_target_name
+    from repsub.models import catalog_of
+    from repsub.runstore.bases import check_basis_name
+
+    if value and not selectivity.data:
+        raise UsageError(
+            f"{source}: bases are fitted on selectivity.data: give the selectivity section a data"
+        )
+    catalog = {
+        layer.name: layer
+        for layer in catalog_of(model, weights=weights).select(list(layers) if layers else None)
+    }
+    specs: list[BasisSpec] = []
+    for i, entry in enumerate(value):
+        where = f"{source}: bases[{i}]"
+        if isinstance(entry, dict) and isinstance(entry.get("layers"), str):
+            entry = {**entry, "layers": [entry["layers"]]}
+        if isinstance(entry, dict) and isinstance(entry.get("layers"), list):
+            entry = {**entry, "layers": tuple(entry["layers"])}
+        for key in ("name", "kind", "layers"):
+            if not isinstance(entry, dict) or entry.get(key) is None:
+                raise UsageError(
+                    f"{where}: {key!r} is required (a basis is {{name, kind, layers, size, ...}})"
+                )
+        spec = _section(f"bases[{i}]", BasisSpec, {k: v for k, v in entry.items() if k != "layers"},
+                        {"layers": None})  # fmt: skip
+        spec = replace(spec, layers=entry["layers"])
+        try:
+            check_basis_name(spec.name)
+            check_target_name(spec.name)
+        except UsageError as err:
+            raise UsageError(f"{where}: {err}") from None
+        if spec.kind not in SWEEP_KINDS:
+            raise UsageError(f"{where}: kind {spec.kind!r}; valid kinds in a sweep: {', '.join(SWEEP_KINDS)}")
+        if spec.name in {s.name for s in specs}:
+            raise UsageError(f"{where}: a second basis named {spec.name!r}; each basis needs its own name")
+        if not spec.layers or not all(isinstance(layer, str) for layer in spec.layers):
+            raise UsageError(f"{where}: layers must list layer names, got {shown(entry['layers'])}")
+        missing = [layer for layer in spec.layers if layer not in catalog]
+        if missing:
+            raise UsageError(
+                f"{where}: layer(s) {', '.join(missing)} not among the sweep's layers: {cut(', '.join(catalog), 300)}"
+            )
+        try:
+            for key in ("positions", "expansion", "sae_epochs"):
+                check_int(getattr(spec, key), f"bases[{i}].{key}", 1)
+            for key in ("size", "top_k"):
+                if getattr(spec, key) is not None:
+                    check_int(getattr(spec, key), f"bases[{i}].{key}", 1)
+            if not isinstance(spec.stability, bool):
+                raise UsageError(f"bases[{i}].stability must be true or false, got {shown(spec.stability)}")
+            for name in spec.layers:
+                n_channels = catalog[name].n_units
+                size = spec.size or default_size(spec.kind, n_channels, spec.expansion)
+                check_size(spec.kind, name, size, n_channels)
+                if spec.kind == "sae" and spec.top_k is not None and spec.top_k > size:
+                    raise UsageError(
+                        f"top_k {spec.top_k}: the sae keeps 1 to K = {size} latents per position"
+                    )
+        except UsageError as err:
+            raise UsageError(f"{where} ({spec.name}): {err}") from None
+        specs.append(spec)
+    return tuple(specs)
 
 
 def _units(value, source: str) -> str | None:

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
 from repsub.analysis.run import open_run
 from repsub.analysis.summary import run_summary
+from repsub.commands.basis import store_bases
 from repsub.commands.context import CommandContext
 from repsub.commands.selectivity import store_thumbnails
+from repsub.core.bases.basis import Basis
 from repsub.core.exemplars import ExemplarAccumulator
+from repsub.core.readout import StackedReadout
 from repsub.core.selectivity import ClassMeanAccumulator
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
 from repsub.errors import RepsubError, UsageError
 from repsub.models import resolve_model
+from repsub.runstore.bases import recorded_bases, refuse_refit, row_state
 from repsub.runstore.exemplars import write_exemplars
-from repsub.runstore.provenance import Scope, importance_meaning, selectivity_meaning, units_meaning
+from repsub.runstore.provenance import (
+    Scope,
+    basis_layer_meanings,
+    data_meaning,
+    importance_meaning,
+    selectivity_meaning,
+    units_meaning,
+)
 from repsub.runstore.storage import configure_s3
-from repsub.runstore.tables import TABLES, selectivity_table
+from repsub.runstore.tables import TABLES, file_key, selectivity_table, with_basis
 from repsub.runstore.writer import RunWriter
 from repsub.selection import ranges_text, units_within
 from repsub.sweep.address import check_address
@@ -27,9 +39,13 @@ from repsub.sweep.commit import ShardLedger
 from repsub.sweep.config import SweepConfig
 from repsub.sweep.plan import (
     DataShard,
+    FitDataShard,
+    FitShard,
     ImportanceShard,
     UnitShard,
+    plan_basis_shards,
     plan_data_shards,
+    plan_fit_shards,
     plan_importance_shards,
     plan_unit_shards,
 )
@@ -97,6 +113,13 @@ def _scopes(config: SweepConfig, model, layer_names, source, importance_source) 
         scopes.append(Scope("selectivity", None, dict.fromkeys(layer_names), meaning))
         if config.selectivity.exemplars:
             scopes.append(Scope("exemplars", None, dict.fromkeys(layer_names), meaning))
+        for spec in config.bases:  # as `repsub basis fit` claims them
+            fitted = {
+                "kind": spec.kind,
+                "data": data_meaning(source),
+                "image_size": config.selectivity_image_size(),
+            }
+            scopes.append(Scope("bases", spec.name, dict.fromkeys(spec.layers), fitted))
     if importance_source is not None:
         images = len(balanced_subset(importance_source.labels(), config.importance.images, config.seed))
         meaning = importance_meaning(importance_source, config.importance_image_size(), images)
@@ -110,32 +133,55 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
     ledger = ShardLedger(writer, config.fingerprint())
     layer_names = config.layer_names(model.layers)
     data_shards: list[DataShard] = []
+    fit_data: list[FitDataShard] = []
+    fit_shards: list[FitShard] = []
+    basis_shards: list = []
     classes: list[str] = []
     if source is not None:
         classes = source.classes
         data_shards = plan_data_shards(len(source), config.selectivity.images_per_shard)
+        fit_data, fit_shards = plan_fit_shards(config, len(source))
+        basis_shards = plan_basis_shards(config, len(source), model.num_classes)
     _clear_foreign_rows(writer, unit_shards)
 
     done = ledger.verified_done()
     writer.commit_files(ledger.committed_files(done))  # a resumed sweep's committed shards, in the snapshot
-    pending = [s for s in data_shards + unit_shards if s.id not in done]
-    total_units = sum(s.size for s in unit_shards)
+    # The fit data first; the fit shards next, the units' shards queued behind them (workers the fits leave idle
+    # take those); the bases' targets last: they need the fits.
+    phases = [fit_data, fit_shards + data_shards + unit_shards, basis_shards]
+    planned = [shard for phase in phases for shard in phase]
+    pending = [s for s in planned if s.id not in done]
+    targets = [s for s in unit_shards + basis_shards if isinstance(s, UnitShard | ImportanceShard)]
+    total_units = sum(s.size for s in targets)
+    fits = f"{len(fit_data)} fit data shards, {len(fit_shards)} fit shards, " if fit_shards else ""
     print(
-        f"sweep {config.fingerprint()}: {len(data_shards)} data shards, {len(unit_shards)} unit shards "
-        f"({total_units} unit tasks); {len(data_shards) + len(unit_shards) - len(pending)} already done"
+        f"sweep {config.fingerprint()}: {fits}{len(data_shards)} data shards, {len(unit_shards)} unit shards "
+        f"{_basis_count(basis_shards)}({total_units} unit tasks); {len(planned) - len(pending)} already done"
     )
 
-    failures = []
-    if pending:
-        ray_runner.connect(address)
-        workers = ray_runner.start_workers(config, model.num_classes)
-        try:
+    failures, bases = [], {}
+    workers = []
+    try:
+        for number, phase in enumerate(phases):
+            if number == len(phases) - 1 and fit_shards:
+                bases = _adopt_bases(config, ledger, output, source)
+                phase = basis_shards[:] = _with_readouts(basis_shards, bases)
+                _clear_foreign_rows(writer, [s for s in basis_shards if isinstance(s, UnitShard)])
+            waiting = [s for s in phase if s.id not in done]
+            if not waiting:
+                continue
+            if not workers:
+                ray_runner.connect(address)
+                workers = ray_runner.start_workers(config, model.num_classes)
             failures = _run_with_progress(
-                ray_runner, workers, pending, unit_shards, total_units, done, progress, ledger
+                ray_runner, workers, waiting, targets, total_units, done, progress, ledger
             )
-        finally:
-            for worker in workers:  # idle actors would keep autoscaled nodes alive
-                ray_runner.ray.kill(worker)
+            done |= {s.id for s in waiting} - {f.shard for f in failures}
+            if failures:
+                break
+    finally:
+        for worker in workers:  # idle actors would keep autoscaled nodes alive
+            ray_runner.ray.kill(worker)
     if failures:
         names = "\n".join(f"  {f.shard}: {f.error}" for f in failures)
         raise SweepError(
@@ -148,14 +194,115 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
         with writer.committing():  # every layer's selectivity and exemplars in one snapshot
             for name in layer_names:
                 writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
+            if bases:  # each basis's directions, in their own files (selectivity@<basis>)
+                sums = _merge_partial_sums(ledger, [s for s in basis_shards if isinstance(s, DataShard)])
+                stacked = layer_readouts(bases)
+                for name, by_layer in bases.items():
+                    for layer, readout in by_layer.items():
+                        part = getattr(stacked[layer], "slices", {}).get(name, slice(None))
+                        rows = selectivity_table(sums.class_means(layer)[:, part], sums.n_images)
+                        writer.write_selectivity(layer, with_basis(rows, readout))
             if config.selectivity.exemplars:
                 exemplars = merge_partial_exemplars(ledger, data_shards)
                 write_exemplars(writer, exemplars, layer_names)
                 cfg = config.selectivity
                 store_thumbnails(writer, source, exemplars, model, cfg.batch_size, cfg.workers, progress)
-    shards = len(data_shards) + len(unit_shards)
-    output.complete(_record(config, classes=classes, shards=shards))
+    shards = len(planned)
+    record = _record(config, classes=classes, shards=shards)
+    if bases:
+        record["basis_hashes"] = {name: {layer: b.content_hash() for layer, b in by_layer.items()}
+                                  for name, by_layer in bases.items()}  # fmt: skip
+    output.complete(record)
     return run_summary(open_run(config.out))
+
+
+def _basis_count(basis_shards: list) -> str:
+    if not basis_shards:
+        return ""
+    data = sum(isinstance(s, DataShard) for s in basis_shards)
+    return f"+ {data} data shards of the bases, {len(basis_shards) - data} basis unit shards "
+
+
+SWEEP_REMEDY = "rename the basis in the config's bases:, or sweep into another out (no row was written)"
+
+
+def _adopt_bases(config: SweepConfig, ledger: ShardLedger, output, source) -> dict[str, dict]:
+    """After the fit shards: each basis stored in the run as `repsub basis fit` stores it (a layer whose name the
+    run already holds with this very fit is kept as it is; another fit of the name is refused before anything is
+    written), its rows' scopes claimed with the fit's content hashes, and the manifest's bases recorded in the
+    same write. Returns {basis: {layer: the fitted basis}}, the readouts of the target shards."""
+    writer = output.writer
+    manifest = writer.read_manifest() or {}
+    recorded = recorded_bases(manifest)
+    fitted = {spec.name: ledger.load_fitted(spec.name) for spec in config.bases}
+    for name, rows in fitted.items():  # every refusal before any write
+        for layer, row in rows.items():
+            refuse_refit(
+                manifest, layer, name, row.column("hash")[0].as_py(), replace=False, remedy=SWEEP_REMEDY
+            )
+    entries, bases, scopes = {}, {}, []
+    with writer.committing():
+        for name, rows in fitted.items():
+            new = {
+                layer: row for layer, row in rows.items()
+                if (recorded.get(f"{layer}/{name}") or {}).get("hash") != row.column("hash")[0].as_py()
+            }  # fmt: skip
+            entries.update(store_bases(writer, manifest, name, new, replace=False)[0])
+            bases[name] = {
+                layer: Basis.from_state(row_state(row.to_pylist()[0])) for layer, row in rows.items()
+            }
+            scopes += _basis_scopes(config, name, bases[name], source)
+    output.session.extend(scopes, update=lambda m: m.setdefault("bases", {}).update(entries))
+    for name, by_layer in bases.items():
+        hashes = ", ".join(f"{layer} {basis.content_hash()[:12]}" for layer, basis in by_layer.items())
+        print(f"basis {name} ({config.basis(name).kind}): {hashes}")
+    return bases
+
+
+def _basis_scopes(config: SweepConfig, name: str, readouts: dict, source) -> list[Scope]:
+    """What the sweep writes of basis `name`: its selectivity and units rows, each layer's meaning holding that
+    layer's fit (its content hash: repsub.runstore.provenance.basis_layer_meanings)."""
+    per_layer = basis_layer_meanings(readouts)
+    directions = {
+        layer: ranges_text(units_within(config.units, readout.K)) for layer, readout in readouts.items()
+    }
+    meaning = selectivity_meaning(source, config.selectivity_image_size())
+    scopes = [
+        Scope("selectivity", None, dict.fromkeys(readouts), meaning, basis=name, layer_meanings=per_layer)
+    ]
+    return scopes + [
+        Scope(
+            "units",
+            method,
+            directions,
+            units_meaning(config.optimization),
+            basis=name,
+            layer_meanings=per_layer,
+        )
+        for method in config.methods
+    ]
+
+
+def layer_readouts(bases: dict[str, dict]) -> dict:
+    """{layer: what its bases' data shards read out}: the one basis of a layer, or its bases stacked
+    (repsub.core.readout.StackedReadout; LayerCapture reduces each part alone, so each basis's numbers are those
+    of a pass through it alone)."""
+    found: dict[str, list] = {}
+    for by_layer in bases.values():
+        for layer, basis in by_layer.items():
+            found.setdefault(layer, []).append(basis)
+    return {layer: parts[0] if len(parts) == 1 else StackedReadout(parts) for layer, parts in found.items()}
+
+
+def _with_readouts(shards: list, bases: dict[str, dict]) -> list:
+    """The basis target shards carrying their fitted bases (what the workers read out)."""
+    stacked = layer_readouts(bases)
+    return [
+        replace(shard, readouts=stacked)
+        if isinstance(shard, DataShard)
+        else replace(shard, readout=bases[shard.basis][shard.layer])
+        for shard in shards
+    ]
 
 
 def _check_importance_data(config: SweepConfig, model):
@@ -177,7 +324,9 @@ def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard | ImportanceSh
     by_partition: dict[tuple[str, str, str], tuple[set[int], set[str]]] = {}
     for shard in shards:
         table, key = (
-            ("importance", shard.ablation) if isinstance(shard, ImportanceShard) else ("units", shard.method)
+            ("importance", shard.ablation)
+            if isinstance(shard, ImportanceShard)
+            else ("units", file_key(shard.method, shard.basis))
         )
         units, names = by_partition.setdefault((table, key, shard.layer), (set(), set()))
         units.update(shard.indices)
@@ -210,7 +359,7 @@ def merge_partial_exemplars(ledger: ShardLedger, shards: list[DataShard]) -> Exe
 
 
 def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, done, progress, ledger):
-    units_done = sum(s.size for s in unit_shards if s.id in done)
+    units_done = sum(s.size for s in unit_shards if s.id in done)  # unit_shards: those of units and bases
     shards_total = len(pending) + len(done)
     state = {"shards": len(done)}
     started = time.monotonic()
@@ -222,7 +371,7 @@ def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, d
         def on_done(shard, _result):
             ledger.writer.commit_files(ledger.committed_files([shard.id]))  # readers see it from now on
             state["shards"] += 1
-            if not isinstance(shard, DataShard):
+            if isinstance(shard, UnitShard | ImportanceShard):
                 bar.update(shard.size)
             bar.set_postfix_str(f"shards {state['shards']}/{shards_total}")
 

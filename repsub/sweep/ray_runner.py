@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
 from repsub.errors import RunError
 from repsub.sweep.config import SweepConfig
-from repsub.sweep.plan import DataShard, ImportanceShard, UnitShard
+from repsub.sweep.plan import DataShard, FitDataShard, FitShard, ImportanceShard, UnitShard
 from repsub.sweep.resources import ClusterResourceError, wait_for_fitting_node, workers_fit_now
 from repsub.sweep.work import ShardRunner
 
@@ -39,9 +39,13 @@ class ShardWorker:
             "device": self.runner.device,
         }
 
-    def run(self, shard: DataShard | UnitShard | ImportanceShard) -> dict:
+    def run(self, shard: DataShard | UnitShard | ImportanceShard | FitDataShard | FitShard) -> dict:
         if isinstance(shard, DataShard):
             return self.runner.run_data_shard(shard)
+        if isinstance(shard, FitDataShard):
+            return self.runner.run_fit_data_shard(shard)
+        if isinstance(shard, FitShard):
+            return self.runner.run_fit_shard(shard)
         if isinstance(shard, ImportanceShard):
             return self.runner.run_importance_shard(shard)
         return self.runner.run_unit_shard(shard)

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from repsub.ablation import measure_importance, unit_means
+from repsub.capture.positions import Sample, sample_vectors
 from repsub.capture.precision import resolve_device, resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
+from repsub.commands.basis import fit_fields, fit_layer_basis, fit_options
+from repsub.core.bases.pca import PcaSums
 from repsub.core.exemplars import ExemplarAccumulator
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
 from repsub.models import LoadedModel, resolve_model
 from repsub.optimize import optimize_units
 from repsub.runstore.storage import configure_s3
-from repsub.runstore.tables import importance_table, units_table
+from repsub.runstore.tables import importance_table, units_table, with_basis
 from repsub.runstore.writer import RunWriter
 from repsub.sweep.commit import ShardLedger
 from repsub.sweep.config import SweepConfig
-from repsub.sweep.plan import DataShard, ImportanceShard, UnitShard
+from repsub.sweep.plan import DataShard, FitDataShard, FitShard, ImportanceShard, UnitShard
 
 
 class ShardRunner:
@@ -59,8 +64,9 @@ class ShardRunner:
             device=self.device,
             progress=False,
             reduce=self.config.reduce,
+            readout=shard.readout,
         )
-        table = units_table(shard.method, result, self.config.optimization.steps)
+        table = with_basis(units_table(shard.method, result, self.config.optimization.steps), shard.readout)
         path = self.writer.write_units(
             shard.method, shard.layer, table, replace_existing=False, command="sweep"
         )
@@ -78,13 +84,14 @@ class ShardRunner:
         started = time.monotonic()
         cfg = self.config.selectivity
         source = self.source(cfg.data, self.config.selectivity_image_size())
-        layers = [self.model.layer(name) for name in self.config.layer_names(self.model.layers)]
+        names = list(shard.readouts or {}) or self.config.layer_names(self.model.layers)
+        layers = [self.model.layer(name) for name in names]
         precision = resolve_precision(cfg.precision, self.device)
         batches = source.batches(
             cfg.batch_size, indices=range(shard.start, shard.stop), workers=cfg.workers, device=self.device
         )
         exemplars = None
-        if cfg.exemplars:  # image indices count from the shard's first image: they are the dataset's
+        if cfg.exemplars and shard.readouts is None:  # image indices count from the shard's first image
             units = {layer.name: layer.n_units for layer in layers}
             exemplars = ExemplarAccumulator(units, cfg.exemplars, first_index=shard.start, device=self.device)
         acc = accumulate_class_sums(
@@ -97,6 +104,7 @@ class ShardRunner:
             progress=False,
             on_batch=exemplars.add if exemplars else None,
             precision=precision,
+            readouts=shard.readouts,  # a basis's shard: its directions' class sums
         )
         if acc.n_images != shard.size:
             raise RuntimeError(f"{shard.id}: saw {acc.n_images} images, expected {shard.size}")
@@ -110,6 +118,70 @@ class ShardRunner:
             "precision": precision.used,
         }
         self.ledger.mark_done(shard.id, info, paths)
+        return {"shard": shard.id, **info}
+
+    def run_fit_data_shard(self, shard: FitDataShard) -> dict:
+        """Sample every basis's vectors from the shard's images (each image's own seeded draw: the shards
+        together sample what one pass samples) and sum pca's; saved under `_sweep/`."""
+        started = time.monotonic()
+        cfg = self.config.selectivity
+        source = self.source(cfg.data, self.config.selectivity_image_size())
+        indices = list(range(shard.start, shard.stop))
+        state: dict = {"samples": {}, "pca": {}}
+        for positions, layer_names in sampled_layers(self.config).items():
+            layers = [self.model.layer(name) for name in layer_names]
+            batches = source.batches(cfg.batch_size, indices=indices, workers=cfg.workers, device=self.device)
+            samples = sample_vectors(
+                self.model, layers, batches, indices, positions, self.config.seed, self.device
+            )
+            for name, sample in samples.items():
+                key = sample_key(name, positions)
+                state["samples"][key] = {"fit": sample.fit, "held_out": sample.held_out,
+                                         "n_images": sample.n_images, "n_positions": sample.n_positions}  # fmt: skip
+                if key in pca_keys(self.config):
+                    state["pca"][key] = PcaSums(sample.fit.shape[1]).add(sample.fit).state_dict()
+        path = self.ledger.save_fit_samples(shard.id, state)
+        info = {"images": len(indices), "seconds": time.monotonic() - started, "device": self.device}
+        self.ledger.mark_done(shard.id, info, [path])
+        return {"shard": shard.id, **info}
+
+    def run_fit_shard(self, shard: FitShard) -> dict:
+        """Fit one basis on each of its layers from the fit data shards' vectors, gathered in data order (pca from
+        their sums, merged exactly), on this worker's device; its rows saved under `_sweep/`."""
+        started = time.monotonic()
+        spec = self.config.basis(shard.basis)
+        parts = [self.ledger.load_fit_samples(shard_id) for shard_id in shard.data_shards]
+        cfg = self.config.selectivity
+        size_px = self.config.selectivity_image_size()
+        source = self.source(cfg.data, size_px)
+        n_images = sum(
+            part["samples"][sample_key(spec.layers[0], spec.positions)]["n_images"] for part in parts
+        )
+        fit = fit_fields(source, size_px, spec.positions, self.config.seed, None, n_images)
+        options = fit_options(spec.top_k, spec.expansion, sae_epochs=spec.sae_epochs, device=self.device)
+        rows = {}
+        for layer in spec.layers:
+            key = sample_key(layer, spec.positions)
+            pieces = [part["samples"][key] for part in parts]
+            sample = Sample(
+                torch.cat([piece["fit"] for piece in pieces]),
+                torch.cat([piece["held_out"] for piece in pieces]),
+                n_images,
+                pieces[0]["n_positions"],
+            )
+            sums = None
+            if spec.kind == "pca":
+                sums = PcaSums.from_state_dict(parts[0]["pca"][key])
+                for part in parts[1:]:
+                    sums.merge(PcaSums.from_state_dict(part["pca"][key]))
+            rows[layer] = fit_layer_basis(
+                spec.kind, spec.name, layer, sample, spec.size, self.config.seed, options, spec.stability,
+                self.model.identity(), fit, f"selectivity.data {cfg.data}", sums=sums,
+            )  # fmt: skip
+        path = self.ledger.save_fitted(spec.name, rows)
+        hashes = {layer: row.column("hash")[0].as_py() for layer, row in rows.items()}
+        info = {"hashes": hashes, "seconds": time.monotonic() - started, "device": self.device}
+        self.ledger.mark_done(shard.id, info, [path])
         return {"shard": shard.id, **info}
 
     def run_importance_shard(self, shard: ImportanceShard) -> dict:
@@ -142,3 +214,26 @@ class ShardRunner:
         }
         self.ledger.mark_done(shard.id, info, [path])
         return {"shard": shard.id, **info}
+
+
+def sample_key(layer: str, positions: int) -> str:
+    return f"{layer}@{positions}"
+
+
+def sampled_layers(config: SweepConfig) -> dict[int, list[str]]:
+    """{positions per image: the layers sampled so}: bases that sample alike share one set of vectors."""
+    found: dict[int, list[str]] = {}
+    for spec in config.bases:
+        chosen = found.setdefault(spec.positions, [])
+        chosen += [layer for layer in spec.layers if layer not in chosen]
+    return found
+
+
+def pca_keys(config: SweepConfig) -> set[str]:
+    """The sampled vectors some pca basis is fitted on: their exact sums are kept."""
+    return {
+        sample_key(layer, spec.positions)
+        for spec in config.bases
+        if spec.kind == "pca"
+        for layer in spec.layers
+    }
