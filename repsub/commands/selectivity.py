@@ -13,6 +13,7 @@ from repsub.capture.precision import resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.commands.context import CommandContext, check_common, say_precision
 from repsub.commands.targets import basis_layer, basis_record, resolve_basis
+from repsub.core.bands import BAND_NAMES, DEFAULT_RESERVOIR, EDGE_RANKS, BandAccumulator
 from repsub.core.exemplars import ExemplarAccumulator
 from repsub.core.quantiles import DEFAULT_K, QuantileSketches
 from repsub.data.sources import open_source
@@ -20,9 +21,16 @@ from repsub.data.thumbnails import read_thumbnails
 from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
 from repsub.runstore.activations import ActivationWriter
-from repsub.runstore.exemplars import write_exemplars, write_images
+from repsub.runstore.exemplars import write_bands, write_exemplars, write_images
 from repsub.runstore.provenance import Scope, basis_meaning, data_meaning, selectivity_meaning
-from repsub.runstore.tables import STORED_RANKS, quantiles_table, selectivity_table, with_basis, with_layer
+from repsub.runstore.tables import (
+    STORED_RANKS,
+    band_edges,
+    quantiles_table,
+    selectivity_table,
+    with_basis,
+    with_layer,
+)
 from repsub.validate import check_int
 
 DEFAULT_EXEMPLARS = 16
@@ -49,6 +57,8 @@ def selectivity(
     force_unlock: bool = False,
     exemplars: int = DEFAULT_EXEMPLARS,
     quantile_k: int = DEFAULT_K,
+    bands: bool | None = None,
+    band_sample: int = DEFAULT_RESERVOIR,
     basis=None,
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
@@ -63,7 +73,10 @@ def selectivity(
     keeps, in the same pass, every unit's k top and k bottom images (repsub.core.exemplars) and writes them into
     `out`/exemplars/, with the thumbnails of the images they refer to in `out`/images/ (nothing without `out`).
     `quantile_k` (0: none) sketches every unit's activation over the data in the same pass (KLL of that k:
-    repsub.core.quantiles) and writes its values at STORED_RANKS into `out`/quantiles/.
+    repsub.core.quantiles) and writes its values at STORED_RANKS into `out`/quantiles/. `bands` (default: on
+    where quantiles are) then runs a second pass, the band pass: every unit's images per class in each band
+    between its stored quantiles at EDGE_RANKS, and a seeded sample of `band_sample` image indices per band
+    (repsub.core.bands), into `out`/bands/, their thumbnails into `out`/images/.
 
     Into an existing run, what is not given is the run's (repsub.commands.extend): `model` None re-creates its
     model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
@@ -83,6 +96,8 @@ def selectivity(
     check_int(quantile_k, "--quantile-k", 0)
     if quantile_k and quantile_k < 8:
         raise UsageError(f"--quantile-k {quantile_k}: the sketch needs k >= 8 (or 0: no quantiles)")
+    check_int(band_sample, "--band-sample", 0)
+    _check_bands(bands, quantile_k, out, basis)
     ctx = CommandContext.open("selectivity", out=out, model=model, weights=weights, seed=seed, device=device,
                               layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
     used_precision = resolve_precision(precision, ctx.device)
@@ -124,12 +139,17 @@ def selectivity(
     sketch_k = quantile_k if out is not None and readout is None else 0  # quantiles: of the units
     if sketch_k:
         config["quantile_k"] = sketch_k
+    band_pass = bool(sketch_k) and bands is not False
+    if band_pass:
+        config["bands"] = {"edge_ranks": list(EDGE_RANKS), "names": list(BAND_NAMES), "sample": band_sample,
+                           "seed": ctx.seed}  # fmt: skip
     if readout is not None:
         config["basis"] = basis_record(readout)
     say_precision(used_precision, "selectivity")
     meaning = basis_meaning(selectivity_meaning(source, size), readout)
     basis_name = "unit" if readout is None else readout.name
-    tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))
+    tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []),
+                      *(["bands"] if band_pass else []))  # fmt: skip
     scopes = [Scope(table, None, dict.fromkeys(config["layers"]), meaning, basis=basis_name)
               for table in tables_written]  # fmt: skip
     with contextlib.ExitStack() as stack:
@@ -175,14 +195,29 @@ def selectivity(
         }
         for name, table in tables.items():
             output.write("selectivity", name, table)
+        quantiles = {}
         if sketches is not None:
             for name in tables:
-                values = sketches.quantiles(name, STORED_RANKS)
-                rows = quantiles_table(values, sketches.k, sketches.rank_error, sketches.n_images)
+                quantiles[name] = sketches.quantiles(name, STORED_RANKS)
+                rows = quantiles_table(quantiles[name], sketches.k, sketches.rank_error, sketches.n_images)
                 output.write("quantiles", name, rows)
+        banded = None
+        if band_pass:  # edges: exactly the stored quantiles
+            edges = {name: band_edges(values) for name, values in quantiles.items()}
+            banded = BandAccumulator(edges, len(source.classes), band_sample, ctx.seed, device=ctx.device)
+            second = accumulate_class_sums(
+                loaded, chosen, source.batches(batch_size, workers=workers, device=ctx.device),
+                len(source.classes), reduce=reduce, device=ctx.device, total=len(source), progress=progress,
+                on_batch=banded.add, precision=used_precision, desc="band pass",
+            )  # fmt: skip
+            if second.n_images != acc.n_images:
+                raise DataError(f"the band pass saw {second.n_images} images, the first pass {acc.n_images}")
+            write_bands(output.writer, banded, list(tables))
         if kept is not None:
             write_exemplars(output.writer, kept, list(tables))
-            store_thumbnails(output.writer, source, kept, loaded, batch_size, workers, progress)
+        if kept is not None or banded is not None:
+            indices = referenced_images(kept, banded)
+            store_thumbnails(output.writer, source, indices, loaded, batch_size, workers, progress)
         config["n_images"] = acc.n_images
         if saved:
             config["save_activations"] = [layer.name for layer in saved]
@@ -204,10 +239,35 @@ def _each(*callbacks):
     return each
 
 
-def store_thumbnails(writer, source, exemplars: ExemplarAccumulator, model: LoadedModel, batch_size: int,
-                     workers: int, progress: bool) -> int:  # fmt: skip
-    """The thumbnails of every image the exemplars refer to, read once each from `source` into the run."""
-    indices = exemplars.image_indices().tolist()
+def _check_bands(bands, quantile_k: int, out, basis) -> None:
+    """--bands asked for where the band pass cannot run: refused, with why."""
+    if bands not in (None, True, False):
+        raise UsageError(f"--bands must be true or false, got {bands!r}")
+    if not bands:
+        return
+    if not quantile_k:
+        raise UsageError(
+            "--bands draws each unit's band edges from its quantiles: not with --quantile-k 0 (give a k >= 8)"
+        )
+    if out is None:
+        raise UsageError("--bands writes into a run: give --out")
+    if basis is not None and basis != "unit":
+        raise UsageError("--bands are the units' (their quantiles): not with a --basis")
+
+
+def referenced_images(*accumulators) -> list[int]:
+    """The image indices that exemplars and bands (accumulators with `image_indices`; None left out) refer
+    to, sorted, once each."""
+    found = set()
+    for accumulator in accumulators:
+        if accumulator is not None:
+            found.update(i for i in accumulator.image_indices().tolist() if i >= 0)
+    return sorted(found)
+
+
+def store_thumbnails(writer, source, indices: list[int], model: LoadedModel, batch_size: int, workers: int,
+                     progress: bool) -> int:  # fmt: skip
+    """The thumbnails of the images `indices` (referenced_images), read once each from `source` into the run."""
     batches = read_thumbnails(source, indices, model.mean, model.std, batch_size=batch_size, workers=workers,
                               progress=progress)  # fmt: skip
     return write_images(writer, batches, data_meaning(source)["location"])
