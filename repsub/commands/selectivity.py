@@ -168,7 +168,7 @@ def selectivity(
         )
         layer_units = {layer.name: layer.n_units for layer in chosen}
         sketches = QuantileSketches(layer_units, sketch_k) if sketch_k else None
-        on_batch = _each(
+        on_batch = each_batch(
             sink.add if sink else None, kept.add if kept else None, sketches.add if sketches else None
         )
         acc = accumulate_class_sums(
@@ -226,7 +226,7 @@ def selectivity(
     return with_layer(tables)
 
 
-def _each(*callbacks):
+def each_batch(*callbacks):
     """One on_batch callback calling each of `callbacks` (None ones left out); None if there is none."""
     present = [callback for callback in callbacks if callback is not None]
     if not present:
