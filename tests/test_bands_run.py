@@ -13,6 +13,7 @@ import pytest
 import ray
 
 import repsub
+from repsub.analysis.bands import BAND_STRIP
 from repsub.cli import main
 from repsub.core.bands import BAND_NAMES, EDGE_RANKS, image_keys
 from repsub.errors import RunError, UsageError
@@ -23,6 +24,7 @@ from repsub.sweep.commit import ShardLedger
 from repsub.sweep.driver import _merged_quantiles, merge_partial_bands
 from repsub.sweep.plan import plan_band_shards, plan_data_shards
 from repsub.sweep.work import ShardRunner
+from tests.chromium import Chromium
 from tests.sweep_helpers import small_sweep_config, start_local_ray
 
 LAYERS = ["conv2", "fc5"]
@@ -200,8 +202,32 @@ def test_sweep_band_phase_on_ray_equals_one_data_shard_and_shows_in_the_report(
     run_sweep(sharded, progress=False)
     assert "band phase: 3 shards; 3 already done" in capsys.readouterr().out
 
+    # The report: the per-layer count of units with a mid-range association, and a unit's bands in its detail
     report = tmp_path / "report"
     assert main(["report", sharded.out, "--out", str(report)]) == 0
-    page = (report / "report.html").read_text()
-    assert 'id="bands"' in page and "mid-range" in page
-    assert '"band_names":["below 25%"' in page
+    page = report / "report.html"
+    with_mid = {layer: 0 for layer in LAYERS}
+    for layer in LAYERS:
+        units = {u for u in columns(a, "bands", layer, ["unit"])["unit"]}
+        with_mid[layer] = sum(bool(a.bands(layer, u)["mid_range"].any()) for u in units)
+    text = page.read_text()
+    for layer in LAYERS:
+        assert f'<tr data-layer="{layer}"><th scope="row">{layer}</th><td>' in text
+        cells = text.split(f'<tr data-layer="{layer}"><th scope="row">{layer}</th>', 1)[1].split("</tr>", 1)[
+            0
+        ]
+        units = len(set(columns(a, "bands", layer, ["unit"])["unit"]))
+        assert cells.startswith(f"<td>{units}</td><td>{with_mid[layer]}</td>")
+    expected = a.bands("fc5", 1)
+    with Chromium(width=1280, height=1000) as browser:
+        browser.open(page.as_uri() + "#unit=fc5/1/am")
+        assert browser.evaluate("window.repsubExplorer.ready") is True
+        rows = browser.evaluate("""Array.from(document.querySelectorAll("#detail-bands tr")).map((tr) => ({
+            band: Number(tr.dataset.band), mid: tr.classList.contains("mid-range"),
+            images: tr.querySelectorAll("td")[0].textContent,
+            shown: Array.from(tr.querySelectorAll(".strip img")).filter((i) => i.src.startsWith("data:")).length}))""")
+    assert [r["band"] for r in rows] == list(range(6, -1, -1))  # the top band first
+    for r in rows:
+        band = expected.iloc[r["band"]]
+        assert r["images"] == f"{band['images']} images" and r["mid"] == bool(band["mid_range"])
+        assert r["shown"] == min(len(band["sample"]), BAND_STRIP)  # every shown image has its thumbnail

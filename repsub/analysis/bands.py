@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.dataset as ds
 
 from repsub.analysis.layers import class_names
-from repsub.core.bands import class_composition
+from repsub.core.band_ranges import BAND_NAMES, class_composition
 from repsub.errors import RunError
 
 TOP_CLASSES = 3  # classes of each band's composition
@@ -71,3 +71,59 @@ def unit_bands(run, layer: str, unit: int, top: int = TOP_CLASSES):
     frame["class_counts"] = list(counts)
     return frame[["band", "name", "lower", "upper", "images", "entropy", "top_classes", "top_names",
                   "top_counts", "top_lift", "mid_range", "sample", "class_counts"]]  # fmt: skip
+
+
+BAND_STRIP = 4  # sampled images per band shown in the report (bounds the distinct images a page embeds)
+NAMED_PER_LAYER = 8  # units whose mid-range associations the report's bands section names, per layer
+
+
+def band_summaries(run, strip: int = BAND_STRIP) -> dict[tuple[str, int], dict] | None:
+    """{(layer, unit): {"n": images per band, "h": entropy, "top": [class, count, lift, ...] per band,
+    "mid": mid-range bands, "sample": the first `strip` sampled images per band}} of every unit of the bands
+    table (None for a run without one). Read in batches: the class counts are dropped once summarized."""
+    if run.band_rows is None:
+        return None
+    partial: dict[tuple[str, int], list] = {}
+    found: dict[tuple[str, int], dict] = {}
+    columns = ["layer", "unit", "band", "class_counts", "sample"]
+    for batch in run.band_rows.to_batches(columns=columns, batch_size=4096):
+        values = [batch.column(name).to_pylist() for name in columns]
+        for layer, unit, band, counts, sample in zip(*values, strict=True):
+            parts = partial.setdefault((layer, unit), [None] * len(BAND_NAMES))
+            parts[band] = (counts, sample[:strip])
+            if all(part is not None for part in parts):
+                found[(layer, unit)] = _summary(partial.pop((layer, unit)))
+    return found
+
+
+def _summary(parts: list) -> dict:
+    parts_of = compositions(np.array([counts for counts, _ in parts], dtype=np.int64))
+    return {
+        "n": [p["images"] for p in parts_of],
+        "h": [round(p["entropy"], 3) for p in parts_of],
+        "top": [
+            [
+                x
+                for c, n, lift in zip(p["top_classes"], p["top_counts"], p["top_lift"], strict=True)
+                for x in (c, n, None if lift != lift else round(lift, 3))
+            ]
+            for p in parts_of
+        ],  # fmt: skip
+        "mid": mid_range(parts_of),
+        "sample": [sample for _, sample in parts],
+    }
+
+
+def mid_range_by_layer(summaries: dict[tuple[str, int], dict]) -> dict[str, dict]:
+    """Per layer: units with bands, units with a mid-range association, and the first NAMED_PER_LAYER of
+    those as (unit, [(band, its top class)], the top band's top class)."""
+    layers: dict[str, dict] = {}
+    for (layer, unit), summary in sorted(summaries.items()):
+        entry = layers.setdefault(layer, {"units": 0, "with_mid": 0, "named": []})
+        entry["units"] += 1
+        if summary["mid"]:
+            entry["with_mid"] += 1
+            if len(entry["named"]) < NAMED_PER_LAYER:
+                bands = [(b, summary["top"][b][0]) for b in summary["mid"]]
+                entry["named"].append((unit, bands, summary["top"][-1][0]))
+    return layers

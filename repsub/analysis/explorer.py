@@ -10,7 +10,9 @@ Two JSON documents, embedded in the page as `<script type="application/json">` (
 - ``EXPLORER_THUMBS``: one base64 WebP per row ("" where the row has no image).
 - the exemplar thumbnails: one base64 WebP per distinct image of the exemplar strips (units ``ex_top`` and
   ``ex_bottom``: positions in it per units entry; repsub.analysis.exemplar_strips), and with the
-  interpretability table, units ``interp``: the index per similarity.
+  interpretability table, units ``interp``: the index per similarity; with the bands table, units ``bands``
+  (per unit its bands' images, entropy, top classes with lift and mid-range associations:
+  repsub.analysis.bands.band_summaries) and ``band_strip`` (positions of each band's sampled images).
 
 Numbers are rounded to 4 significant digits (what the page shows) to keep the page small.
 """
@@ -24,12 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from repsub.analysis.bands import BAND_STRIP
 from repsub.analysis.exclusion import REASONS
 from repsub.analysis.exemplar_strips import exemplar_strips
 from repsub.analysis.importance import KEYS, MEASURES
 from repsub.analysis.interpretability import kind_label
 from repsub.analysis.layers import class_names
 from repsub.analysis.load import RunData, read_rows
+from repsub.core.band_ranges import BAND_NAMES
 from repsub.errors import visible
 from repsub.runstore.tables import UNIT_STATUSES
 
@@ -153,10 +157,16 @@ def interpretability_data(data: RunData, unit_keys: list[tuple[str, int]]) -> di
 
 
 def explorer_data(
-    data: RunData, thumbs: dict, thumb_side: int, image_side: int | None, strips: bool = True
+    data: RunData,
+    thumbs: dict,
+    thumb_side: int,
+    image_side: int | None,
+    strips: bool = True,
+    bands: dict | None = None,
 ) -> tuple[str, str, str]:
     """The three JSON documents (module doc): the explorer's data, its thumbnails and the exemplar thumbnails
-    (`strips` False: none)."""
+    (`strips` False: none); `bands`: the run's band summaries (repsub.analysis.bands.band_summaries), None
+    without."""  # fmt: skip
     frame = data.frame
     layers = [info.name for info in data.layers]
     layer_col = frame.column("layer").to_pylist()
@@ -186,9 +196,14 @@ def explorer_data(
     }
     units["imp"], importance = importance_data(data, unit_keys, column)
     units["interp"] = interpretability_data(data, unit_keys)
-    exemplars, exemplar_thumbs = exemplar_strips(data.run, unit_keys) if strips else (None, [])
-    if exemplars is not None:
+    samples = None if bands is None else {key: summary["sample"] for key, summary in bands.items()}
+    exemplars, exemplar_thumbs = exemplar_strips(data.run, unit_keys, samples) if strips else (None, [])
+    if exemplars is not None and "top" in exemplars:
         units["ex_top"], units["ex_bottom"] = exemplars.pop("top"), exemplars.pop("bottom")
+    if exemplars is not None and "bands" in exemplars:
+        units["band_strip"] = exemplars.pop("bands")
+    if bands is not None:
+        units["bands"] = [_without_sample(bands.get(key)) for key in unit_keys]
     with_method = [i for i, m in enumerate(method_col) if m is not None]
     take = pa.array(with_method, pa.int64())
 
@@ -225,13 +240,20 @@ def explorer_data(
         "reasons": REASONS,
         "classes": _visible_names(class_names(data.run.manifest)),
         "importance": importance,  # null for a run without importance
-        "exemplars": exemplars,  # {side, per_side}; null for a run without exemplars
+        "exemplars": exemplars,  # {side, per_side}; null for a run without exemplars or bands
+        "band_names": None if bands is None else list(BAND_NAMES),
+        "band_strip": BAND_STRIP,
         "thumb": {"side": thumb_side, "format": "webp", "image_side": image_side},
         "units": units,
         "rows": rows,
     }
     thumb_list = [thumbs.get(key, "") for key in row_keys]
     return _script_json(document), _script_json(thumb_list), _script_json(exemplar_thumbs)
+
+
+def _without_sample(summary: dict | None) -> dict | None:
+    """A unit's band summary as the page holds it: its sample is in `band_strip`, as thumbnail positions."""
+    return None if summary is None else {k: v for k, v in summary.items() if k != "sample"}
 
 
 def _visible_names(names: list[str] | None) -> list[str] | None:

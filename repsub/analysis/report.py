@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from repsub.analysis.bands import band_summaries
 from repsub.analysis.explorer import explorer_data
 from repsub.analysis.figures import (
     FIGURE_PATTERNS,
@@ -130,8 +131,9 @@ def build_report(
         (staging / FIGURES_DIR).mkdir()
         figures = _draw_figures(data, stats, importance, options, grid_unit, staging / FIGURES_DIR)
         figures.update(_index_figures(data, index_stats, staging / FIGURES_DIR))
-        explorer, side = _explorer(data)
-        page = render_page(data, stats, options, figures, explorer, side, importance, index_stats)
+        bands = band_summaries(data.run)
+        explorer, side = _explorer(data, bands)
+        page = render_page(data, stats, options, figures, explorer, side, importance, index_stats, bands)
         pq.write_table(stats.replace_schema_metadata(stats_metadata(data, options)), staging / STATS_FILE)
         if importance is not None:
             meta = importance_metadata(data, options)
@@ -186,13 +188,13 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _explorer(data: RunData) -> tuple[tuple[str, str, str] | None, int]:
+def _explorer(data: RunData, bands: dict | None) -> tuple[tuple[str, str, str] | None, int]:
     rows = sum(len(r.indices) for r in data.rows.values())
     if not rows:
         return None, 0
     original = image_side(data)
     side = thumbnail_side(rows, original)
-    return explorer_data(data, thumbnails(data, side), side, original), side
+    return explorer_data(data, thumbnails(data, side), side, original, bands=bands), side
 
 
 def _draw_figures(

@@ -368,7 +368,7 @@ def quantiles_table(values: np.ndarray, k: int, rank_error: float, n_images: int
 def band_edges(values: np.ndarray, ranks=STORED_RANKS) -> np.ndarray:
     """The band edges [len(EDGE_RANKS), N] among a layer's stored quantiles `values` [len(ranks), N] (exactly
     the stored float32 values, so a band pass given the same table draws the same bands)."""
-    from repsub.core.bands import EDGE_RANKS
+    from repsub.core.band_ranges import EDGE_RANKS
 
     ranks = [float(r) for r in ranks]
     missing = [r for r in EDGE_RANKS if r not in ranks]
@@ -380,7 +380,7 @@ def band_edges(values: np.ndarray, ranks=STORED_RANKS) -> np.ndarray:
 def bands_table(edges: np.ndarray, counts: np.ndarray, samples: np.ndarray, seed: int) -> pa.Table:
     """The bands rows of one layer, by unit then band, from its edges [E, N], per-class counts [E + 1, N, C]
     and sampled image indices [E + 1, R, N] (-1: an empty slot) of repsub.core.bands.BandAccumulator."""
-    from repsub.core.bands import BAND_NAMES
+    from repsub.core.band_ranges import BAND_NAMES
 
     n_bands, units, _ = counts.shape
     bounds = np.concatenate(
