@@ -1,7 +1,8 @@
 """The report page: one self-contained HTML file (figures, data, style and script inline; no network).
 
 Sections: the run's facts, what it lacks, the statistics table, importance by ablation (its table and
-figures, for a run with an importance table), the unit explorer (filters, a scatter of RS against
+figures, for a run with an importance table), the interpretability index, the bands of activation (units with
+mid-range associations, per layer), the unit explorer (filters, a scatter of RS against
 selectivity whose points open their unit, a gallery of thumbnails a page at a time, a unit's detail in a
 dialog; explorer.js), then the paper's figures.
 """
