@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import ray
+import torch
 
 import repsub
 from repsub.analysis.bands import BAND_STRIP
@@ -231,3 +232,36 @@ def test_sweep_band_phase_on_ray_equals_one_data_shard_and_shows_in_the_report(
         band = expected.iloc[r["band"]]
         assert r["images"] == f"{band['images']} images" and r["mid"] == bool(band["mid_range"])
         assert r["shown"] == min(len(band["sample"]), BAND_STRIP)  # every shown image has its thumbnail
+
+
+def test_a_sweep_killed_in_its_band_phase_resumes_with_the_same_edges(
+    local_ray, tmp_path, image_folder_dir, capsys
+):
+    # What a driver killed in the band phase leaves: every data shard, the merged quantiles fixed, one band shard
+    # done (the actors' code, run here). The rerun runs only the other band shards, with the fixed edges.
+    config = small_sweep_config(tmp_path / "sweep", image_folder_dir, units="0-2", methods=["am"],
+                                selectivity={"data": str(image_folder_dir), "image_size": 16, "batch_size": 4,
+                                             "workers": 0, "images_per_shard": 8, "band_sample": SAMPLE})  # fmt: skip
+    runner = ShardRunner(config)
+    data_shards = plan_data_shards(21, 8)
+    for shard in data_shards:
+        runner.run_data_shard(shard)
+    ledger = ShardLedger(RunWriter(config.out), config.fingerprint())
+    quantiles, digest = ledger.fix_quantiles(lambda: _merged_quantiles(ledger, data_shards, LAYERS))
+    first = plan_band_shards(data_shards, digest)[0]
+    runner.run_band_shard(first)
+    before = ledger.load_partial_bands(first.id).counts
+    run_sweep(config, progress=False)
+    out = capsys.readouterr().out
+    assert "3 already done" in out and "band phase: 3 shards; 1 already done" in out
+    assert all(torch.equal(ledger.load_partial_bands(first.id).counts[n], c) for n, c in before.items())
+    run = repsub.open_run(config.out)
+    for layer in LAYERS:
+        stored = np.array(columns(run, "quantiles", layer, ["unit"])["values"], np.float32).T
+        np.testing.assert_array_equal(
+            stored, quantiles["values"][layer].numpy()
+        )  # the fixed merge, not a new one
+        got = columns(run, "bands", layer, ["unit", "band"])
+        edges = stored[[list(STORED_RANKS).index(r) for r in EDGE_RANKS]]
+        np.testing.assert_array_equal(np.array(got["upper"], np.float32).reshape(-1, 7)[:, :-1], edges.T)
+        assert set(np.array(got["images"]).reshape(-1, 7).sum(1).tolist()) == {21}
