@@ -215,6 +215,21 @@ def build_parser(
         help="sketch every unit's activation over the data (KLL of parameter K: rank error about 1.3%% at 200, "
         "0.17%% at 2000) and store its quantiles in RUN/quantiles/; 0: none (default 200)",
     )
+    p.add_argument(
+        "--bands",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a second pass over the data (the band pass): per unit and band of its activation between its "
+        "quantiles (below 25%%, 25-50%%, 50-75%%, 75-90%%, 90-99%%, 99-99.9%%, top 0.1%%), the images per "
+        "class and a seeded sample of them, in RUN/bands/ (default: on with quantiles)",
+    )
+    p.add_argument(
+        "--band-sample",
+        type=int,
+        default=16,
+        metavar="R",
+        help="image indices sampled per unit and band (seeded; thumbnails in RUN/images/); 0: none (default 16)",
+    )
 
     p = sub.add_parser(
         "visualize",
@@ -504,6 +519,8 @@ def cmd_selectivity(args) -> None:
         save_activations=_layers_arg(args.save_activations, "--save-activations"),
         exemplars=args.exemplars,
         quantile_k=args.quantile_k,
+        bands=args.bands,
+        band_sample=args.band_sample,
         progress=not args.no_progress,
         precision=args.precision,
         allow_mixed=args.allow_mixed,

@@ -13,6 +13,9 @@ COMPARED = {
               ["layer_activations", "rs", "rs_ties", "activation", "image", "status", "seed", "steps"]),
     "selectivity": (["layer", "unit"], ["class_means", "selectivity", "top_class", "n_images", "dead"]),
     "importance": (["layer", "ablation", "unit"], ["accuracy_drop", "loss_increase", "baseline_accuracy"]),
+    # Below a sketch's k every value is kept: the small tests' quantiles are exact, so equal too.
+    "quantiles": (["layer", "unit"], ["values", "n_images"]),
+    "bands": (["layer", "unit", "band"], ["lower", "upper", "images", "class_counts", "sample"]),
 }  # fmt: skip
 
 

@@ -65,7 +65,9 @@ def test_selectivity_writes_the_exemplars_of_its_own_pass(tmp_path, image_folder
         assert set(got["command"]) == {"selectivity"}
         referenced |= set(got["image_index"].tolist())
 
-    # The thumbnails: each referenced image once, the source's image as the model saw it (JPEG: close)
+    # The thumbnails: each image the exemplars or the bands' samples refer to, once, the source's image as the
+    # model saw it (JPEG: close)
+    referenced |= {i for sample in run.band_rows.to_table().column("sample").to_pylist() for i in sample}
     images = run.images.to_table().sort_by("image_index")
     assert images.column("image_index").to_pylist() == sorted(referenced)
     dataset = image_folder(image_folder_dir, 16, model.mean, model.std)
@@ -96,7 +98,7 @@ def test_cli_exemplars_option(tmp_path, image_folder_dir, capsys):
     rows = repsub.open_run(tmp_path / "a").exemplar_rows.to_table()
     units = load_model("shallow_cnn", weights="random", seed=0).layer("fc5").n_units
     assert rows.num_rows == units * 2 * 3
-    assert main([*common, "--out", str(tmp_path / "b"), "--exemplars", "0"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--exemplars", "0", "--no-bands"]) == 0
     run = repsub.open_run(tmp_path / "b")
     assert run.exemplar_rows is None and run.images is None
     assert "exemplars" not in run.manifest["commands"]["selectivity"]["config"]

@@ -37,6 +37,13 @@ BASE = {"model": "shallow_cnn", "out": "/tmp/x"}
         ({**BASE, "optimization": {"own_term": "relu"}}, "unknown own-term 'relu'; valid: hybrid, post, pre"),
         ({"model": "shallow_cnn"}, "'out' is required"),
         ({**BASE, "device": "tpu"}, "device 'tpu'; valid: auto, cpu, cuda"),
+        ({**BASE, "selectivity": {"band_sample": -1}}, "selectivity.band_sample must be at least 0, got -1"),
+        ({**BASE, "selectivity": {"quantile_k": 4}}, "selectivity.quantile_k 4: the sketch needs k >= 8"),
+        ({**BASE, "selectivity": {"bands": "yes"}}, "selectivity.bands': expected bool, got 'yes'"),
+        (
+            {**BASE, "selectivity": {"bands": True, "quantile_k": 0}},
+            "selectivity.bands draws each unit's band edges from its quantiles: not with selectivity.quantile_k 0",
+        ),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_named(raw, message):

@@ -1,4 +1,5 @@
-"""The exemplar strips of the report's unit detail: each unit's first top and bottom exemplars as thumbnails.
+"""The exemplar strips of the report's unit detail: each unit's first top and bottom exemplars as thumbnails,
+and its band strips (the first sampled images of each band of its activation: repsub.analysis.bands).
 
 An image that many units share is embedded once: the page holds one list of WebP thumbnails (parsed only when
 a unit's detail first opens) and, per unit, positions into it. Their side is chosen from the number of
@@ -33,11 +34,42 @@ def exemplar_side(n_images: int, image_side: int | None) -> int:
     return min(side, image_side) if image_side else side
 
 
-def exemplar_strips(run, unit_keys: list[tuple[str, int]]) -> tuple[dict | None, list[str]]:
-    """({"top": [[position, ...] per units entry], "bottom": ..., "side", "per_side", "k"}, the thumbnails);
-    (None, []) for a run without exemplars. A position is -1 where the run has no thumbnail of the image."""
-    if getattr(run, "exemplar_rows", None) is None:
+def exemplar_strips(
+    run, unit_keys: list[tuple[str, int]], band_samples: dict[tuple[str, int], list[list[int]]] | None = None
+) -> tuple[dict | None, list[str]]:
+    """({"top": [[position, ...] per units entry], "bottom": ..., "bands": [[[position, ...] per band] per
+    units entry], "side", "per_side", "k"}, the thumbnails): "top" and "bottom" for a run with exemplars,
+    "bands" given `band_samples` ({(layer, unit): image indices per band}); (None, []) with neither. A position
+    is -1 where the run has no thumbnail of the image."""
+    by_unit = _exemplar_indices(run, unit_keys)
+    if by_unit is None and band_samples is None:
         return None, []
+    indices = {i for sides in (by_unit or {}).values() for pairs in sides.values() for _, i in pairs}
+    wanted = set(unit_keys)
+    indices |= {
+        i for key, bands in (band_samples or {}).items() if key in wanted for band in bands for i in band
+    }
+    thumbs, position, side = _thumbnails(run, sorted(indices))
+    strips: dict = {}
+    if by_unit is not None:
+        strips.update(top=[], bottom=[])
+        for key in unit_keys:
+            sides = by_unit.get(key, {"top": [], "bottom": []})
+            for name in ("top", "bottom"):
+                strips[name].append([position.get(i, -1) for _, i in sorted(sides[name])])
+    if band_samples is not None:
+        strips["bands"] = [
+            [[position.get(i, -1) for i in band] for band in band_samples.get(key, [])] for key in unit_keys
+        ]
+    strips.update(side=side, per_side=STRIP)
+    return strips, thumbs
+
+
+def _exemplar_indices(run, unit_keys) -> dict[tuple[str, int], dict[str, list]] | None:
+    """{(layer, unit): {"top": [(rank, image index)], "bottom": ...}} of the first STRIP exemplars of each
+    side, for `unit_keys`; None for a run without exemplars."""
+    if getattr(run, "exemplar_rows", None) is None:
+        return None
     rows = run.exemplar_rows.to_table(
         columns=["layer", "unit", "side", "rank", "image_index"], filter=ds.field("rank") < STRIP
     )
@@ -47,15 +79,7 @@ def exemplar_strips(run, unit_keys: list[tuple[str, int]]) -> tuple[dict | None,
                                               strict=True):  # fmt: skip
         if (layer, unit) in wanted:
             by_unit.setdefault((layer, unit), {"top": [], "bottom": []})[side].append((rank, index))
-    indices = sorted({i for sides in by_unit.values() for pairs in sides.values() for _, i in pairs})
-    thumbs, position, side = _thumbnails(run, indices)
-    strips: dict = {"top": [], "bottom": []}
-    for key in unit_keys:
-        sides = by_unit.get(key, {"top": [], "bottom": []})
-        for name in ("top", "bottom"):
-            strips[name].append([position.get(i, -1) for _, i in sorted(sides[name])])
-    strips.update(side=side, per_side=STRIP)
-    return strips, thumbs
+    return by_unit
 
 
 def _thumbnails(run, indices: list[int]) -> tuple[list[str], dict[int, int], int]:

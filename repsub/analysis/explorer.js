@@ -276,6 +276,7 @@
     $("detail-means").replaceChildren(bars);
     $("detail-importance").replaceChildren(...importanceDetail(u, layerOf(r)));
     $("detail-exemplars").replaceChildren(...exemplarDetail(u, info.name, unitOf(r)));
+    $("detail-bands").replaceChildren(...bandDetail(u, info.name, unitOf(r)));
     const figures = (rowsOfUnit.get(u) || []).map((m) => {
       const fig = document.createElement("figure");
       fig.dataset.method = methodOf(m);
@@ -328,7 +329,7 @@
       title.textContent = "Interpretability index (2AFC on the exemplars: 0.5 chance, 1 always right)";
       parts.push(title, table(Object.entries(U.interp).map(([kind, values]) => [kind, fixed(values[u])])));
     }
-    if (!D.exemplars) return parts;
+    if (!D.exemplars || !U.ex_top) return parts;
     for (const [side, positions] of [["top", U.ex_top[u]], ["bottom", U.ex_bottom[u]]]) {
       const title = document.createElement("h4");
       title.textContent = `${side === "top" ? "Top" : "Bottom"} exemplars (${side === "top" ? "highest" : "lowest"} activation, most extreme first)`;
@@ -351,6 +352,53 @@
       `in Python: repsub.open_run(RUN).exemplars(${JSON.stringify(layer)}, ${unit})`;
     parts.push(note);
     return parts;
+  }
+  function bandDetail(u, layer, unit) {
+    const B = U.bands ? U.bands[u] : null;
+    if (!B) return [];
+    const title = document.createElement("h4");
+    title.textContent = "Bands of activation (the top band first): images, their classes (× lift: share in the band / share in the data) and a sample";
+    const rows = document.createElement("table");
+    rows.className = "bands";
+    for (let b = B.n.length - 1; b >= 0; b--) {
+      const tr = document.createElement("tr");
+      tr.dataset.band = b;
+      const name = document.createElement("th");
+      name.scope = "row";
+      name.textContent = D.band_names[b];
+      if (B.mid.includes(b)) {
+        tr.className = "mid-range";
+        const tag = document.createElement("span");
+        tag.className = "tag";
+        tag.textContent = "mid-range association";
+        tag.title = "its most frequent class is not the top band's";
+        name.append(" ", tag);
+      }
+      const top = B.top[b] || [];
+      const classes = [];
+      for (let i = 0; i < top.length; i += 3) classes.push(`${className(top[i])} ${top[i + 1]} (× ${sig(top[i + 2])})`);
+      const cells = [`${B.n[b]} images`, `entropy ${fixed(B.h[b], 2)} bits`, classes.join("; ") || "–"].map((text) => {
+        const td = document.createElement("td"); td.textContent = text; return td;
+      });
+      const strip = document.createElement("td");
+      const images = document.createElement("div");
+      images.className = "strip";
+      for (const p of (U.band_strip && U.band_strip[u] && U.band_strip[u][b]) || []) {
+        const img = document.createElement("img");
+        img.alt = `${D.band_names[b]} band image of ${layer} unit ${unit}`;
+        const data = exemplarThumb(p);
+        if (data) img.src = `data:image/webp;base64,${data}`;
+        images.append(img);
+      }
+      strip.append(images);
+      tr.append(name, ...cells, strip);
+      rows.append(tr);
+    }
+    const note = document.createElement("p");
+    note.className = "small";
+    note.textContent = `The first ${D.band_strip} sampled images of each band; all of it in Python: ` +
+      `repsub.open_run(RUN).bands(${JSON.stringify(layer)}, ${unit})`;
+    return [title, rows, note];
   }
   function step(delta) {
     const position = filtered.indexOf(current);

@@ -10,7 +10,9 @@ Two JSON documents, embedded in the page as `<script type="application/json">` (
 - ``EXPLORER_THUMBS``: one base64 WebP per row ("" where the row has no image).
 - the exemplar thumbnails: one base64 WebP per distinct image of the exemplar strips (units ``ex_top`` and
   ``ex_bottom``: positions in it per units entry; repsub.analysis.exemplar_strips), and with the
-  interpretability table, units ``interp``: the index per similarity.
+  interpretability table, units ``interp``: the index per similarity; with the bands table, units ``bands``
+  (per unit its bands' images, entropy, top classes with lift and mid-range associations:
+  repsub.analysis.bands.band_summaries) and ``band_strip`` (positions of each band's sampled images).
 
 Numbers are rounded to 4 significant digits (what the page shows) to keep the page small.
 """
@@ -24,12 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from repsub.analysis.bands import BAND_STRIP
 from repsub.analysis.exclusion import REASONS
 from repsub.analysis.exemplar_strips import exemplar_strips
 from repsub.analysis.importance import KEYS, MEASURES
 from repsub.analysis.interpretability import kind_label
 from repsub.analysis.layers import class_names
 from repsub.analysis.load import RunData, read_rows
+from repsub.core.band_ranges import BAND_NAMES
 from repsub.errors import visible
 from repsub.runstore.tables import UNIT_STATUSES
 
@@ -155,22 +159,36 @@ def interpretability_data(data: RunData, unit_keys: list[tuple[str, int]]) -> di
 
 
 def explorer_data(
-    data: RunData, thumbs: dict, thumb_side: int, image_side: int | None, strips: bool = True
+    data: RunData,
+    thumbs: dict,
+    thumb_side: int,
+    image_side: int | None,
+    strips: bool = True,
+    bands: dict | None = None,
 ) -> tuple[str, str, str]:
     """The three JSON documents (module doc): the explorer's data, its thumbnails and the exemplar thumbnails
-    (`strips` False: none)."""
-    return tuple(map(_script_json, explorer_document(data, thumbs, thumb_side, image_side, strips)))
+    (`strips` False: none); `bands`: the run's band summaries (repsub.analysis.bands.band_summaries), None
+    without."""  # fmt: skip
+    return tuple(map(_script_json, explorer_document(data, thumbs, thumb_side, image_side, strips, bands)))
 
 
 def bases_explorer_data(
-    datas: dict[str, RunData], thumbs: dict[str, dict], thumb_side: int, image_side: int | None
-) -> tuple[str, str, str]:
+    datas: dict[str, RunData], thumbs: dict[str, dict], thumb_side: int, image_side: int | None,
+    bands: dict | None = None,
+) -> tuple[str, str, str]:  # fmt: skip
     """`explorer_data` of the units (the first of `datas`) and of every basis's directions together: their
     rows side by side, each units entry with its basis (``units.basis``: an index into ``bases``), for the
-    page's basis filter. The exemplar strips and the interpretability index are the units' (null for
-    directions); each basis's numbers come from its own rows only."""
+    page's basis filter. The exemplar strips, the bands and the interpretability index are the units' (null
+    for directions); each basis's numbers come from its own rows only."""
     parts = [
-        explorer_document(data, thumbs[basis], thumb_side, image_side, strips=index == 0)
+        explorer_document(
+            data,
+            thumbs[basis],
+            thumb_side,
+            image_side,
+            strips=index == 0,
+            bands=bands if index == 0 else None,
+        )
         for index, (basis, data) in enumerate(datas.items())
     ]
     merged, thumb_list, exemplar_thumbs = parts[0]
@@ -208,9 +226,11 @@ def _append(merged: dict, document: dict, code: int) -> None:
     for key, values in ours.items():
         if isinstance(values, list) and key in units and isinstance(units[key], list):
             units[key] += [layer_code[v] for v in values] if key == "layer" else values
-    for key in ("ex_top", "ex_bottom"):  # the units' exemplars: directions have none
+    for key in ("ex_top", "ex_bottom", "band_strip"):  # the units' exemplars and bands: directions have none
         if key in units:
             units[key] += [[] for _ in range(added)]
+    if "bands" in units:
+        units["bands"] += [None] * added
     units["basis"] += [code] * added
     units["interp"] = _extended(units.get("interp"), None, before, added)
     units["imp"] = _merged_importance(units.get("imp"), ours.get("imp"), before, added)
@@ -259,8 +279,9 @@ def _merged_importance(ours: dict | None, theirs: dict | None, before: int, adde
 
 
 def explorer_document(
-    data: RunData, thumbs: dict, thumb_side: int, image_side: int | None, strips: bool = True
-) -> tuple[dict, list, list]:
+    data: RunData, thumbs: dict, thumb_side: int, image_side: int | None, strips: bool = True,
+    bands: dict | None = None,
+) -> tuple[dict, list, list]:  # fmt: skip
     """The explorer's data, its thumbnails and the exemplar thumbnails, as Python values (`explorer_data`)."""
     frame = data.frame
     layers = [info.name for info in data.layers]
@@ -291,9 +312,14 @@ def explorer_document(
     }
     units["imp"], importance = importance_data(data, unit_keys, column)
     units["interp"] = interpretability_data(data, unit_keys)
-    exemplars, exemplar_thumbs = exemplar_strips(data.run, unit_keys) if strips else (None, [])
-    if exemplars is not None:
+    samples = None if bands is None else {key: summary["sample"] for key, summary in bands.items()}
+    exemplars, exemplar_thumbs = exemplar_strips(data.run, unit_keys, samples) if strips else (None, [])
+    if exemplars is not None and "top" in exemplars:
         units["ex_top"], units["ex_bottom"] = exemplars.pop("top"), exemplars.pop("bottom")
+    if exemplars is not None and "bands" in exemplars:
+        units["band_strip"] = exemplars.pop("bands")
+    if bands is not None:
+        units["bands"] = [_without_sample(bands.get(key)) for key in unit_keys]
     with_method = [i for i, m in enumerate(method_col) if m is not None]
     take = pa.array(with_method, pa.int64())
 
@@ -330,13 +356,20 @@ def explorer_document(
         "reasons": REASONS,
         "classes": _visible_names(class_names(data.run.manifest)),
         "importance": importance,  # null for a run without importance
-        "exemplars": exemplars,  # {side, per_side}; null for a run without exemplars
+        "exemplars": exemplars,  # {side, per_side}; null for a run without exemplars or bands
+        "band_names": None if bands is None else list(BAND_NAMES),
+        "band_strip": BAND_STRIP,
         "thumb": {"side": thumb_side, "format": "webp", "image_side": image_side},
         "units": units,
         "rows": rows,
     }
     thumb_list = [thumbs.get(key, "") for key in row_keys]
     return document, thumb_list, exemplar_thumbs
+
+
+def _without_sample(summary: dict | None) -> dict | None:
+    """A unit's band summary as the page holds it: its sample is in `band_strip`, as thumbnail positions."""
+    return None if summary is None else {k: v for k, v in summary.items() if k != "sample"}
 
 
 def _visible_names(names: list[str] | None) -> list[str] | None:

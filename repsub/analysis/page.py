@@ -1,7 +1,8 @@
 """The report page: one self-contained HTML file (figures, data, style and script inline; no network).
 
 Sections: the run's facts, what it lacks, the statistics table, importance by ablation (its table and
-figures, for a run with an importance table), the unit explorer (filters, a scatter of RS against
+figures, for a run with an importance table), the interpretability index, the bands of activation (units with
+mid-range associations, per layer), the unit explorer (filters, a scatter of RS against
 selectivity whose points open their unit, a gallery of thumbnails a page at a time, a unit's detail in a
 dialog; explorer.js), then the paper's figures.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from repsub.analysis.bands import BAND_STRIP, mid_range_by_layer
 from repsub.analysis.bases_side_by_side import LEGEND as BASES_LEGEND
 from repsub.analysis.bases_side_by_side import ExplorerBases
 from repsub.analysis.exclusion import IMPORTANCE_REASONS, INTERPRETABILITY_REASONS, REASONS
@@ -25,9 +27,10 @@ from repsub.analysis.importance import MEASURES
 from repsub.analysis.importance_stats import IMPORTANCE_STATS_FILE, against_label, against_names
 from repsub.analysis.interpretability import kind_label
 from repsub.analysis.interpretability_stats import INTERPRETABILITY_STATS_FILE
-from repsub.analysis.layers import SIGNED_NOTE
+from repsub.analysis.layers import SIGNED_NOTE, class_names
 from repsub.analysis.load import RunData
 from repsub.analysis.stats import StatsOptions, left_out
+from repsub.core.band_ranges import BAND_NAMES
 from repsub.errors import visible
 from repsub.runstore.tables import UNIT_STATUSES
 
@@ -285,6 +288,49 @@ def interpretability_section(index_stats: pa.Table | None, data: RunData, figure
     return out
 
 
+def bands_section(bands: dict | None, data: RunData) -> list[str]:
+    """Per layer: the units with bands and those with a mid-range association, the first of them named;
+    nothing for a run without bands."""
+    if bands is None:
+        return []
+    names = class_names(data.run.manifest)
+
+    def label(c) -> str:
+        return esc(names[c]) if names and 0 <= c < len(names) else f"class {c}"
+
+    rows = []
+    for layer, entry in mid_range_by_layer(bands).items():
+        named = "; ".join(
+            f"unit {unit}: "
+            + ", ".join(f"{esc(BAND_NAMES[b])} {label(c)}" for b, c in mid)
+            + f" (top band {label(top)})"
+            for unit, mid, top in entry["named"]
+        )
+        more = entry["with_mid"] - len(entry["named"])
+        rows.append(
+            f'<tr data-layer="{esc(layer)}"><th scope="row">{esc(layer)}</th><td>{entry["units"]}</td>'
+            f'<td>{entry["with_mid"]}</td><td class="small">{named or "&ndash;"}'
+            + (f" and {more} more" if more > 0 else "")
+            + "</td></tr>"
+        )
+    return [
+        '<h2 id="bands">Bands of activation</h2>',
+        "<p>Each unit's activation over the data, cut at its quantiles into bands ("
+        + esc(", ".join(BAND_NAMES))
+        + "): the images of each band per class, and a seeded sample of them. A <em>mid-range association</em> "
+        "is a band between the bottom and the top band whose most frequent class is not the top band's: the "
+        "unit responds moderately to another class than the one that drives it most. A unit's detail (Units, "
+        f"below) shows its bands: the first {BAND_STRIP} sampled images of each, its classes with their lift "
+        "(share in the band / share in the data) and entropy. All of it in Python: "
+        "<code>repsub.open_run(RUN).bands(layer, unit)</code>.</p>",
+        '<table id="band-stats"><thead><tr><th scope="col">layer</th>'
+        '<th scope="col" title="units of the bands table">units</th>'
+        '<th scope="col" title="units with at least one mid-range association">mid-range</th>'
+        '<th scope="col">mid-range associations (band, its top class)</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>",
+    ]
+
+
 def _options(values: list[tuple[str, str]], label_all: str | None = "all") -> str:
     options = [f'<option value="">{esc(label_all)}</option>'] if label_all else []
     return "".join(options + [f'<option value="{esc(v)}">{esc(text)}</option>' for v, text in values])
@@ -345,7 +391,8 @@ def explorer_section(
 <p class="small">Every units row (a unit of a layer, with one method's image). Filter and sort them; click a
 card or a point of the scatter (or press Enter on a focused card) to see the unit: its AM and IAM images,
 selectivity, largest class means, RS and status{", and its importance by ablation" if importance else ""}, and
-with exemplars its top and bottom dataset images and interpretability index.
+with exemplars its top and bottom dataset images and interpretability index, with bands its images and classes by
+band of activation.
 Thumbnails are {thumb_side} px.</p>
 <form id="filters" role="search" aria-label="filter the units">
   <label>layer <select id="f-layer">{_options(layers)}</select></label>{basis_filter}
@@ -391,6 +438,7 @@ Thumbnails are {thumb_side} px.</p>
   <div id="detail-means"></div>
   <div id="detail-importance"></div>
   <div id="detail-exemplars"></div>
+  <div id="detail-bands"></div>
   <p id="detail-note" class="small"></p>
   <div class="detail-nav">
     <button type="button" id="detail-prev">previous unit</button>
@@ -436,11 +484,12 @@ def render_page(
     index_stats: pa.Table | None = None,
     bases: list[dict] | None = None,
     explorer_choices: ExplorerBases | None = None,
+    bands: dict | None = None,
 ) -> str:
     """The whole page. `figures`: {'depth': path|None, 'grid': (path, GridChoice)|None, 'scatter': {layer:
     path}, 'hist': {layer: path}, 'importance': {against: path}}; `explorer`: the two JSON documents of
     repsub.analysis.explorer or None; `importance`: the importance statistics, `index_stats` the
-    interpretability statistics, None without; `bases`: the bases side by side
+    interpretability statistics, `bands` the band summaries (repsub.analysis.bands), None without; `bases`: the bases side by side
     (repsub.analysis.bases_side_by_side), empty or None for a run of units only; `explorer_choices`: the
     explorer's basis filter and the layers and ablations of every basis (None: the units' only)."""
     out = [
@@ -469,6 +518,7 @@ def render_page(
         *bases_section(bases, figures.get("bases_depth")),
         *importance_section(importance, data, figures),
         *interpretability_section(index_stats, data, figures),
+        *bands_section(bands, data),
         '<h2 id="explorer">Units</h2>',
         explorer_section(data, *(explorer or (None, None, None)), thumb_side, explorer_choices),
         "<h2>Spearman rho against layer depth</h2>",

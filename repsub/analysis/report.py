@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from repsub.analysis.bands import band_summaries
 from repsub.analysis.bases_side_by_side import (
     bases_stats,
     basis_data,
@@ -149,9 +150,10 @@ def build_report(
         figures["bases_depth"] = (
             bases_rho_by_depth(data, all_stats, staging / FIGURES_DIR / BASES_RHO_BY_DEPTH) if bases else None
         )
-        explorer, side = _explorer(datas)
+        bands = band_summaries(data.run)
+        explorer, side = _explorer(datas, bands)
         page = render_page(data, stats, options, figures, explorer, side, importance, index_stats, bases,
-                           explorer_bases(datas))  # fmt: skip
+                           explorer_bases(datas), bands)  # fmt: skip
         pq.write_table(all_stats.replace_schema_metadata(stats_metadata(data, options)), staging / STATS_FILE)
         if importance is not None:
             meta = importance_metadata(data, options)
@@ -206,8 +208,9 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _explorer(datas: dict[str, RunData]) -> tuple[tuple[str, str, str] | None, int]:
-    """The explorer's documents and thumbnail side: of the units, with every basis's rows beside them."""
+def _explorer(datas: dict[str, RunData], bands: dict | None) -> tuple[tuple[str, str, str] | None, int]:
+    """The explorer's documents and thumbnail side: of the units (with their `bands`), with every basis's rows
+    beside them."""
     data = datas[UNIT_BASIS]
     rows = sum(len(r.indices) for d in datas.values() for r in d.rows.values())
     if not rows:
@@ -215,9 +218,9 @@ def _explorer(datas: dict[str, RunData]) -> tuple[tuple[str, str, str] | None, i
     original = image_side(data)
     side = thumbnail_side(rows, original)
     if len(datas) == 1:
-        return explorer_data(data, thumbnails(data, side), side, original), side
+        return explorer_data(data, thumbnails(data, side), side, original, bands=bands), side
     thumbs = {basis: thumbnails(d, side) for basis, d in datas.items()}
-    return bases_explorer_data(datas, thumbs, side, original), side
+    return bases_explorer_data(datas, thumbs, side, original, bands=bands), side
 
 
 def _draw_figures(

@@ -7,9 +7,10 @@
     run.importance_stats().to_pandas()    # importance by ablation against RS and selectivity (if measured)
     run.interpretability_stats()          # the interpretability index per layer, against RS and selectivity
     run.exemplars("conv3", 17)            # the unit's top and bottom images: activation, label, thumbnail
+    run.bands("conv3", 17)                # its activation's bands: class composition, lift, sampled images
 
 The tables stay available as pyarrow datasets (`run.units`, `run.selectivity`, `run.activations`,
-`run.importance`, `run.exemplar_rows`, `run.images`) for anything else (filters, streaming), and their files as
+`run.importance`, `run.exemplar_rows`, `run.band_rows`, `run.images`) for anything else (filters, streaming), and their files as
 `run.files("units")` (duckdb, polars). They are the files of the snapshot read when the run was opened
 (repsub.runstore.snapshot): open the run again to see what a writer committed since.
 """
@@ -29,7 +30,7 @@ from repsub.runstore.reader import RunReader
 from repsub.runstore.tables import TABLES
 
 # A table whose attribute is not its name (`exemplars` is the method that reads it).
-ATTRIBUTES = {"exemplars": "exemplar_rows"}
+ATTRIBUTES = {"exemplars": "exemplar_rows", "bands": "band_rows"}
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Run:
         None  # the 2AFC index per unit and similarity (repsub interpretability)
     )
     quantiles: ds.Dataset | None = None  # each unit's activation quantiles (selectivity --quantile-k)
+    band_rows: ds.Dataset | None = None  # the `bands` table (the band pass)
 
     bases: ds.Dataset | None = None  # the fitted bases, one row each (repsub basis fit)
 
@@ -136,6 +138,16 @@ class Run:
         from repsub.analysis.exemplars import unit_exemplars
 
         return unit_exemplars(self, layer, int(unit), side, images)
+
+    def bands(self, layer: str, unit: int, top: int = 3):
+        """One unit's bands of activation (repsub.analysis.bands) as a pandas DataFrame, the lowest first: band,
+        name, lower and upper edge (the band holds lower <= activation < upper), images, entropy (bits) of
+        its classes, top_classes (indices), top_names, top_counts, top_lift (share in the band / share in the
+        data), mid_range (a mid-range association: its top class is not the top band's), sample (seeded
+        image indices; thumbnails in `images`), class_counts."""
+        from repsub.analysis.bands import unit_bands
+
+        return unit_bands(self, layer, int(unit), top)
 
     def stats(self, **options) -> pa.Table:
         """The report's statistics table (repsub.analysis.stats; stats.parquet), with the report's default

@@ -28,6 +28,7 @@ def accumulate_class_sums(
     on_batch: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
     precision: Precision | None = None,
     readouts: dict | None = None,
+    desc: str = "selectivity pass",
 ) -> ClassMeanAccumulator:
     """One pass over `batches` of (images, labels); returns the per-class sums of all `layers` at once.
 
@@ -37,7 +38,7 @@ def accumulate_class_sums(
     {layer: [B, N]} (e.g. to store them per image: repsub.runstore.activations.ActivationWriter.add).
     `readouts` ({layer name: readout}, repsub.core.readout) reads those layers through a basis: their K
     responses are summed instead of the units (a StackedReadout serves units and several bases of one layer
-    in the same pass: split its class means by its `slices`).
+    in the same pass: split its class means by its `slices`). `desc` names the progress bar.
     """
     readouts = readouts or {}
     precision = precision or FP32
@@ -47,7 +48,7 @@ def accumulate_class_sums(
         layer.name: readouts[layer.name].K if layer.name in readouts else layer.n_units for layer in layers
     }
     accumulator = ClassMeanAccumulator(widths, num_classes, device)
-    bar = tqdm(total=total, desc="selectivity pass", unit="img", disable=not progress)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
     with bar, capture:  # one registration of the hooks for the whole pass
         for images, labels in batches:
             images = as_input(images.to(device, non_blocking=True), channels_last)

@@ -13,6 +13,7 @@ from repsub.capture.precision import resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.commands.context import CommandContext, check_common, say_precision
 from repsub.commands.targets import basis_layer, basis_record, resolve_bases
+from repsub.core.bands import BAND_NAMES, DEFAULT_RESERVOIR, EDGE_RANKS, BandAccumulator
 from repsub.core.exemplars import ExemplarAccumulator
 from repsub.core.quantiles import DEFAULT_K, QuantileSketches
 from repsub.core.readout import UNIT, StackedReadout, UnitReadout
@@ -21,9 +22,16 @@ from repsub.data.thumbnails import read_thumbnails
 from repsub.errors import DataError, UsageError
 from repsub.models import LoadedModel
 from repsub.runstore.activations import ActivationWriter
-from repsub.runstore.exemplars import write_exemplars, write_images
+from repsub.runstore.exemplars import write_bands, write_exemplars, write_images
 from repsub.runstore.provenance import Scope, basis_layer_meanings, data_meaning, selectivity_meaning
-from repsub.runstore.tables import STORED_RANKS, quantiles_table, selectivity_table, with_basis, with_layer
+from repsub.runstore.tables import (
+    STORED_RANKS,
+    band_edges,
+    quantiles_table,
+    selectivity_table,
+    with_basis,
+    with_layer,
+)
 from repsub.validate import check_int
 
 DEFAULT_EXEMPLARS = 16
@@ -50,6 +58,8 @@ def selectivity(
     force_unlock: bool = False,
     exemplars: int = DEFAULT_EXEMPLARS,
     quantile_k: int = DEFAULT_K,
+    bands: bool | None = None,
+    band_sample: int = DEFAULT_RESERVOIR,
     basis=None,
 ) -> pa.Table:
     """Class selectivity of every unit of `layers` (default: all) over `data` (an ImageFolder directory
@@ -64,7 +74,10 @@ def selectivity(
     keeps, in the same pass, every unit's k top and k bottom images (repsub.core.exemplars) and writes them into
     `out`/exemplars/, with the thumbnails of the images they refer to in `out`/images/ (nothing without `out`).
     `quantile_k` (0: none) sketches every unit's activation over the data in the same pass (KLL of that k:
-    repsub.core.quantiles) and writes its values at STORED_RANKS into `out`/quantiles/.
+    repsub.core.quantiles) and writes its values at STORED_RANKS into `out`/quantiles/. `bands` (default: on
+    where quantiles are) then runs a second pass, the band pass: every unit's images per class in each band
+    between its stored quantiles at EDGE_RANKS, and a seeded sample of `band_sample` image indices per band
+    (repsub.core.bands), into `out`/bands/, their thumbnails into `out`/images/.
 
     Into an existing run, what is not given is the run's (repsub.commands.extend): `model` None re-creates its
     model (weights verified by hash), `weights` None takes its weights where `model` is its model, and the
@@ -87,12 +100,16 @@ def selectivity(
     check_int(quantile_k, "--quantile-k", 0)
     if quantile_k and quantile_k < 8:
         raise UsageError(f"--quantile-k {quantile_k}: the sketch needs k >= 8 (or 0: no quantiles)")
+    check_int(band_sample, "--band-sample", 0)
+    _check_bands(bands, quantile_k, out)
     ctx = CommandContext.open("selectivity", out=out, model=model, weights=weights, seed=seed, device=device,
                               layers=layers, image_size=image_size, mean=mean, std=std)  # fmt: skip
     used_precision = resolve_precision(precision, ctx.device)
     loaded, chosen = ctx.model, ctx.layers
     with_units, readouts = resolve_bases(basis, out, [layer.name for layer in ctx.layers])
     placed = {readout.name: basis_layer(readout, chosen, layers)[0].name for readout in readouts}
+    if bands and not with_units:
+        raise UsageError("--bands are the units' (their quantiles): give --basis unit,... or none")
     if not with_units:
         chosen = [layer for layer in chosen if layer.name in placed.values()]
         if save_activations:
@@ -138,10 +155,15 @@ def selectivity(
         config["basis"] = basis_record(readouts[0])
     elif readouts:
         config["bases"] = [UNIT] * with_units + [basis_record(readout) for readout in readouts]
+    band_pass = bool(sketch_k) and bands is not False
+    if band_pass:
+        config["bands"] = {"edge_ranks": list(EDGE_RANKS), "names": list(BAND_NAMES), "sample": band_sample,
+                           "seed": ctx.seed}  # fmt: skip
     say_precision(used_precision, "selectivity")
     meaning = selectivity_meaning(source, size)
     unit_layers = dict.fromkeys(config["layers"]) if with_units else {}
-    tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []))
+    tables_written = ("selectivity", *(["exemplars"] if keep else []), *(["quantiles"] if sketch_k else []),
+                      *(["bands"] if band_pass else []))  # fmt: skip
     scopes = [Scope(table, None, unit_layers, meaning) for table in tables_written if unit_layers]
     scopes += [Scope("selectivity", None, {placed[readout.name]: None}, meaning, basis=readout.name,
                      layer_meanings=basis_layer_meanings({placed[readout.name]: readout}))
@@ -162,7 +184,7 @@ def selectivity(
         )
         layer_units = {layer.name: layer.n_units for layer in chosen}
         sketches = QuantileSketches(layer_units, sketch_k) if sketch_k else None
-        on_batch = _units_of(_each(
+        on_batch = _units_of(each_batch(
             sink.add if sink else None, kept.add if kept else None, sketches.add if sketches else None
         ), layer_units)  # fmt: skip
         acc = accumulate_class_sums(
@@ -186,14 +208,29 @@ def selectivity(
         tables = _basis_tables(acc, parts)
         for (name, _), table in tables.items():
             output.write("selectivity", name, table)
+        quantiles = {}
         if sketches is not None:
             for name in layer_units:
-                values = sketches.quantiles(name, STORED_RANKS)
-                rows = quantiles_table(values, sketches.k, sketches.rank_error, sketches.n_images)
+                quantiles[name] = sketches.quantiles(name, STORED_RANKS)
+                rows = quantiles_table(quantiles[name], sketches.k, sketches.rank_error, sketches.n_images)
                 output.write("quantiles", name, rows)
+        banded = None
+        if band_pass:  # edges: exactly the stored quantiles
+            edges = {name: band_edges(values) for name, values in quantiles.items()}
+            banded = BandAccumulator(edges, len(source.classes), band_sample, ctx.seed, device=ctx.device)
+            second = accumulate_class_sums(
+                loaded, chosen, source.batches(batch_size, workers=workers, device=ctx.device),
+                len(source.classes), reduce=reduce, device=ctx.device, total=len(source), progress=progress,
+                on_batch=banded.add, precision=used_precision, desc="band pass",
+            )  # fmt: skip
+            if second.n_images != acc.n_images:
+                raise DataError(f"the band pass saw {second.n_images} images, the first pass {acc.n_images}")
+            write_bands(output.writer, banded, list(layer_units))
         if kept is not None:
             write_exemplars(output.writer, kept, list(layer_units))
-            store_thumbnails(output.writer, source, kept, loaded, batch_size, workers, progress)
+        if kept is not None or banded is not None:
+            indices = referenced_images(kept, banded)
+            store_thumbnails(output.writer, source, indices, loaded, batch_size, workers, progress)
         config["n_images"] = acc.n_images
         if saved:
             config["save_activations"] = [layer.name for layer in saved]
@@ -242,7 +279,7 @@ def _units_of(callback, layer_units: dict[str, int]):
     return units_only
 
 
-def _each(*callbacks):
+def each_batch(*callbacks):
     """One on_batch callback calling each of `callbacks` (None ones left out); None if there is none."""
     present = [callback for callback in callbacks if callback is not None]
     if not present:
@@ -255,10 +292,33 @@ def _each(*callbacks):
     return each
 
 
-def store_thumbnails(writer, source, exemplars: ExemplarAccumulator, model: LoadedModel, batch_size: int,
-                     workers: int, progress: bool) -> int:  # fmt: skip
-    """The thumbnails of every image the exemplars refer to, read once each from `source` into the run."""
-    indices = exemplars.image_indices().tolist()
+def _check_bands(bands, quantile_k: int, out) -> None:
+    """--bands asked for where the band pass cannot run: refused, with why."""
+    if bands not in (None, True, False):
+        raise UsageError(f"--bands must be true or false, got {bands!r}")
+    if not bands:
+        return
+    if not quantile_k:
+        raise UsageError(
+            "--bands draws each unit's band edges from its quantiles: not with --quantile-k 0 (give a k >= 8)"
+        )
+    if out is None:
+        raise UsageError("--bands writes into a run: give --out")
+
+
+def referenced_images(*accumulators) -> list[int]:
+    """The image indices that exemplars and bands (accumulators with `image_indices`; None left out) refer
+    to, sorted, once each."""
+    found = set()
+    for accumulator in accumulators:
+        if accumulator is not None:
+            found.update(i for i in accumulator.image_indices().tolist() if i >= 0)
+    return sorted(found)
+
+
+def store_thumbnails(writer, source, indices: list[int], model: LoadedModel, batch_size: int, workers: int,
+                     progress: bool) -> int:  # fmt: skip
+    """The thumbnails of the images `indices` (referenced_images), read once each from `source` into the run."""
     batches = read_thumbnails(source, indices, model.mean, model.std, batch_size=batch_size, workers=workers,
                               progress=progress)  # fmt: skip
     return write_images(writer, batches, data_meaning(source)["location"])

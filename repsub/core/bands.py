@@ -2,7 +2,7 @@
 
 Given each unit's band edges (activation values at EDGE_RANKS, from its quantile sketch:
 repsub.core.quantiles), ``BandAccumulator`` assigns every (image, unit) a band, the number of edges at or below
-the activation (0: below the 25% edge, ..., 5: at or above the 99.9% edge; a value equal to an edge goes to the
+the activation (0: below the 25% edge, ..., 6: at or above the 99.9% edge; a value equal to an edge goes to the
 band above it), and keeps per band and unit:
 
 - the images per class (int64 counts [bands, N, C]): exact integers;
@@ -16,23 +16,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-EDGE_RANKS = (0.25, 0.5, 0.9, 0.99, 0.999)
-BAND_NAMES = ("below 25%", "25-50%", "50-90%", "90-99%", "99-99.9%", "top 0.1%")  # band 0 first
+from repsub.core.band_ranges import BAND_NAMES, EDGE_RANKS, class_composition, image_keys
+
+__all__ = [
+    "BAND_NAMES",
+    "DEFAULT_RESERVOIR",
+    "EDGE_RANKS",
+    "BandAccumulator",
+    "class_composition",
+    "image_keys",
+]
+
 EMPTY = torch.iinfo(torch.int64).max  # the key of an empty reservoir slot (its index is -1)
 DEFAULT_RESERVOIR = 16
-
-
-def image_keys(seed: int, index: np.ndarray) -> np.ndarray:
-    """The sampling key of each image index: splitmix64(seed's stream at index), a bijection of the index for
-    a given seed, as int64 (the same 64 bits read signed: a total order all the same)."""
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + (
-            np.asarray(index, np.uint64) + np.uint64(1)
-        ) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return z.view(np.int64)
 
 
 class BandAccumulator:
@@ -40,7 +36,8 @@ class BandAccumulator:
     mergeable. `edges` {layer: [len(EDGE_RANKS), N]} ascending per unit."""
 
     def __init__(self, edges: dict[str, torch.Tensor | np.ndarray], num_classes: int,
-                 reservoir: int = DEFAULT_RESERVOIR, seed: int = 0, device: str | torch.device = "cpu"):  # fmt: skip
+                 reservoir: int = DEFAULT_RESERVOIR, seed: int = 0, device: str | torch.device = "cpu",
+                 first_index: int = 0):  # fmt: skip
         if isinstance(reservoir, bool) or not isinstance(reservoir, int) or reservoir < 0:
             raise ValueError(f"the reservoir must be an integer >= 0, got {reservoir!r}")
         self.device = torch.device(device)
@@ -49,7 +46,9 @@ class BandAccumulator:
         self.edges = {
             name: torch.as_tensor(e, dtype=torch.float32).to(self.device) for name, e in edges.items()
         }
-        self.next_index = 0
+        self.next_index = (
+            first_index  # a data shard's batches count from its first image: the dataset's index
+        )
         self.n_images = 0
         self.counts = {
             name: torch.zeros(self.n_bands, e.shape[1], num_classes, dtype=torch.int64, device=self.device)
@@ -131,6 +130,12 @@ class BandAccumulator:
         index = self.samples[layer]["index"][band, :, unit].tolist()
         return [i for i in index if i >= 0]
 
+    def image_indices(self) -> torch.Tensor:
+        """Every sampled image index of any band, unit and layer, sorted, once each."""
+        parts = [s["index"].reshape(-1).cpu() for s in self.samples.values()]
+        found = torch.unique(torch.cat(parts)) if parts else torch.zeros(0, dtype=torch.int64)
+        return found[found >= 0]
+
     def state_dict(self) -> dict:
         return {
             "num_classes": self.num_classes, "reservoir": self.reservoir, "seed": self.seed,
@@ -146,23 +151,3 @@ class BandAccumulator:
         acc.counts = {n: c.to(acc.device) for n, c in state["counts"].items()}
         acc.samples = {n: {f: t.to(acc.device) for f, t in s.items()} for n, s in state["samples"].items()}
         return acc
-
-
-def class_composition(counts: np.ndarray, prior: np.ndarray, top: int = 3) -> dict:
-    """One band's class composition from its per-class counts [C] and the data's class prior [C] (sums to 1):
-    images, entropy (bits), the `top` classes by count with their lift (share in the band / share in the data)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    total = counts.sum()
-    share = counts / total if total else np.zeros_like(counts)
-    nonzero = share[share > 0]
-    order = np.argsort(-counts, kind="stable")[:top]
-    order = order[counts[order] > 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lift = np.where(prior[order] > 0, share[order] / prior[order], np.nan)
-    return {
-        "images": int(total),
-        "entropy": float(-(nonzero * np.log2(nonzero)).sum()),
-        "top_classes": order.tolist(),
-        "top_counts": counts[order].astype(np.int64).tolist(),
-        "top_lift": lift.tolist(),
-    }

@@ -1,7 +1,9 @@
-"""Writing the exemplars of a selectivity pass into a run: the per-layer `exemplars` table and the one
-`images` file of their thumbnails (repsub.runstore.tables.EXEMPLARS, IMAGES).
+"""Writing the exemplars and bands of a selectivity pass into a run: the per-layer `exemplars` and `bands`
+tables and the one `images` file of the thumbnails they refer to (repsub.runstore.tables.EXEMPLARS, BANDS,
+IMAGES).
 
     RUN/exemplars/layer=<layer>/exemplars.parquet
+    RUN/bands/layer=<layer>/bands.parquet
     RUN/images/images[-<random>].parquet   (one committed file, replaced under a new name)
 
 The images file is rewritten whole: the new thumbnails, plus those already stored of the same data (its
@@ -17,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from repsub.runstore.snapshot import listed
-from repsub.runstore.tables import IMAGES, exemplars_table
+from repsub.runstore.tables import IMAGES, bands_table, exemplars_table
 from repsub.runstore.writer import RunWriter
 
 
@@ -26,6 +28,18 @@ def write_exemplars(writer: RunWriter, accumulator, layers: list[str]) -> None:
     for name in layers:
         sides = {side: accumulator.side(name, side) for side in ("top", "bottom")}
         writer.write_table("exemplars", name, exemplars_table(sides))
+
+
+def write_bands(writer: RunWriter, accumulator, layers: list[str]) -> None:
+    """One bands file per layer, from a repsub.core.bands.BandAccumulator."""
+    for name in layers:
+        rows = bands_table(
+            accumulator.edges[name].cpu().numpy(),
+            accumulator.counts[name].cpu().numpy(),
+            accumulator.samples[name]["index"].cpu().numpy(),
+            accumulator.seed,
+        )
+        writer.write_table("bands", name, rows)
 
 
 def write_images(writer: RunWriter, batches, source: str) -> int:

@@ -9,6 +9,7 @@
     RUN/interpretability/layer=<layer>/<similarity>-<first>-<last>-<hash>.parquet   repsub interpretability
     RUN/bases/layer=<layer>/<name>.parquet                                 one basis (repsub.runstore.bases)
     RUN/quantiles/layer=<layer>/quantiles.parquet                          selectivity --quantile-k K
+    RUN/bands/layer=<layer>/bands.parquet                                  selectivity --bands (the band pass)
 
 Every table but `images` is hive-partitioned by `layer` (`images` is one file: an image that several
 layers' exemplars refer to is stored once; its `layer` column reads null). A block table keys its rows by (its `key` column, unit): a
@@ -206,9 +207,26 @@ QUANTILES = TableSpec("quantiles", pa.schema([
 ]))  # fmt: skip
 STORED_RANKS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0)  # the band edges among them
 
+# Per unit and band of its activation (repsub.core.bands: the ranges between the unit's stored quantiles at
+# EDGE_RANKS), the images of the data in it per class (exact) and a seeded sample of them; written by the
+# band pass, a second pass over the data after the quantiles (selectivity --bands, a sweep's band phase).
+BANDS = TableSpec("bands", pa.schema([
+    BASIS_FIELD,
+    ("unit", pa.int32()),
+    ("band", pa.int32()),  # 0: the lowest (below 25%)
+    ("name", pa.string()),  # repsub.core.bands.BAND_NAMES
+    ("lower", pa.float32()),  # the band holds activations >= lower and < upper (-inf, +inf at the ends)
+    ("upper", pa.float32()),
+    ("images", pa.int64()),
+    ("class_counts", pa.list_(pa.int64())),  # images of the band per class
+    ("sample", pa.list_(pa.int64())),  # image indices of a seeded bottom-k sample, in key order
+    ("seed", pa.int64()),  # the sample's seed
+    ("command", pa.string()),  # the manifest command that wrote the row
+]))  # fmt: skip
+
 
 TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, EXEMPLARS, IMAGES,
-                                       INTERPRETABILITY, BASES, QUANTILES)}  # fmt: skip
+                                       INTERPRETABILITY, BASES, QUANTILES, BANDS)}  # fmt: skip
 
 UNIT_STATUSES = {
     "ok": "the unit responds to its image (own activation > 0)",
@@ -344,4 +362,40 @@ def quantiles_table(values: np.ndarray, k: int, rank_error: float, n_images: int
         "k": pa.array(np.full(units, k), pa.int32()),
         "rank_error": pa.array(np.full(units, rank_error), pa.float64()),
         "n_images": pa.array(np.full(units, n_images), pa.int64()),
+    })  # fmt: skip
+
+
+def band_edges(values: np.ndarray, ranks=STORED_RANKS) -> np.ndarray:
+    """The band edges [len(EDGE_RANKS), N] among a layer's stored quantiles `values` [len(ranks), N] (exactly
+    the stored float32 values, so a band pass given the same table draws the same bands)."""
+    from repsub.core.band_ranges import EDGE_RANKS
+
+    ranks = [float(r) for r in ranks]
+    missing = [r for r in EDGE_RANKS if r not in ranks]
+    if missing:
+        raise ValueError(f"the quantiles hold no value at rank(s) {missing}; their ranks: {ranks}")
+    return np.asarray(values, np.float32)[[ranks.index(r) for r in EDGE_RANKS]]
+
+
+def bands_table(edges: np.ndarray, counts: np.ndarray, samples: np.ndarray, seed: int) -> pa.Table:
+    """The bands rows of one layer, by unit then band, from its edges [E, N], per-class counts [E + 1, N, C]
+    and sampled image indices [E + 1, R, N] (-1: an empty slot) of repsub.core.bands.BandAccumulator."""
+    from repsub.core.band_ranges import BAND_NAMES
+
+    n_bands, units, _ = counts.shape
+    bounds = np.concatenate(
+        [np.full((1, units), -np.inf), np.asarray(edges, np.float64), np.full((1, units), np.inf)]
+    ).astype(np.float32)  # [E + 2, N]
+    per_row = np.transpose(counts, (1, 0, 2)).reshape(units * n_bands, -1)  # [(unit, band), C]
+    picks = np.transpose(samples, (2, 0, 1)).reshape(units * n_bands, -1)  # [(unit, band), R]
+    return pa.table({
+        "unit": pa.array(np.repeat(np.arange(units), n_bands), pa.int32()),
+        "band": pa.array(np.tile(np.arange(n_bands), units), pa.int32()),
+        "name": pa.array(list(BAND_NAMES) * units, pa.string()),
+        "lower": pa.array(bounds[:-1].T.reshape(-1), pa.float32()),
+        "upper": pa.array(bounds[1:].T.reshape(-1), pa.float32()),
+        "images": pa.array(per_row.sum(1), pa.int64()),
+        "class_counts": pa.array(list(per_row.astype(np.int64)), pa.list_(pa.int64())),
+        "sample": pa.array([row[row >= 0].astype(np.int64) for row in picks], pa.list_(pa.int64())),
+        "seed": pa.array(np.full(units * n_bands, seed), pa.int64()),
     })  # fmt: skip

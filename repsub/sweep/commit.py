@@ -1,8 +1,8 @@
 """The shard-commit protocol, in one place.
 
 1. A shard writes its result under a deterministic name, atomically (hidden temporary, then move):
-   unit shards into the units table itself, data shards as partial sums (and partial exemplars) under
-   `_sweep/`.
+   unit shards into the units table itself, data shards as partial sums (and partial exemplars and quantile
+   sketches) under `_sweep/`, band shards their partial bands there too.
 2. Only then is its completion marker written, create-only: `RUN/_sweep/<plan>/done/<shard id>.json`,
    holding the size and SHA-256 of every file the shard wrote.
 3. The driver then publishes the shard's table files in the run's snapshot (the manifest's file list,
@@ -21,6 +21,7 @@ are invisible to dataset readers.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -30,7 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from repsub.core.bands import BandAccumulator
 from repsub.core.exemplars import ExemplarAccumulator
+from repsub.core.quantiles import QuantileSketches
 from repsub.core.selectivity import ClassMeanAccumulator
 from repsub.errors import RunError
 from repsub.runstore.location import unreadable_file
@@ -119,13 +122,16 @@ class ShardLedger:
     def partial_sums_path(self, shard_id: str) -> str:
         return f"{self.base}/selectivity/{shard_id}.pt"
 
-    def save_partial_sums(self, shard_id: str, accumulator: ClassMeanAccumulator) -> str:
-        """Write a data shard's partial sums; returns the file's path (for its marker)."""
+    def _save(self, relative: str, state: dict) -> str:
+        """Write a shard's partial state (plain tensors, torch.save); returns the file's path (for its marker)."""
         buffer = io.BytesIO()
-        torch.save(accumulator.state_dict(), buffer)
-        relative = self.partial_sums_path(shard_id)
+        torch.save(state, buffer)
         self.writer.put_bytes(relative, buffer.getvalue())
         return self.writer._path(relative)
+
+    def save_partial_sums(self, shard_id: str, accumulator: ClassMeanAccumulator) -> str:
+        """Write a data shard's partial sums; returns the file's path (for its marker)."""
+        return self._save(self.partial_sums_path(shard_id), accumulator.state_dict())
 
     def load_partial_sums(self, shard_id: str) -> ClassMeanAccumulator:
         return ClassMeanAccumulator.from_state_dict(self._load(self.partial_sums_path(shard_id), shard_id))
@@ -135,11 +141,7 @@ class ShardLedger:
 
     def save_partial_exemplars(self, shard_id: str, accumulator: ExemplarAccumulator) -> str:
         """Write a data shard's exemplars (its images' top and bottom k); returns the file's path (for its marker)."""
-        buffer = io.BytesIO()
-        torch.save(accumulator.state_dict(), buffer)
-        relative = self.partial_exemplars_path(shard_id)
-        self.writer.put_bytes(relative, buffer.getvalue())
-        return self.writer._path(relative)
+        return self._save(self.partial_exemplars_path(shard_id), accumulator.state_dict())
 
     def load_partial_exemplars(self, shard_id: str) -> ExemplarAccumulator:
         return ExemplarAccumulator.from_state(self._load(self.partial_exemplars_path(shard_id), shard_id))
@@ -182,6 +184,56 @@ class ShardLedger:
         table = pq.read_table(io.BytesIO(data))
         layers = table.column("layer").to_pylist()
         return {layer: table.slice(i, 1).drop_columns(["layer"]) for i, layer in enumerate(layers)}
+
+    def partial_sketches_path(self, shard_id: str) -> str:
+        return f"{self.base}/quantiles/{shard_id}.pt"
+
+    def save_partial_sketches(self, shard_id: str, sketches: QuantileSketches) -> str:
+        """Write a data shard's quantile sketches (serialized KLL); returns the file's path (for its marker)."""
+        return self._save(self.partial_sketches_path(shard_id), sketches.state_dict())
+
+    def load_partial_sketches(self, shard_id: str) -> QuantileSketches:
+        return QuantileSketches.from_state(self._load(self.partial_sketches_path(shard_id), shard_id))
+
+    @property
+    def merged_quantiles_path(self) -> str:
+        return f"{self.base}/quantiles/merged.pt"
+
+    def fix_quantiles(self, merge) -> tuple[dict, str]:
+        """The plan's merged quantiles, fixed once: `merge()`'s state, stored create-only, unless an earlier
+        (killed) driver stored its own, which is kept (KLL merges are randomized: a second merge could differ,
+        and the band shards done draw their edges from the first). Returns (the stored state, its digest: the
+        band shards' ids name it)."""
+        if self.writer.get_bytes(self.merged_quantiles_path) is None:
+            buffer = io.BytesIO()
+            torch.save(merge(), buffer)
+            self.writer.put_if_absent(self.merged_quantiles_path, buffer.getvalue())
+        return self.merged_quantiles()
+
+    def merged_quantiles(self) -> tuple[dict, str]:
+        """(The stored merged quantiles, the SHA-256 digest of their file, 16 hex digits)."""
+        data = self.writer.get_bytes(self.merged_quantiles_path)
+        if data is None:
+            raise RunError(
+                f"{self.writer.uri}: the merged quantiles {self.merged_quantiles_path} are missing; rerun the sweep"
+            )
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as err:  # torch raises several types for a damaged file
+            raise unreadable_file(
+                self.writer.uri, self.writer._path(self.merged_quantiles_path), err
+            ) from None
+        return state, hashlib.sha256(data).hexdigest()[:16]
+
+    def partial_bands_path(self, shard_id: str) -> str:
+        return f"{self.base}/bands/{shard_id}.pt"
+
+    def save_partial_bands(self, shard_id: str, accumulator: BandAccumulator) -> str:
+        """Write a band shard's bands (counts and samples of its images); returns the file's path."""
+        return self._save(self.partial_bands_path(shard_id), accumulator.state_dict())
+
+    def load_partial_bands(self, shard_id: str) -> BandAccumulator:
+        return BandAccumulator.from_state(self._load(self.partial_bands_path(shard_id), shard_id))
 
     def _load(self, relative: str, shard_id: str) -> dict:
         """A data shard's saved state, read back (torch.load of plain tensors only)."""

@@ -14,7 +14,8 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64,
                    own_term: hybrid, precision: auto}   # any setting of repsub.optimize.settings
     selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, precision: auto,
-                   workers: 8, images_per_shard: 5000, exemplars: 16}
+                   workers: 8, images_per_shard: 5000, exemplars: 16, quantile_k: 200, bands: null,
+                   band_sample: 16}
     importance:   {data: /data/imagenet_val.beton, images: 10000, ablation: zero, batch_size: 256, workers: 8}
     sharding:     {units_per_shard: 64}  # units per AM/IAM and importance shard
     workers:      {count: 8, gpus: 1, cpus: 4}
@@ -60,6 +61,16 @@ class SelectivityConfig:
     workers: int = 2  # data-loading processes per actor
     images_per_shard: int = 5000
     exemplars: int = 16  # every unit's k top and k bottom images (repsub.core.exemplars); 0: none
+    quantile_k: int = 200  # every unit's KLL sketch of this k over the data (repsub.core.quantiles); 0: none
+    bands: bool | None = (
+        None  # the band phase, a second pass by data shard (repsub.core.bands); None: with quantiles
+    )
+    band_sample: int = 16  # image indices sampled per unit and band (seeded by `seed`); 0: counts only
+
+    @property
+    def band_phase(self) -> bool:
+        """Whether the sweep runs the band phase: a selectivity pass with quantiles, bands not turned off."""
+        return bool(self.data and self.quantile_k and self.bands is not False)
 
 
 @dataclass(frozen=True)
@@ -181,7 +192,7 @@ def _section(name: str, cls, values, defaults: dict | None = None):
 def _typed(key: str, value, type_name):
     """Check one scalar's type (the dataclass annotations are strings under `from __future__`)."""
     text = str(type_name)
-    if text == "bool" and isinstance(value, bool):
+    if text.replace(" | None", "") == "bool" and isinstance(value, bool):
         return value
     if "int" in text and "float" not in text and not isinstance(value, bool) and isinstance(value, int):
         return value
@@ -420,12 +431,25 @@ def _check_numbers(source: str, selectivity, importance, workers) -> None:
     try:
         for key, value in (("selectivity.workers", selectivity.workers),
                            ("selectivity.exemplars", selectivity.exemplars),
+                           ("selectivity.quantile_k", selectivity.quantile_k),
+                           ("selectivity.band_sample", selectivity.band_sample),
                            ("importance.workers", importance.workers)):  # fmt: skip
             check_int(value, key, 0)
         for key, value in (("selectivity.image_size", selectivity.image_size),
                            ("importance.image_size", importance.image_size)):  # fmt: skip
             if value is not None:
                 check_int(value, key, 1)
+        if 0 < selectivity.quantile_k < 8:
+            raise UsageError(
+                f"selectivity.quantile_k {selectivity.quantile_k}: the sketch needs k >= 8 (or 0: no quantiles)"
+            )
+        if selectivity.bands and not selectivity.quantile_k:
+            raise UsageError(
+                "selectivity.bands draws each unit's band edges from its quantiles: not with selectivity.quantile_k "
+                "0 (give a k >= 8)"
+            )
+        if selectivity.quantile_k > 65535:
+            raise UsageError(f"selectivity.quantile_k must be at most 65535, got {selectivity.quantile_k}")
         check_number(workers.cpus, "workers.cpus", 0.0)
         check_number(workers.gpus, "workers.gpus", 0.0)
     except UsageError as err:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import torch
 from tqdm.auto import tqdm
 
 from repsub.analysis.run import open_run
 from repsub.analysis.summary import run_summary
 from repsub.commands.basis import store_bases
 from repsub.commands.context import CommandContext
-from repsub.commands.selectivity import store_thumbnails
+from repsub.commands.selectivity import referenced_images, store_thumbnails
+from repsub.core.bands import BandAccumulator
 from repsub.core.bases.basis import Basis
 from repsub.core.exemplars import ExemplarAccumulator
+from repsub.core.quantiles import QuantileSketches
 from repsub.core.readout import StackedReadout
 from repsub.core.selectivity import ClassMeanAccumulator
 from repsub.data.sources import open_source
@@ -21,7 +24,7 @@ from repsub.data.subset import balanced_subset
 from repsub.errors import RepsubError, UsageError
 from repsub.models import resolve_model
 from repsub.runstore.bases import recorded_bases, refuse_refit, row_state
-from repsub.runstore.exemplars import write_exemplars
+from repsub.runstore.exemplars import write_bands, write_exemplars
 from repsub.runstore.provenance import (
     Scope,
     basis_layer_meanings,
@@ -31,18 +34,27 @@ from repsub.runstore.provenance import (
     units_meaning,
 )
 from repsub.runstore.storage import configure_s3
-from repsub.runstore.tables import TABLES, file_key, selectivity_table, with_basis
+from repsub.runstore.tables import (
+    STORED_RANKS,
+    TABLES,
+    file_key,
+    quantiles_table,
+    selectivity_table,
+    with_basis,
+)
 from repsub.runstore.writer import RunWriter
 from repsub.selection import ranges_text, units_within
 from repsub.sweep.address import check_address
 from repsub.sweep.commit import ShardLedger
 from repsub.sweep.config import SweepConfig
 from repsub.sweep.plan import (
+    BandShard,
     DataShard,
     FitDataShard,
     FitShard,
     ImportanceShard,
     UnitShard,
+    plan_band_shards,
     plan_basis_shards,
     plan_data_shards,
     plan_fit_shards,
@@ -111,8 +123,9 @@ def _scopes(config: SweepConfig, model, layer_names, source, importance_source) 
     if source is not None:
         meaning = selectivity_meaning(source, config.selectivity_image_size())
         scopes.append(Scope("selectivity", None, dict.fromkeys(layer_names), meaning))
-        if config.selectivity.exemplars:
-            scopes.append(Scope("exemplars", None, dict.fromkeys(layer_names), meaning))
+        written = [("exemplars", config.selectivity.exemplars), ("quantiles", config.selectivity.quantile_k),
+                   ("bands", config.selectivity.band_phase)]  # fmt: skip
+        scopes += [Scope(table, None, dict.fromkeys(layer_names), meaning) for table, on in written if on]
         for spec in config.bases:  # as `repsub basis fit` claims them
             fitted = {
                 "kind": spec.kind,
@@ -159,8 +172,7 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
         f"{_basis_count(basis_shards)}({total_units} unit tasks); {len(planned) - len(pending)} already done"
     )
 
-    failures, bases = [], {}
-    workers = []
+    failures, bases, workers, band_shards, quantiles = [], {}, [], [], None
     try:
         for number, phase in enumerate(phases):
             if number == len(phases) - 1 and fit_shards:
@@ -170,28 +182,36 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
             waiting = [s for s in phase if s.id not in done]
             if not waiting:
                 continue
-            if not workers:
-                ray_runner.connect(address)
-                workers = ray_runner.start_workers(config, model.num_classes)
+            workers = workers or _start(ray_runner, address, config, model)
             failures = _run_with_progress(
                 ray_runner, workers, waiting, targets, total_units, done, progress, ledger
             )
             done |= {s.id for s in waiting} - {f.shard for f in failures}
             if failures:
                 break
+        _raise_failures(failures)
+        if data_shards and config.selectivity.quantile_k:
+            quantiles, digest = ledger.fix_quantiles(
+                lambda: _merged_quantiles(ledger, data_shards, layer_names)
+            )
+            if config.selectivity.band_phase:
+                band_shards = plan_band_shards(data_shards, digest)
+                band_pending = [s for s in band_shards if s.id not in done]
+                print(
+                    f"band phase: {len(band_shards)} shards; {len(band_shards) - len(band_pending)} already done"
+                )
+                if band_pending:
+                    workers = workers or _start(ray_runner, address, config, model)
+                    _raise_failures(
+                        _run_band_phase(ray_runner, workers, band_pending, band_shards, progress, ledger)
+                    )
     finally:
         for worker in workers:  # idle actors would keep autoscaled nodes alive
             ray_runner.ray.kill(worker)
-    if failures:
-        names = "\n".join(f"  {f.shard}: {f.error}" for f in failures)
-        raise SweepError(
-            f"{len(failures)} shard(s) failed (the others are committed; a rerun computes only "
-            f"these):\n{names}"
-        )
 
     if data_shards:
         merged = _merge_partial_sums(ledger, data_shards)
-        with writer.committing():  # every layer's selectivity and exemplars in one snapshot
+        with writer.committing():  # every layer's selectivity, exemplars, quantiles and bands in one snapshot
             for name in layer_names:
                 writer.write_selectivity(name, selectivity_table(merged.class_means(name), merged.n_images))
             if bases:  # each basis's directions, in their own files (selectivity@<basis>)
@@ -202,18 +222,42 @@ def _run_locked(config, address, progress, model, writer, output, source, unit_s
                         part = getattr(stacked[layer], "slices", {}).get(name, slice(None))
                         rows = selectivity_table(sums.class_means(layer)[:, part], sums.n_images)
                         writer.write_selectivity(layer, with_basis(rows, readout))
+            exemplars = bands = None
             if config.selectivity.exemplars:
                 exemplars = merge_partial_exemplars(ledger, data_shards)
                 write_exemplars(writer, exemplars, layer_names)
+            if quantiles is not None:
+                for name in layer_names:
+                    rows = quantiles_table(quantiles["values"][name].numpy(), quantiles["k"],
+                                           quantiles["rank_error"], quantiles["n_images"])  # fmt: skip
+                    writer.write_table("quantiles", name, rows)
+            if band_shards:
+                bands = merge_partial_bands(ledger, band_shards)
+                write_bands(writer, bands, layer_names)
+            if exemplars is not None or bands is not None:
                 cfg = config.selectivity
-                store_thumbnails(writer, source, exemplars, model, cfg.batch_size, cfg.workers, progress)
-    shards = len(planned)
-    record = _record(config, classes=classes, shards=shards)
+                indices = referenced_images(exemplars, bands)
+                store_thumbnails(writer, source, indices, model, cfg.batch_size, cfg.workers, progress)
+    record = _record(config, classes=classes, shards=len(planned) + len(band_shards))
     if bases:
         record["basis_hashes"] = {name: {layer: b.content_hash() for layer, b in by_layer.items()}
                                   for name, by_layer in bases.items()}  # fmt: skip
     output.complete(record)
     return run_summary(open_run(config.out))
+
+
+def _start(ray_runner, address, config: SweepConfig, model) -> list:
+    ray_runner.connect(address)
+    return ray_runner.start_workers(config, model.num_classes)
+
+
+def _raise_failures(failures) -> None:
+    if failures:
+        names = "\n".join(f"  {f.shard}: {f.error}" for f in failures)
+        raise SweepError(
+            f"{len(failures)} shard(s) failed (the others are committed; a rerun computes only "
+            f"these):\n{names}"
+        )
 
 
 def _basis_count(basis_shards: list) -> str:
@@ -356,6 +400,47 @@ def merge_partial_exemplars(ledger: ShardLedger, shards: list[DataShard]) -> Exe
             f"the data shards' exemplars cover {merged.n_images} images, the dataset {shards[-1].stop}"
         )
     return merged
+
+
+def merge_partial_sketches(ledger: ShardLedger, shards: list[DataShard]) -> QuantileSketches:
+    """The data shards' quantile sketches merged (KLL: within the rank error in any order)."""
+    merged = ledger.load_partial_sketches(shards[0].id)
+    for shard in shards[1:]:
+        merged.merge(ledger.load_partial_sketches(shard.id))
+    if merged.n_images != shards[-1].stop:
+        raise SweepError(
+            f"the data shards' sketches cover {merged.n_images} images, the dataset {shards[-1].stop}"
+        )
+    return merged
+
+
+def _merged_quantiles(ledger: ShardLedger, shards: list[DataShard], layer_names: list[str]) -> dict:
+    """The state ShardLedger.fix_quantiles stores: every layer's values at STORED_RANKS and how they were made."""
+    merged = merge_partial_sketches(ledger, shards)
+    values = {name: torch.from_numpy(merged.quantiles(name, STORED_RANKS)) for name in layer_names}
+    return {"ranks": list(STORED_RANKS), "k": merged.k, "rank_error": merged.rank_error,
+            "n_images": merged.n_images, "values": values}  # fmt: skip
+
+
+def merge_partial_bands(ledger: ShardLedger, shards: list[BandShard]) -> BandAccumulator:
+    """The band shards' bands merged in shard order (exact in any order, given the same edges)."""
+    merged = ledger.load_partial_bands(shards[0].id)
+    for shard in shards[1:]:
+        merged.merge(ledger.load_partial_bands(shard.id))
+    if merged.n_images != shards[-1].stop:
+        raise SweepError(f"the band shards cover {merged.n_images} images, the dataset {shards[-1].stop}")
+    return merged
+
+
+def _run_band_phase(ray_runner, workers, pending, band_shards, progress, ledger):
+    """The band shards on the workers, a progress bar of their images."""
+    images = sum(s.size for s in band_shards)
+    started = time.monotonic()
+    with tqdm(total=images, initial=images - sum(s.size for s in pending), unit="img", desc="band pass",
+              disable=not progress) as bar:  # fmt: skip
+        failures = ray_runner.run_shards(workers, pending, lambda shard, _result: bar.update(shard.size))
+    print(f"ran {len(pending)} band shards in {time.monotonic() - started:.1f} s")
+    return failures
 
 
 def _run_with_progress(ray_runner, workers, pending, unit_shards, total_units, done, progress, ledger):

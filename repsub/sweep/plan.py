@@ -1,6 +1,8 @@
 """Planning: a config becomes a deterministic list of shards.
 
-A data shard is an index range of the dataset (its partial per-class sums merge exactly); a
+A data shard is an index range of the dataset (its partial per-class sums merge exactly); a band shard
+the same range again, once the data shards' quantiles are merged (its bands, given those edges, merge
+exactly; its id names the edges' digest, so that bands of other edges are never merged with them); a
 unit shard is one method, one layer and a block of units; an importance shard one layer and a block
 of units, ablated over the importance images. Shard ids depend only on the config, so the same config
 always yields the same shards, and a rerun finds the ones already done.
@@ -32,6 +34,21 @@ class DataShard:
     @property
     def id(self) -> str:
         return f"{file_key('data', self.basis)}-{self.start:08d}-{self.stop:08d}"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class BandShard:
+    start: int
+    stop: int  # exclusive
+    edges: str  # the digest of the merged quantiles its band edges are taken from (ShardLedger.fix_quantiles)
+
+    @property
+    def id(self) -> str:
+        return f"bands-{self.edges}-{self.start:08d}-{self.stop:08d}"
 
     @property
     def size(self) -> int:
@@ -160,6 +177,11 @@ def plan_basis_shards(config: SweepConfig, n_images: int, num_classes: int | Non
                     block = tuple(directions[start : start + per_shard])
                     shards.append(UnitShard(method, layer, block, spec.name))
     return shards
+
+
+def plan_band_shards(data_shards: list[DataShard], edges: str) -> list[BandShard]:
+    """The band phase: the data shards' image ranges, with the merged quantiles of digest `edges`."""
+    return [BandShard(shard.start, shard.stop, edges) for shard in data_shards]
 
 
 def _blocks(config: SweepConfig, num_classes: int | None):

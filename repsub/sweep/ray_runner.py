@@ -20,7 +20,7 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
 from repsub.errors import RunError
 from repsub.sweep.config import SweepConfig
-from repsub.sweep.plan import DataShard, FitDataShard, FitShard, ImportanceShard, UnitShard
+from repsub.sweep.plan import BandShard, DataShard, FitDataShard, FitShard, ImportanceShard, UnitShard
 from repsub.sweep.resources import ClusterResourceError, wait_for_fitting_node, workers_fit_now
 from repsub.sweep.work import ShardRunner
 
@@ -39,7 +39,11 @@ class ShardWorker:
             "device": self.runner.device,
         }
 
-    def run(self, shard: DataShard | UnitShard | ImportanceShard | FitDataShard | FitShard) -> dict:
+    def run(
+        self, shard: DataShard | BandShard | UnitShard | ImportanceShard | FitDataShard | FitShard
+    ) -> dict:
+        if isinstance(shard, BandShard):
+            return self.runner.run_band_shard(shard)
         if isinstance(shard, DataShard):
             return self.runner.run_data_shard(shard)
         if isinstance(shard, FitDataShard):

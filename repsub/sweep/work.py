@@ -14,18 +14,22 @@ from repsub.capture.positions import Sample, sample_vectors
 from repsub.capture.precision import resolve_device, resolve_precision
 from repsub.capture.selectivity_pass import accumulate_class_sums
 from repsub.commands.basis import fit_fields, fit_layer_basis, fit_options
+from repsub.commands.selectivity import each_batch
+from repsub.core.bands import BandAccumulator
 from repsub.core.bases.pca import PcaSums
 from repsub.core.exemplars import ExemplarAccumulator
+from repsub.core.quantiles import QuantileSketches
 from repsub.data.sources import open_source
 from repsub.data.subset import balanced_subset
+from repsub.errors import RunError
 from repsub.models import LoadedModel, resolve_model
 from repsub.optimize import optimize_units
 from repsub.runstore.storage import configure_s3
-from repsub.runstore.tables import importance_table, units_table, with_basis
+from repsub.runstore.tables import band_edges, importance_table, units_table, with_basis
 from repsub.runstore.writer import RunWriter
 from repsub.sweep.commit import ShardLedger
 from repsub.sweep.config import SweepConfig
-from repsub.sweep.plan import DataShard, FitDataShard, FitShard, ImportanceShard, UnitShard
+from repsub.sweep.plan import BandShard, DataShard, FitDataShard, FitShard, ImportanceShard, UnitShard
 
 
 class ShardRunner:
@@ -42,6 +46,7 @@ class ShardRunner:
         self.ledger = ShardLedger(self.writer, config.fingerprint())
         self._sources: dict[tuple[str, int], object] = {}
         self._importance_means: dict[str, object] = {}  # layer -> its units' means (mean ablation)
+        self._edges: tuple[str, dict] | None = None  # (digest, {layer: band edges}) of the merged quantiles
 
     def source(self, data: str, image_size: int):
         """A data source, opened once per worker (FFCV compiles its pipeline per Loader, not per source)."""
@@ -90,10 +95,14 @@ class ShardRunner:
         batches = source.batches(
             cfg.batch_size, indices=range(shard.start, shard.stop), workers=cfg.workers, device=self.device
         )
-        exemplars = None
-        if cfg.exemplars and shard.readouts is None:  # image indices count from the shard's first image
-            units = {layer.name: layer.n_units for layer in layers}
+        units = {layer.name: layer.n_units for layer in layers}
+        exemplars = sketches = None
+        # Exemplars and quantiles are the units': none in a basis's shard. Image indices count from the shard's
+        # first image: they are the dataset's.
+        if cfg.exemplars and shard.readouts is None:
             exemplars = ExemplarAccumulator(units, cfg.exemplars, first_index=shard.start, device=self.device)
+        if cfg.quantile_k and shard.readouts is None:
+            sketches = QuantileSketches(units, cfg.quantile_k)
         acc = accumulate_class_sums(
             self.model,
             layers,
@@ -102,7 +111,7 @@ class ShardRunner:
             reduce=self.config.reduce,
             device=self.device,
             progress=False,
-            on_batch=exemplars.add if exemplars else None,
+            on_batch=each_batch(exemplars.add if exemplars else None, sketches.add if sketches else None),
             precision=precision,
             readouts=shard.readouts,  # a basis's shard: its directions' class sums
         )
@@ -111,6 +120,8 @@ class ShardRunner:
         paths = [self.ledger.save_partial_sums(shard.id, acc)]
         if exemplars is not None:
             paths.append(self.ledger.save_partial_exemplars(shard.id, exemplars))
+        if sketches is not None:
+            paths.append(self.ledger.save_partial_sketches(shard.id, sketches))
         info = {
             "images": acc.n_images,
             "seconds": time.monotonic() - started,
@@ -181,6 +192,54 @@ class ShardRunner:
         path = self.ledger.save_fitted(spec.name, rows)
         hashes = {layer: row.column("hash")[0].as_py() for layer, row in rows.items()}
         info = {"hashes": hashes, "seconds": time.monotonic() - started, "device": self.device}
+        self.ledger.mark_done(shard.id, info, [path])
+        return {"shard": shard.id, **info}
+
+    def band_edges(self, digest: str) -> dict:
+        """{layer: band edges} of the plan's merged quantiles, read once per worker; they must be those of
+        `digest` (the band shard's), else the shard was planned with other quantiles."""
+        if self._edges is None or self._edges[0] != digest:
+            state, found = self.ledger.merged_quantiles()
+            if found != digest:
+                raise RunError(
+                    f"{self.writer.uri}: the merged quantiles changed (digest {found}, the band shard's {digest}); "
+                    "rerun the sweep"
+                )
+            edges = {
+                name: band_edges(values.numpy(), state["ranks"]) for name, values in state["values"].items()
+            }
+            self._edges = (digest, edges)
+        return self._edges[1]
+
+    def run_band_shard(self, shard: BandShard) -> dict:
+        """The band pass over the shard's images, with the edges of the merged quantiles: its partial bands."""
+        started = time.monotonic()
+        cfg = self.config.selectivity
+        source = self.source(cfg.data, self.config.selectivity_image_size())
+        layers = [self.model.layer(name) for name in self.config.layer_names(self.model.layers)]
+        precision = resolve_precision(cfg.precision, self.device)  # the data shards' (the quantiles')
+        bands = BandAccumulator(self.band_edges(shard.edges), len(source.classes), cfg.band_sample,
+                                self.config.seed, device=self.device, first_index=shard.start)  # fmt: skip
+        acc = accumulate_class_sums(
+            self.model,
+            layers,
+            source.batches(
+                cfg.batch_size,
+                indices=range(shard.start, shard.stop),
+                workers=cfg.workers,
+                device=self.device,
+            ),  # fmt: skip
+            len(source.classes),
+            reduce=self.config.reduce,
+            device=self.device,
+            progress=False,
+            on_batch=bands.add,
+            precision=precision,
+        )
+        if acc.n_images != shard.size:
+            raise RuntimeError(f"{shard.id}: saw {acc.n_images} images, expected {shard.size}")
+        path = self.ledger.save_partial_bands(shard.id, bands)
+        info = {"images": acc.n_images, "seconds": time.monotonic() - started, "device": self.device}
         self.ledger.mark_done(shard.id, info, [path])
         return {"shard": shard.id, **info}
 
