@@ -48,6 +48,7 @@ class Run:
         None  # the 2AFC index per unit and similarity (repsub interpretability)
     )
     quantiles: ds.Dataset | None = None  # each unit's activation quantiles (selectivity --quantile-k)
+    bands: ds.Dataset | None = None  # per unit and band of its activation, a sample of the band's images
 
     bases: ds.Dataset | None = None  # the fitted bases, one row each (repsub basis fit)
 

@@ -9,6 +9,7 @@
     RUN/interpretability/layer=<layer>/<similarity>-<first>-<last>-<hash>.parquet   repsub interpretability
     RUN/bases/layer=<layer>/<name>.parquet                                 one basis (repsub.runstore.bases)
     RUN/quantiles/layer=<layer>/quantiles.parquet                          selectivity --quantile-k K
+    RUN/bands/layer=<layer>/bands.parquet                                  the band pass
 
 Every table but `images` is hive-partitioned by `layer` (`images` is one file: an image that several
 layers' exemplars refer to is stored once; its `layer` column reads null). A block table keys its rows by (its `key` column, unit): a
@@ -163,8 +164,9 @@ IMAGES = TableSpec("images", pa.schema([
 INTERPRETABILITY = TableSpec("interpretability", pa.schema([
     ("unit", pa.int32()),
     ("similarity", pa.string()),  # repsub.core.interpretability.SIMILARITIES
-    ("variant", pa.string()),  # extremal: top vs bottom exemplars
-    ("index", pa.float64()),  # mean probability of the right choice: 0.5 chance, 1 always right
+    ("variant", pa.string()),  # extremal: top vs bottom exemplars; central: the 50-75% vs the 25-50% band
+    ("index", pa.float64()),  # mean probability of the right choice: 0.5 chance, 1 always right; NaN: too
+    # few images (a central band of a unit that is constant over most images)
     ("trials", pa.int32()),
     ("seed", pa.int64()),
     ("command", pa.string()),  # the manifest command that wrote the row
@@ -206,9 +208,20 @@ QUANTILES = TableSpec("quantiles", pa.schema([
 ]))  # fmt: skip
 STORED_RANKS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0)  # the band edges among them
 
+# Per unit and band of its activation (repsub.core.bands): a seeded sample of the band's images, whose thumbnails
+# the `images` table holds. The columns the interpretability index's central variant reads (the band pass
+# writes this table; its other columns come with it).
+BANDS = TableSpec("bands", pa.schema([
+    ("unit", pa.int32()),
+    ("band", pa.int32()),  # 0: below the 25% edge
+    ("band_name", pa.string()),  # "below 25%", "25-50%", "50-75%", ...
+    ("sample", pa.list_(pa.int64())),  # image indices
+    ("command", pa.string()),  # the manifest command that wrote the row
+]))  # fmt: skip
+
 
 TABLES = {spec.name: spec for spec in (SELECTIVITY, UNITS, IMPORTANCE, ACTIVATIONS, EXEMPLARS, IMAGES,
-                                       INTERPRETABILITY, BASES, QUANTILES)}  # fmt: skip
+                                       INTERPRETABILITY, BASES, QUANTILES, BANDS)}  # fmt: skip
 
 UNIT_STATUSES = {
     "ok": "the unit responds to its image (own activation > 0)",
