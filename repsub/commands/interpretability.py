@@ -97,6 +97,11 @@ def interpretability(
     device = check_device(device) if device not in (None, "auto") else default_device()
     variants = VARIANTS if variant == "both" else (variant,)
     opened = open_run(run)
+    if "extremal" in variants and opened.exemplar_rows is None:
+        raise RunError(f"{opened.uri} has no exemplars: run `repsub selectivity --exemplars K` into it first")
+    if "central" in variants and getattr(opened, "bands", None) is None:
+        raise RunError(f"{opened.uri} has no bands table (the central variant's images): run `repsub selectivity` "
+                       "with --bands first")  # fmt: skip
     sides = {name: _SIDES[name](opened) for name in variants}  # variant -> layer -> [Trials]
     present = sorted(set.intersection(*(set(by_layer) for by_layer in sides.values())))
     chosen = layers or present
