@@ -1,13 +1,16 @@
 """The interpretability index's similarities (features, lpips) and its central variant, from the core functions
 to `repsub interpretability` on a small run; each compared with an independent computation."""
 
+import io
 import math
+import zlib
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
+from PIL import Image
 
 import repsub
 from repsub.capture.perceptual import LpipsEmbedder, backbone_cache_path
@@ -42,11 +45,14 @@ def test_central_variant_takes_the_high_band_as_the_top_side():
                               references=1, temperature=temperature)  # fmt: skip
         assert index == pytest.approx(1 / (1 + math.exp(-4 / temperature)), rel=1e-12)
     # A unit whose 50-75% band is all one class and its 25-50% band the others: 1.0 under labels
-    assert central_index(np.array([0, 1] * 8), np.full(16, 2), labels_similarity, unit_rng(0, "l", 1, "central")) == 1.0
+    assert (
+        central_index(np.array([0, 1] * 8), np.full(16, 2), labels_similarity, unit_rng(0, "l", 1, "central"))
+        == 1.0
+    )
     with pytest.raises(ValueError, match="need 10 images of its 25-50% band, the unit has 3"):
         central_index(np.zeros(3), np.zeros(12), labels_similarity, unit_rng(0, "l", 1, "central"))
     # The variants draw from streams of their own; the extremal one is the stream of runs made before variants
-    assert unit_rng(0, "l", 1).random() == np.random.default_rng([0, unit_rng.__globals__["zlib"].crc32(b"l"), 1]).random()
+    assert unit_rng(0, "l", 1).random() == np.random.default_rng([0, zlib.crc32(b"l"), 1]).random()
     assert unit_rng(0, "l", 1, "central").random() != unit_rng(0, "l", 1).random()
 
 
@@ -82,7 +88,9 @@ def test_lpips_embeddings_give_the_lpips_distance(tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
         torch.save(tv.alexnet(weights=None).state_dict(), tmp_path / "alex.pth")
-    np.testing.assert_array_equal(LpipsEmbedder("alex", str(tmp_path / "alex.pth")).embed(first), a.astype(np.float32))
+    np.testing.assert_array_equal(
+        LpipsEmbedder("alex", str(tmp_path / "alex.pth")).embed(first), a.astype(np.float32)
+    )
 
 
 def test_lpips_without_backbone_weights_names_the_cache_path(tmp_path):
@@ -91,7 +99,9 @@ def test_lpips_without_backbone_weights_names_the_cache_path(tmp_path):
     try:
         path = backbone_cache_path("alex")
         assert path == tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
-        with pytest.raises(UsageError, match=f"weights at {path}, which is absent.*place the file alexnet-owt"):
+        with pytest.raises(
+            UsageError, match=f"weights at {path}, which is absent.*place the file alexnet-owt"
+        ):
             LpipsEmbedder("alex", "imagenet")
     finally:
         torch.hub.set_dir(before)
@@ -127,12 +137,9 @@ def stored(out, similarity, variant="extremal"):
 
 
 def thumbnails(run):
-    from PIL import Image
-    import io
-
     table = run.images.to_table()
     return {i: np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), np.float32) / 255
-            for i, d in zip(table.column("image_index").to_pylist(), table.column("image").to_pylist())}  # fmt: skip
+            for i, d in zip(table.column("image_index").to_pylist(), table.column("image").to_pylist(), strict=True)}  # fmt: skip
 
 
 def test_features_of_the_runs_model_against_a_hand_forward(small_run):
@@ -153,7 +160,7 @@ def test_features_of_the_runs_model_against_a_hand_forward(small_run):
     with torch.no_grad():
         model.module(x)
     handle.remove()
-    vectors = dict(zip(order, seen["out"].numpy().astype(np.float64)))
+    vectors = dict(zip(order, seen["out"].numpy().astype(np.float64), strict=True))
 
     def cosine(queries, references):  # items: image indices
         q = np.stack([[vectors[i] for i in row] for row in queries])
@@ -207,29 +214,29 @@ def test_bad_feature_and_similarity_options_are_refused(small_run):
 
 
 def test_lpips_index_against_the_packages_own_distances(small_run, capsys):
-    assert main(["interpretability", str(small_run), "--similarity", "lpips", "--lpips-weights", "random:0",
-                 "--no-progress"]) == 0  # fmt: skip
+    # 4 trials: the package's forward runs on every (query, reference) pair the trials draw, 144 per unit
+    command = ["interpretability", str(small_run), "--similarity", "lpips", "--lpips-weights", "random:0",
+               "--trials", "4", "--no-progress"]  # fmt: skip
+    assert main(command) == 0
     assert "lpips interpretability index of 128 units (extremal)" in capsys.readouterr().out
     run = repsub.open_run(small_run)
     index = stored(small_run, "lpips").column("index").to_numpy()
     embedder = LpipsEmbedder("alex", "random:0")
     images = thumbnails(run)
+
+    def negative_lpips(queries, references):  # items: image indices; [T, Q] x [T, R] -> [T, Q, R]
+        q, r = np.broadcast_arrays(queries[:, :, None], references[:, None, :])
+        first = np.stack([images[i] for i in q.reshape(-1)])
+        second = np.stack([images[i] for i in r.reshape(-1)])
+        return -embedder.distance(first, second).astype(np.float64).reshape(q.shape)
+
     for unit in (5, 100):
         frame = run.exemplars("fc5", unit, images=False)
         top = frame[frame["side"] == "top"]["image_index"].to_numpy()
         bottom = frame[frame["side"] == "bottom"]["image_index"].to_numpy()
-        ids = sorted(set(top) | set(bottom))
-        pairs = [(i, j) for i in ids for j in ids]
-        d = embedder.distance(np.stack([images[i] for i, _ in pairs]), np.stack([images[j] for _, j in pairs]))
-        distance = dict(zip(pairs, d.astype(np.float64)))
-
-        def negative_lpips(queries, references):
-            return -np.array([[[distance[(q, r)] for r in refs] for q in qs] for qs, refs in zip(queries, references)])
-
-        expected = two_afc_index(top, bottom, negative_lpips, unit_rng(0, "fc5", unit))
-        assert index[unit] == pytest.approx(expected, abs=1e-3)  # float32 forwards of two orders of summation
-    assert main(["interpretability", str(small_run), "--similarity", "lpips", "--lpips-weights", "random:0",
-                 "--no-progress"]) == 0  # fmt: skip
+        expected = two_afc_index(top, bottom, negative_lpips, unit_rng(0, "fc5", unit), trials=4)
+        assert index[unit] == pytest.approx(expected, abs=1e-3)  # float32 forwards, two orders of summation
+    assert main(command) == 0
     assert np.array_equal(stored(small_run, "lpips").column("index").to_numpy(), index)  # seeded: exactly
 
 
@@ -257,13 +264,19 @@ def write_bands(out, seed=0):
         output.write("bands", "fc5", table)
         output.complete({})
     labels = acts.column("label").to_numpy()
-    return {(u, n): labels[np.asarray(s, np.int64)] for u, n, s in zip(rows["unit"], rows["band_name"], rows["sample"])}
+    return {
+        (u, n): labels[np.asarray(s, np.int64)]
+        for u, n, s in zip(rows["unit"], rows["band_name"], rows["sample"], strict=True)
+    }
 
 
 def test_central_variant_from_the_bands_table(small_run):
     sampled = write_bands(small_run)
     table = repsub.interpretability(small_run, similarity="labels", variant="both", progress=False)
-    assert table.num_rows == 2 * 128 and sorted(set(table.column("variant").to_pylist())) == ["central", "extremal"]
+    assert table.num_rows == 2 * 128 and sorted(set(table.column("variant").to_pylist())) == [
+        "central",
+        "extremal",
+    ]
     central = stored(small_run, "labels", "central").column("index").to_numpy()
     extremal = stored(small_run, "labels", "extremal").column("index").to_numpy()
     run = repsub.open_run(small_run)
@@ -282,9 +295,13 @@ def test_central_variant_from_the_bands_table(small_run):
     # One variant again with the same settings: the other's rows are kept as they were
     repsub.interpretability(small_run, similarity="labels", variant="extremal", progress=False)
     np.testing.assert_array_equal(stored(small_run, "labels", "central").column("index").to_numpy(), central)
-    np.testing.assert_array_equal(stored(small_run, "labels", "extremal").column("index").to_numpy(), extremal)
+    np.testing.assert_array_equal(
+        stored(small_run, "labels", "extremal").column("index").to_numpy(), extremal
+    )
     # ... with other settings it would keep rows of another meaning: refused, nothing written
     with pytest.raises(RunError, match="holds the central labels index made with other settings.*trials 20.*"
                        "trials 5.*--variant both"):  # fmt: skip
         repsub.interpretability(small_run, similarity="labels", variant="extremal", trials=5, progress=False)
-    np.testing.assert_array_equal(stored(small_run, "labels", "extremal").column("index").to_numpy(), extremal)
+    np.testing.assert_array_equal(
+        stored(small_run, "labels", "extremal").column("index").to_numpy(), extremal
+    )

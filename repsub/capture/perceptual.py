@@ -39,17 +39,10 @@ def backbone_cache_path(net: str) -> Path:
 
 
 def backbone_state(net: str, weights: str) -> dict[str, torch.Tensor]:
-    """The backbone's state dict: "imagenet" (from the torch hub cache), a state file, or "random:SEED"."""
+    """The backbone's state dict: "imagenet" (from the torch hub cache) or a state file."""
     import torchvision.models as tv
 
     architecture, enum = _BACKBONES[net]
-    if weights.startswith("random:"):
-        seed = weights.removeprefix("random:")
-        if not seed.isdigit():
-            raise UsageError(f"--lpips-weights {weights!r}: random:SEED takes a non-negative integer seed")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            return getattr(tv, architecture)(weights=None).state_dict()
     if weights == "imagenet":
         path = backbone_cache_path(net)
         if not path.is_file():
@@ -77,16 +70,23 @@ class LpipsEmbedder:
             raise UsageError(f"--lpips-net {net!r}; valid backbones: {', '.join(LPIPS_NETS)}")
         import lpips
 
-        state = backbone_state(net, weights)
-        with warnings.catch_warnings():  # the package asks torchvision with its deprecated `pretrained=False`
+        seed = weights.removeprefix("random:") if weights.startswith("random:") else None
+        if seed is not None and not seed.isdigit():
+            raise UsageError(f"--lpips-weights {weights!r}: random:SEED takes a non-negative integer seed")
+        state = None if seed is not None else backbone_state(net, weights)
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            # the package asks torchvision with its deprecated `pretrained=False`; random:SEED is the backbone's
+            # initialization after torch.manual_seed(SEED) (the first random draws of the construction)
             warnings.simplefilter("ignore", UserWarning)
-            metric = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # the backbone's weights: below
-        own = {name: f"features.{name.split('.', 1)[1]}" for name, _ in metric.net.named_parameters()}
-        missing = sorted(key for key in own.values() if key not in state)
-        if missing:
-            raise UsageError(f"--lpips-weights {weights!r} is not a {_BACKBONES[net][0]} state dict: it lacks "
-                             f"{', '.join(missing[:4])}")  # fmt: skip
-        metric.net.load_state_dict({name: state[key] for name, key in own.items()})
+            torch.manual_seed(int(seed or 0))
+            metric = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+        if state is not None:
+            own = {name: f"features.{name.split('.', 1)[1]}" for name, _ in metric.net.named_parameters()}
+            missing = sorted(key for key in own.values() if key not in state)
+            if missing:
+                raise UsageError(f"--lpips-weights {weights!r} is not a {_BACKBONES[net][0]} state dict: it "
+                                 f"lacks {', '.join(missing[:4])}")  # fmt: skip
+            metric.net.load_state_dict({name: state[key] for name, key in own.items()})
         self.metric = metric.eval().to(device)
         self.device = device
 

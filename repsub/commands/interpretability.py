@@ -155,8 +155,10 @@ def _extremal_sides(run: Run) -> dict[str, list[Trials]]:
         units = part.column("unit").to_numpy()[order]
         top = part.column("side").to_numpy(zero_copy_only=False)[order] == "top"
         index = part.column("image_index").to_numpy()[order]
-        out[layer] = [Trials(int(u), index[(units == u) & top], index[(units == u) & ~top])
-                      for u in np.unique(units)]  # fmt: skip
+        starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+        ends = np.r_[starts[1:], len(units)]
+        out[layer] = [Trials(int(units[a]), index[a:b][top[a:b]], index[a:b][~top[a:b]])
+                      for a, b in zip(starts, ends, strict=True)]  # fmt: skip
     return out
 
 

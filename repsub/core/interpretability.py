@@ -46,9 +46,7 @@ def labels_similarity(queries: np.ndarray, references: np.ndarray) -> np.ndarray
 
 def pixels_similarity(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
     """Negative Euclidean distance of the images (any shape past [T, Q]): [T, Q, ...] x [T, R, ...] -> [T, Q, R]."""
-    q = queries.reshape(*queries.shape[:2], -1).astype(np.float64)
-    r = references.reshape(*references.shape[:2], -1).astype(np.float64)
-    return -np.linalg.norm(q[:, :, None, :] - r[:, None, :, :], axis=-1)
+    return -np.sqrt(_squared_distances(queries, references))
 
 
 def features_similarity(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
@@ -61,9 +59,17 @@ def lpips_similarity(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
     """Negative squared Euclidean distance of embeddings: [T, Q, D] x [T, R, D] -> [T, Q, R]. On LPIPS embeddings
     (unit-normalized channels scaled by sqrt(weight / positions), repsub.capture.perceptual) it is the
     negative LPIPS distance."""
-    q = queries.astype(np.float64)
-    r = references.astype(np.float64)
-    return -np.square(q[:, :, None, :] - r[:, None, :, :]).sum(-1)
+    return -_squared_distances(queries, references)
+
+
+def _squared_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """|q - r|^2 of items flattened past [T, Q] and [T, R], as |q|^2 + |r|^2 - 2 q.r in float64 (no [T, Q, R, D]
+    difference array: an image or an LPIPS embedding has tens of thousands of values), clipped at 0."""
+    q = queries.reshape(*queries.shape[:2], -1).astype(np.float64)
+    r = references.reshape(*references.shape[:2], -1).astype(np.float64)
+    cross = np.einsum("tqd,trd->tqr", q, r)
+    squared = (q * q).sum(-1)[:, :, None] + (r * r).sum(-1)[:, None, :] - 2 * cross
+    return np.maximum(squared, 0.0)
 
 
 def _unit_vectors(vectors: np.ndarray) -> np.ndarray:
