@@ -240,7 +240,7 @@ def test_lpips_index_against_the_packages_own_distances(small_run, capsys):
     assert np.array_equal(stored(small_run, "lpips").column("index").to_numpy(), index)  # seeded: exactly
 
 
-def write_bands(out, seed=0):
+def write_bands(out, seed=0, names=("below 25%", "25-50%", "50-75%", "75-90%")):
     """A bands table in the band pass's schema, from the run's stored fc5 activations: the images of each quartile
     band of each unit, in a seeded order (a test of the central variant's plumbing, not of the band pass)."""
     run = repsub.open_run(out)
@@ -251,7 +251,7 @@ def write_bands(out, seed=0):
     for unit in range(values.shape[1]):
         edges = np.quantile(values[:, unit], [0.25, 0.5, 0.75])
         band = np.searchsorted(edges, values[:, unit], side="right")
-        for number, name in enumerate(("below 25%", "25-50%", "50-75%", "75-90%")):
+        for number, name in enumerate(names):
             members = np.flatnonzero(band == number)
             rows["unit"].append(unit)
             rows["band"].append(number)
@@ -305,3 +305,7 @@ def test_central_variant_from_the_bands_table(small_run):
     np.testing.assert_array_equal(
         stored(small_run, "labels", "extremal").column("index").to_numpy(), extremal
     )
+    # A bands table without the central bands is refused, naming the bands it has
+    write_bands(small_run, names=("below 25%", "25-50%", "50-90%", "90-99%"))
+    with pytest.raises(RunError, match=r"no 50-75% band \(its bands: 25-50%, 50-90%, 90-99%, below 25%\)"):
+        repsub.interpretability(small_run, variant="central", progress=False)

@@ -169,6 +169,11 @@ def _central_sides(run: Run) -> dict[str, list[Trials]]:
     rows = bands.to_table(columns=["layer", "unit", "band_name", "sample"],
                           filter=pc.field("band_name").isin(list(CENTRAL_BANDS)))  # fmt: skip
     low_name, high_name = CENTRAL_BANDS
+    names = set(bands.to_table(columns=["band_name"]).column("band_name").unique().to_pylist())
+    absent = [name for name in CENTRAL_BANDS if name not in names]
+    if absent:
+        raise RunError(f"{run.uri}: its bands table has no {' and no '.join(absent)} band (its bands: "
+                       f"{', '.join(sorted(map(str, names)))}); the central variant compares the 25-50% and 50-75% bands")  # fmt: skip
     out = {}
     for layer in sorted(set(rows.column("layer").to_pylist())):
         part = rows.filter(pc.equal(rows.column("layer"), layer)).to_pylist()
