@@ -142,7 +142,10 @@ def thumbnails(run):
             for i, d in zip(table.column("image_index").to_pylist(), table.column("image").to_pylist(), strict=True)}  # fmt: skip
 
 
-def test_features_of_the_runs_model_against_a_hand_forward(small_run):
+def test_features_of_the_runs_model_against_a_hand_forward(small_run, monkeypatch):
+    import repsub.commands.interpretability as command
+
+    monkeypatch.setattr(command, "CHUNK", 7)  # the images' features in 7 chunks, each in batches
     table = repsub.interpretability(small_run, similarity="features", feature_layer="conv2", progress=False)
     run = repsub.open_run(small_run)
     # The run's model by hand: a forward hook on conv2's module, the map mean-pooled, numpy cosines

@@ -48,7 +48,7 @@ from repsub.runstore.tables import with_layer
 from repsub.validate import check_int, check_seed
 
 VARIANT_CHOICES = (*VARIANTS, "both")
-IMAGE_SIMILARITIES = ("pixels", "features", "lpips")  # items computed from the thumbnails
+CHUNK = 4096  # images decoded at a time for a model's items
 
 
 @dataclass
@@ -193,27 +193,41 @@ _NEEDS = {"extremal": "exemplars (repsub selectivity --exemplars K)", "central":
 
 def _items(run, ctx, similarity, sides, layers, feature_layer, feature_model, feature_weights, lpips_net,
            lpips_weights, batch_size, device, progress):  # fmt: skip
-    """(image index -> item lookup, the similarity's settings for the manifest)."""
+    """(image index -> item lookup, the similarity's settings for the manifest). Model items are computed in
+    chunks of CHUNK images, decoded as they go: a run's thumbnails are not all held as float arrays at once."""
     needed = np.unique(np.concatenate([np.concatenate([t.first, t.second]) for by_layer in sides.values()
                                        for layer in layers for t in by_layer[layer]] or [np.zeros(0, np.int64)]))  # fmt: skip
     if similarity == "labels":
         return _lookup(needed, _labels(run, needed)), {}
-    thumbnails = _thumbnails(run, needed, similarity)
     if similarity == "pixels":
-        return _lookup(needed, thumbnails), {}
-    if similarity == "features":
+        return _lookup(needed, _decode(_encoded(run, needed, similarity), needed)), {}
+    if similarity == "features":  # the model first: a bad layer is refused before the images are read
         from repsub.capture.image_features import layer_features
 
         model, size, settings = _feature_model(ctx, feature_model, feature_weights, feature_layer, device)
         layer = model.layer(feature_layer)
-        return _lookup(
-            needed, layer_features(model, layer, thumbnails, size, batch_size, device, progress)
-        ), settings
-    from repsub.capture.perceptual import LpipsEmbedder
 
-    embedder = LpipsEmbedder(lpips_net, lpips_weights, device)
-    settings = {"lpips_net": lpips_net, "lpips_weights": lpips_weights}
-    return _lookup(needed, embedder.embed(thumbnails, batch_size, progress)), settings
+        def compute(images):
+            return layer_features(model, layer, images, size, batch_size, device)
+    else:
+        from repsub.capture.perceptual import LpipsEmbedder
+
+        embedder = LpipsEmbedder(lpips_net, lpips_weights, device)
+        settings = {"lpips_net": lpips_net, "lpips_weights": lpips_weights}
+
+        def compute(images):
+            return embedder.embed(images, batch_size)
+
+    encoded = _encoded(run, needed, similarity)
+    parts = []
+    with tqdm(
+        total=len(needed), desc=f"{similarity} of the images", unit="image", disable=not progress
+    ) as bar:
+        for start in range(0, len(needed), CHUNK):
+            chunk = needed[start : start + CHUNK]
+            parts.append(compute(_decode(encoded, chunk)))
+            bar.update(len(chunk))
+    return _lookup(needed, np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)), settings
 
 
 def _feature_model(ctx, name, weights, layer, device):
@@ -267,8 +281,8 @@ def _labels(run: Run, needed: np.ndarray) -> np.ndarray:
     return np.asarray([known[int(i)] for i in needed], np.int64)
 
 
-def _thumbnails(run: Run, needed: np.ndarray, similarity: str) -> np.ndarray:
-    """The needed images' thumbnails, [n, H, W, 3] float32 in [0, 1]."""
+def _encoded(run: Run, needed: np.ndarray, similarity: str) -> dict[int, bytes]:
+    """The needed images' stored thumbnails (JPEG bytes), every one of them present."""
     if run.images is None:
         raise RunError(f"{run.uri} has no thumbnails (images table): --similarity {similarity} needs them")
     table = run.images.to_table(columns=["image_index", "image"], filter=pc.field("image_index").isin(needed))
@@ -278,8 +292,15 @@ def _thumbnails(run: Run, needed: np.ndarray, similarity: str) -> np.ndarray:
     absent = [int(i) for i in needed if int(i) not in stored]
     if absent:
         raise RunError(f"the run has no thumbnails of images {absent[:10]} that its trials draw")
-    return np.stack([np.asarray(Image.open(io.BytesIO(stored[int(i)])).convert("RGB"), dtype=np.float32) / 255
-                     for i in needed]) if len(needed) else np.zeros((0, 1, 1, 3), np.float32)  # fmt: skip
+    return stored
+
+
+def _decode(encoded: dict[int, bytes], indices: np.ndarray) -> np.ndarray:
+    """[n, H, W, 3] float32 in [0, 1]."""
+    if not len(indices):
+        return np.zeros((0, 1, 1, 3), np.float32)
+    return np.stack([np.asarray(Image.open(io.BytesIO(encoded[int(i)])).convert("RGB"), dtype=np.float32) / 255
+                     for i in indices])  # fmt: skip
 
 
 # ---------------------------------------------------------------- the index
