@@ -262,8 +262,9 @@ def build_parser(
         help="the simulated 2AFC interpretability index of every unit, from the run's exemplars",
         description="For every unit with exemplars (repsub selectivity --exemplars K): the mean probability, over "
         "seeded trials, that a simulated observer tells a top exemplar from a bottom one by its similarity to "
-        "9 top and 9 bottom reference exemplars (Klindt et al. 2023); 0.5 is chance. Written to "
-        "RUN/interpretability/, one block per layer and similarity.",
+        "9 top and 9 bottom reference exemplars (Klindt et al. 2023); 0.5 is chance. --variant central: the "
+        "same task between the sampled images of the unit's 50-75% and 25-50% bands (the run's bands table). "
+        "Written to RUN/interpretability/, one block per layer and similarity holding its variants.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (or URI) with exemplars")
     p.add_argument("--similarity", default="labels",
