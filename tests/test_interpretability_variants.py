@@ -212,6 +212,10 @@ def test_bad_feature_and_similarity_options_are_refused(small_run):
             repsub.interpretability(small_run, similarity="lpips", progress=False)
     finally:
         torch.hub.set_dir(before)
+    with pytest.raises(
+        RunError, match="fc5 unit 0 has 24 exemplars on a side; 30 references and a query need 31"
+    ):
+        repsub.interpretability(small_run, references=30, progress=False)
     with pytest.raises(RunError, match="has no bands table.*run `repsub selectivity` with --bands first"):
         repsub.interpretability(small_run, variant="central", progress=False)
 

@@ -109,6 +109,7 @@ def interpretability(
     if missing:
         raise UsageError(f"--layers {','.join(missing)}: not in the run's {' and '.join(_NEEDS[v] for v in variants)}; "
                          f"its layers with them: {', '.join(present) or 'none'}")  # fmt: skip
+    _check_exemplars(sides.get("extremal"), chosen, references)
     ctx = CommandContext.of_run("interpretability", run)  # the run's identity: writes need no model of it
     items, settings = _items(opened, ctx, similarity, sides, chosen, feature_layer, feature_model, feature_weights,
                              lpips_net, lpips_weights, batch_size, device, progress)  # fmt: skip
@@ -182,6 +183,17 @@ def _central_sides(run: Run) -> dict[str, list[Trials]]:
                              samples.get((unit, low_name), np.zeros(0, np.int64)))
                       for unit in sorted({row["unit"] for row in part})]  # fmt: skip
     return out
+
+
+def _check_exemplars(by_layer: dict[str, list[Trials]] | None, layers: list[str], references: int) -> None:
+    """Every unit has a query and `references` exemplars per side: refused before anything is written."""
+    for layer in layers if by_layer is not None else []:
+        for unit in by_layer[layer]:
+            fewest = min(len(unit.first), len(unit.second))
+            if fewest < references + 1:
+                raise RunError(f"{layer} unit {unit.unit} has {fewest} exemplars on a side; {references} references "
+                               f"and a query need {references + 1}: run `repsub selectivity --exemplars "
+                               f"{references + 1}` or more into the run")  # fmt: skip
 
 
 _SIDES = {"extremal": _extremal_sides, "central": _central_sides}
@@ -321,13 +333,9 @@ def _variant_rows(variant, layer, units: list[Trials], items, similarity, trials
                 second, first, SIMILARITIES[similarity], rng, trials, references, temperature
             )
         else:
-            try:
-                value = two_afc_index(
-                    first, second, SIMILARITIES[similarity], rng, trials, references, temperature
-                )
-            except ValueError as err:
-                raise RunError(f"{layer} unit {unit.unit}: {err}: run `repsub selectivity --exemplars "
-                               f"{references + 1}` or more, or give fewer --references") from None  # fmt: skip
+            value = two_afc_index(
+                first, second, SIMILARITIES[similarity], rng, trials, references, temperature
+            )
         index.append(value)
     if short:
         print(f"note: {layer}: {short} unit(s) with fewer than {references + 1} sampled images in a central band: "
