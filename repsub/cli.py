@@ -282,12 +282,32 @@ def build_parser(
         help="the simulated 2AFC interpretability index of every unit, from the run's exemplars",
         description="For every unit with exemplars (repsub selectivity --exemplars K): the mean probability, over "
         "seeded trials, that a simulated observer tells a top exemplar from a bottom one by its similarity to "
-        "9 top and 9 bottom reference exemplars (Klindt et al. 2023); 0.5 is chance. Written to "
-        "RUN/interpretability/, one block per layer and similarity.",
+        "9 top and 9 bottom reference exemplars (Klindt et al. 2023); 0.5 is chance. --variant central: the "
+        "same task between the sampled images of the unit's 50-75% and 25-50% bands (the run's bands table). "
+        "Written to RUN/interpretability/, one block per layer and similarity holding its variants.",
     )
     p.add_argument("run", metavar="RUN", help="run directory (or URI) with exemplars")
     p.add_argument("--similarity", default="labels",
-                   help="labels (same class or not) or pixels (negative L2 of the thumbnails) (default labels)")  # fmt: skip
+                   help="labels (same class or not), pixels (negative L2 of the thumbnails), features (cosine of "
+                   "--feature-layer's mean-pooled activations) or lpips (negative LPIPS distance) (default labels)")  # fmt: skip
+    p.add_argument("--variant", default="extremal",
+                   help="extremal (top vs bottom exemplars), central (the 50-75%% vs the 25-50%% band's sampled "
+                   "images: needs the run's bands) or both (default extremal)")  # fmt: skip
+    p.add_argument("--feature-layer", default=None, help="--similarity features: the layer whose activations "
+                   "(conv maps mean-pooled) are compared")  # fmt: skip
+    p.add_argument(
+        "--feature-model",
+        default=None,
+        help="--similarity features: a model by name (default: the run's own, re-created)",
+    )
+    p.add_argument("--feature-weights", default=None,
+                   help="--feature-model's weights: imagenet, random, a torchvision enum name or a path (default random)")  # fmt: skip
+    p.add_argument("--lpips-net", default="alex", help="--similarity lpips: the backbone, alex or vgg (default alex)")  # fmt: skip
+    p.add_argument("--lpips-weights", default="imagenet",
+                   help="--similarity lpips: the backbone's weights: imagenet (from the torch hub cache), a path "
+                   "to its state dict, or random:SEED (the plumbing only) (default imagenet)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward of features/lpips (default 64)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="features/lpips forwards: cpu, cuda... (default auto)")
     p.add_argument(
         "--layers", default=None, help="comma-separated layers (default: every layer with exemplars)"
     )
@@ -585,12 +605,22 @@ def cmd_importance(args) -> None:
 
 
 def cmd_interpretability(args) -> None:
+    import numpy as np
+
     from repsub.commands.interpretability import interpretability
 
     table = interpretability(
         args.run,
         similarity=args.similarity,
         layers=_layers_arg(args.layers),
+        variant=args.variant,
+        feature_layer=args.feature_layer,
+        feature_model=args.feature_model,
+        feature_weights=args.feature_weights,
+        lpips_net=args.lpips_net,
+        lpips_weights=args.lpips_weights,
+        batch_size=args.batch_size,
+        device=args.device,
         trials=args.trials,
         seed=args.seed,
         progress=not args.no_progress,
@@ -598,8 +628,9 @@ def cmd_interpretability(args) -> None:
         force_unlock=args.force_unlock,
     )
     index = table.column("index").to_numpy()
-    print(f"wrote the {args.similarity} interpretability index of {table.num_rows} units to {args.run} "
-          f"(mean {index.mean():.3f})")  # fmt: skip
+    mean = np.nanmean(index) if np.isfinite(index).any() else float("nan")
+    print(f"wrote the {args.similarity} interpretability index of {table.num_rows} units ({args.variant}) to "
+          f"{args.run} (mean {mean:.3f})")  # fmt: skip
 
 
 def cmd_basis(args) -> None:

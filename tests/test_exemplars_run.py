@@ -168,8 +168,8 @@ def test_interpretability_command_writes_the_seeded_index_of_every_unit(tmp_path
         assert table.column("index")[unit].as_py() == expected
     again = repsub.interpretability(out, similarity="labels", progress=False)  # seeded: the same again
     assert again.column("index").to_pylist() == table.column("index").to_pylist()[:units]
-    with pytest.raises(UsageError, match="valid similarities: labels, pixels"):
-        repsub.interpretability(out, similarity="lpips")
+    with pytest.raises(UsageError, match="'ssim'; valid similarities: labels, pixels, features, lpips"):
+        repsub.interpretability(out, similarity="ssim")
 
 
 def test_thumbnails_are_replaced_under_a_new_name_in_one_snapshot(tmp_path, image_folder_dir):

@@ -3,7 +3,7 @@
 
 Long format, one row per (layer, similarity, variant, against), as importance_stats.parquet:
 
-- ``similarity``, ``variant``: the index's (repsub.core.interpretability: labels, pixels; extremal, central);
+- ``similarity``, ``variant``: the index's (repsub.core.interpretability: labels, pixels, features, lpips; extremal, central);
   ``against``: ``rs_<method>`` (rs_am, rs_iam) or ``selectivity``.
 - ``units``: the index rows of the layer; ``mean_index``: their mean over every unit with a finite index
   (what the layer's units score, whatever their RS), ``n_index`` those units.

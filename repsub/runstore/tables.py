@@ -164,8 +164,9 @@ IMAGES = TableSpec("images", pa.schema([
 INTERPRETABILITY = TableSpec("interpretability", pa.schema([
     ("unit", pa.int32()),
     ("similarity", pa.string()),  # repsub.core.interpretability.SIMILARITIES
-    ("variant", pa.string()),  # extremal: top vs bottom exemplars
-    ("index", pa.float64()),  # mean probability of the right choice: 0.5 chance, 1 always right
+    ("variant", pa.string()),  # extremal: top vs bottom exemplars; central: the 50-75% vs the 25-50% band
+    ("index", pa.float64()),  # mean probability of the right choice: 0.5 chance, 1 always right; NaN: too
+    # few images (a central band of a unit that is constant over most images)
     ("trials", pa.int32()),
     ("seed", pa.int64()),
     ("command", pa.string()),  # the manifest command that wrote the row
