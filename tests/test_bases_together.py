@@ -13,6 +13,7 @@ import pytest
 
 import repsub
 from repsub.errors import UsageError
+from repsub.runstore.provenance import meaning_at
 from tests.cli_helpers import run_cli
 from tests.test_directions import SETTINGS, _same
 
@@ -113,7 +114,7 @@ def test_a_refit_drops_the_rows_of_the_fit_it_replaces(tmp_path, image_folder_di
     assert writes == []  # no invocation claims rows of the old fit any more
     # The new fit is measured as any basis: no refusal about the old one, rows of the new fit only.
     repsub.visualize(**common, method="iam", basis="pca", units="0", settings=SETTINGS)
-    meanings = [inv["writes"]["units@pca/iam"]["meaning"]["basis"]["content_hash"]
+    meanings = [meaning_at(inv["writes"]["units@pca/iam"], "conv2")["basis"]["content_hash"]
                 for inv in repsub.open_run(out).manifest["commands"]["visualize/iam"]["invocations"]
                 if "units@pca/iam" in inv["writes"]]  # fmt: skip
     assert meanings == [new_hash]
