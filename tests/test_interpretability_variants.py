@@ -90,18 +90,13 @@ def test_lpips_embeddings_give_the_lpips_distance(tmp_path):
     )
 
 
-def test_lpips_without_backbone_weights_names_the_cache_path(tmp_path):
-    before = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        path = backbone_cache_path("alex")
-        assert path == tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
-        with pytest.raises(
-            UsageError, match=f"weights at {path}, which is absent.*place the file alexnet-owt"
-        ):
-            LpipsEmbedder("alex", "imagenet")
-    finally:
-        torch.hub.set_dir(before)
+def test_lpips_without_backbone_weights_names_the_cache_path(tmp_path, monkeypatch):
+    # TORCH_HOME, not torch.hub.set_dir: set_dir would pin the hub directory for the rest of the session.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = backbone_cache_path("alex")
+    assert path == tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    with pytest.raises(UsageError, match=f"weights at {path}, which is absent.*place the file alexnet-owt"):
+        LpipsEmbedder("alex", "imagenet")
     with pytest.raises(UsageError, match="'squeeze'; valid backbones: alex, vgg"):
         LpipsEmbedder("squeeze", "random:0")
     with pytest.raises(UsageError, match="no such file"):
@@ -207,7 +202,7 @@ def test_features_of_the_runs_model_against_a_hand_forward(small_run, monkeypatc
     assert recorded["feature_weights_sha256"] != config["feature_weights_sha256"]
 
 
-def test_bad_feature_and_similarity_options_are_refused(small_run):
+def test_bad_feature_and_similarity_options_are_refused(small_run, monkeypatch):
     with pytest.raises(UsageError, match="unknown layer.*conv9.*valid layers: conv1, conv2"):
         repsub.interpretability(small_run, similarity="features", feature_layer="conv9", progress=False)
     with pytest.raises(UsageError, match="needs --feature-layer LAYER; layers of shallow_cnn: conv1, conv2"):
@@ -216,13 +211,9 @@ def test_bad_feature_and_similarity_options_are_refused(small_run):
         repsub.interpretability(small_run, similarity="ssim")
     with pytest.raises(UsageError, match="'middle'; valid variants: extremal, central, both"):
         repsub.interpretability(small_run, variant="middle")
-    before = torch.hub.get_dir()
-    torch.hub.set_dir(str(small_run.parent / "empty-hub"))
-    try:
-        with pytest.raises(UsageError, match=str(small_run.parent / "empty-hub" / "checkpoints" / "alexnet")):
-            repsub.interpretability(small_run, similarity="lpips", progress=False)
-    finally:
-        torch.hub.set_dir(before)
+    monkeypatch.setenv("TORCH_HOME", str(small_run.parent / "empty"))
+    with pytest.raises(UsageError, match=str(small_run.parent / "empty" / "hub" / "checkpoints" / "alexnet")):
+        repsub.interpretability(small_run, similarity="lpips", progress=False)
     with pytest.raises(
         RunError, match="fc5 unit 0 has 24 exemplars on a side; 30 references and a query need 31"
     ):
