@@ -92,14 +92,27 @@ class BandAccumulator:
             counts.view(-1).index_add_(0, flat.reshape(-1), torch.ones(flat.numel(), dtype=torch.int64,
                                                                          device=self.device))  # fmt: skip
             if self.reservoir:
-                mine = (
-                    band[None] == torch.arange(self.n_bands, device=self.device)[:, None, None]
-                )  # [bands, B, N]
-                batch = {
-                    "key": torch.where(mine, keys[None, :, None], EMPTY),
-                    "index": torch.where(mine, index_t[None, :, None], -1),
-                }
-                self.samples[name] = self._fold(self.samples[name], batch)
+                self._sample(self.samples[name], band, keys, index_t)
+
+    def _sample(self, kept: dict, band: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> None:
+        """Fold a batch into the samples, in place, only where it changes them: an image enters the sample of
+        its band of a unit only with a key below the band's largest kept key (keys are distinct: exactly the
+        bottom-r of the union). Once a band's sample is full, few images of a long pass get in."""
+        threshold = kept["key"][:, -1, :]  # [bands, N]: the r-th smallest kept key (EMPTY while not full)
+        enters = keys[:, None] < threshold.gather(0, band)  # [B, N]
+        cells = torch.unique(band[enters] * band.shape[1] + enters.nonzero()[:, 1])  # band x N + unit
+        if not len(cells):
+            return
+        cell_band, cell_unit = cells // band.shape[1], cells % band.shape[1]
+        mine = (band[:, cell_unit] == cell_band) & enters[:, cell_unit]  # [B, cells]
+        key = torch.cat(
+            [kept["key"][cell_band, :, cell_unit], torch.where(mine, keys[:, None], EMPTY).T], dim=1
+        )
+        position = torch.cat([kept["index"][cell_band, :, cell_unit],
+                              torch.where(mine, index[:, None], -1).T], dim=1)  # fmt: skip
+        smallest = key.topk(self.reservoir, dim=1, largest=False, sorted=True).indices
+        kept["key"][cell_band, :, cell_unit] = key.gather(1, smallest)
+        kept["index"][cell_band, :, cell_unit] = position.gather(1, smallest)
 
     def _fold(self, kept: dict, batch: dict) -> dict:
         key = torch.cat([kept["key"], batch["key"]], dim=1)
