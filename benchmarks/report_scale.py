@@ -18,7 +18,13 @@ interpretability` write over ImageNet val: every unit's 16 top and 16 bottom exe
 50,000 images (the worst case for the page: every image is some unit's exemplar), their 50,000 thumbnails (64
 px JPEG of image-like textures) and the index under two similarities; then it prints the exemplar strips' share
 of the page. With `--no-images` the run has no AM/IAM images, so the page holds no AM/IAM thumbnails (their
-38.3 MB are measured without it), which keeps the run to a few minutes.
+38.3 MB are measured without it), which keeps the run to a few minutes. It also adds what the band pass
+writes (issue 19): each unit's quantiles (k = 200) and its 7 bands with their 50,000 images split as the band
+widths say, per-class counts drawn from a skewed class profile and 16 sampled images each (add_bands); it prints
+the tables' stored sizes, the band summaries' share of the page and the bands in a unit's detail.
+
+`--pass-memory` measures a data worker's memory for the exemplars, quantile sketches and bands of VGG16's 13,416
+units (pass_memory), with the sizes of the partial files a data shard saves.
 
 The run also holds importance rows (issue 14: both ablations for every unit, as `repsub importance` writes
 them). `--light` writes the same run without images, class means and layer activations (a minute, not an
@@ -212,6 +218,137 @@ def add_exemplars(out: Path) -> None:
           f"each) and the index in {time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
 
 
+BAND_SAMPLE = 16  # the band pass's reservoir (repsub.core.bands.DEFAULT_RESERVOIR)
+QUANTILE_K = 200  # the sketches' k (repsub.core.quantiles.DEFAULT_K)
+# How much more (or less) a unit's preferred classes are drawn in each band, band 0 first: anti-preferences
+# below 25%, a flat middle, a few classes concentrated in the top bands (the top 0.1% holds about 16% of one class).
+BAND_SKEW = (-0.5, 0.0, 0.2, 0.5, 1.0, 2.0, 3.0)
+
+
+def add_bands(out: Path) -> None:
+    """The quantiles and bands tables of the band pass over ImageNet val (`repsub selectivity --exemplars 16`
+    with its default --quantile-k 200 and band pass): each unit's 7 bands hold 50,000 images as the band
+    widths say (the page's worst case: no band empty, as post-ReLU units' would be), their per-class counts
+    drawn multinomially from a per-unit class profile skewed by BAND_SKEW, and 16 sampled images per band drawn
+    from the 50,000 (whose thumbnails add_exemplars stored)."""
+    if (out / "bands").is_dir():
+        return
+    from scipy import stats
+
+    from repsub.core.band_ranges import EDGE_RANKS
+    from repsub.core.quantiles import QuantileSketches
+    from repsub.runstore.tables import STORED_RANKS, band_edges, bands_table, quantiles_table
+
+    rng = np.random.default_rng(20)
+    started = time.perf_counter()
+    writer = RunWriter(out)
+    rank_error = QuantileSketches({}, QUANTILE_K).rank_error
+    widths = np.diff([0.0, *EDGE_RANKS, 1.0])
+    per_band = np.round(widths * N_IMAGES).astype(np.int64)  # 12,500 ... 50 images
+    skew = np.array(BAND_SKEW)[None, :, None]
+    for layer, n in VGG16:
+        ranks = np.clip(STORED_RANKS, 1e-5, 1 - 1e-5)[:, None]
+        values = stats.gamma.ppf(ranks, rng.uniform(0.5, 3.0, n)) * rng.uniform(0.2, 2.0, n)  # [ranks, N]
+        writer.write_table("quantiles", layer, quantiles_table(values, QUANTILE_K, rank_error, N_IMAGES))
+        counts = np.empty((len(per_band), n, 1000), np.int64)
+        for start in range(0, n, 512):  # [units, bands, classes] profiles, a slice at a time (memory)
+            preference = rng.normal(size=(min(512, n - start), 1, 1000))
+            profile = np.exp(skew * preference)
+            profile /= profile.sum(axis=2, keepdims=True)
+            drawn = rng.multinomial(per_band[None, :], profile)  # [units, bands, classes]
+            counts[:, start : start + len(drawn)] = drawn.transpose(1, 0, 2)
+        samples = rng.integers(0, N_IMAGES, size=(len(per_band), BAND_SAMPLE, n))
+        writer.write_table("bands", layer, bands_table(band_edges(values), counts, samples, seed=0))
+        print(f"  wrote {layer}'s quantiles and bands ({time.perf_counter() - started:.0f} s)", flush=True)
+    config = {"data": {"classes": [f"n{i:08d}" for i in range(1000)]}, "quantile_k": QUANTILE_K,
+              "bands": {"edge_ranks": list(EDGE_RANKS), "sample": BAND_SAMPLE, "seed": 0}}  # fmt: skip
+    record_command(writer, "selectivity", IDENTITY, config, CATALOG, {"reduce": "mean"})
+
+
+def stored_sizes(run: Path) -> None:
+    """The bytes on disk of the tables the exemplar and band passes write."""
+    for table in ("bands", "quantiles", "exemplars", "images"):
+        files = [f for f in (run / table).rglob("*.parquet")]
+        print(f"stored {table}: {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in {len(files)} files")
+
+
+def memory_mb() -> tuple[float, float]:
+    """(resident, peak resident) MB of this process (Linux: /proc/self/status)."""
+    found = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            found[line[:5]] = int(line.split()[1]) / 1024
+    return found["VmRSS"], found["VmHWM"]
+
+
+def saved_mb(state: dict) -> float:
+    """The size of a state as a data shard saves its partial file (repsub.sweep.commit: torch.save)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.tell() / 1e6
+
+
+def pass_memory(batches: int, batch_size: int) -> None:
+    """A data worker's memory at VGG16's shape: the first pass's ExemplarAccumulator (k = 16) and
+    QuantileSketches (k = 200), then the band pass's BandAccumulator (reservoir 16, 1,000 classes, edges from the
+    sketches), each fed `batches` batches of random [B, N] activations (as the pass reduces them) of VGG16's 16
+    layers (widths from its catalog, without weights); the sketches, cheap to feed, get a whole ImageNet val
+    (their size grows with the images). Prints the resident memory each one adds when built and while fed (the
+    process's peak), the size of its partial file, and the estimates."""
+    import torch
+
+    from repsub.core.bands import BandAccumulator
+    from repsub.core.exemplars import ExemplarAccumulator
+    from repsub.core.quantiles import QuantileSketches
+    from repsub.models import model_catalog
+    from repsub.runstore.tables import STORED_RANKS, band_edges
+
+    widths = {layer.name: layer.n_units for layer in model_catalog("vgg16").layers}
+    units = sum(widths.values())
+    generator = torch.Generator().manual_seed(0)
+
+    def build(make, name: str):
+        resident = memory_mb()[0]
+        accumulator = make()
+        print(f"{name}: built +{memory_mb()[0] - resident:.0f} MB resident", flush=True)
+        return accumulator
+
+    def feed(accumulator, name: str, count: int = batches) -> None:
+        resident = memory_mb()[0]
+        started = time.perf_counter()
+        for b in range(count):
+            acts = {layer: torch.rand(batch_size, n, generator=generator) ** 3 for layer, n in widths.items()}
+            labels = torch.randint(0, 1000, (batch_size,), generator=generator)
+            accumulator.add(acts, labels, torch.arange(b * batch_size, (b + 1) * batch_size))
+        now, peak = memory_mb()
+        print(f"{name}: fed {count * batch_size:,} images, {(time.perf_counter() - started) / count * 1000:.0f} ms "
+              f"a batch; +{now - resident:.0f} MB resident after, process peak {peak:.0f} MB; partial file "
+              f"{saved_mb(accumulator.state_dict()):.1f} MB", flush=True)  # fmt: skip
+
+    now, peak = memory_mb()
+    print(f"VGG16: {len(widths)} layers, {units:,} units; batches of {batch_size} random activations; at the "
+          f"start {now:.0f} MB resident (torch and repsub imported)", flush=True)  # fmt: skip
+    exemplars = build(lambda: ExemplarAccumulator(widths, K), "ExemplarAccumulator (k = 16)")
+    feed(exemplars, "ExemplarAccumulator")
+    sketches = build(lambda: QuantileSketches(widths, QUANTILE_K), f"QuantileSketches (k = {QUANTILE_K})")
+    feed(sketches, "QuantileSketches", -(-N_IMAGES // batch_size))
+    edges = {layer: band_edges(sketches.quantiles(layer, STORED_RANKS)) for layer in widths}
+    bands = build(
+        lambda: BandAccumulator(edges, 1000, BAND_SAMPLE), f"BandAccumulator (reservoir {BAND_SAMPLE})"
+    )
+    feed(bands, "BandAccumulator")
+    n_bands, widest = bands.n_bands, max(widths.values())
+    print(f"estimates: exemplars 2 sides x {K} x {units:,} x (4 + 8 + 4) B = {2 * K * units * 16 / 1e6:.1f} MB; "
+          f"band counts {n_bands} x {units:,} x 1,000 x 8 B = {n_bands * units * 1000 * 8 / 1e6:.0f} MB, "
+          f"band samples (key, index) {n_bands} x {BAND_SAMPLE} x {units:,} x 16 B = "
+          f"{n_bands * BAND_SAMPLE * units * 16 / 1e6:.0f} MB; the band pass's temporaries of the widest layer "
+          f"(bands x (reservoir + B) x N int64, keys and indices) 2 x {n_bands} x ({BAND_SAMPLE} + {batch_size}) x "
+          f"{widest:,} x 8 B = {2 * n_bands * (BAND_SAMPLE + batch_size) * widest * 8 / 1e6:.0f} MB; the batch "
+          f"itself {batch_size} x {units:,} x 4 B = {batch_size * units * 4 / 1e6:.1f} MB")  # fmt: skip
+
+
 def ranking_bootstrap(x, y, rng, resamples, confidence=0.95):
     """The bootstrap as it was before the counts (repsub.analysis.stats): scipy's rankdata on each resample.
     The same draws, the same interval: the baseline of `--light`'s comparison."""
@@ -313,6 +450,18 @@ def time_report(run: Path, out: Path) -> Path:
         side = document["exemplars"]["side"]
         print(f"exemplar strips: {count} distinct images of {side} px, {len(strips) / max(count, 1):.0f} B each "
               f"as base64; {STRIP} per side and unit")  # fmt: skip
+        units = document["units"]
+        if "bands" in units:
+            from repsub.analysis.bands import BAND_STRIP
+
+            parts = {
+                key: len(json.dumps(units[key], separators=(",", ":")))
+                for key in ("bands", "band_strip", "ex_top", "ex_bottom")
+            }
+            print(f"explorer data: band summaries {parts['bands'] / mb:.1f} MB, band strip positions "
+                  f"{parts['band_strip'] / mb:.1f} MB ({BAND_STRIP} per band), exemplar strip positions "
+                  f"{(parts['ex_top'] + parts['ex_bottom']) / mb:.1f} MB, "
+                  f"the rest {(len(data_part) - sum(parts.values())) / mb:.1f} MB")  # fmt: skip
     return page
 
 
@@ -341,9 +490,16 @@ def time_open(page: Path, opens: int, images: bool = True) -> None:
             browser.click_element("#gallery .card")
             browser.wait_for("document.getElementById('unit-detail').open")
             browser.wait_for(
-                "Array.from(document.querySelectorAll('#detail-exemplars img')).every((i) => i.complete)"
+                "Array.from(document.querySelectorAll('#detail-exemplars img, #detail-bands img'))"
+                ".every((i) => i.complete)"
             )  # the strips decoded, when the run has them (the first detail parses their thumbnails)
             detail.append(time.perf_counter() - started)
+            band_rows = browser.evaluate("document.querySelectorAll('#detail-bands tr').length")
+            band_images = browser.evaluate(
+                "Array.from(document.querySelectorAll('#detail-bands img')).filter((i) => i.naturalWidth > 0).length"
+            )
+    if band_rows:
+        print(f"the last unit's detail: {band_rows} bands, {band_images} band thumbnails decoded")
     med = statistics.median
     print(f"Chromium, {opens} opens: load event {med(loaded):.2f} s (min {min(loaded):.2f}), usable gallery "
           f"{med(usable):.2f} s (min {min(usable):.2f}, max {max(usable):.2f}); filter RS >= 0.9 "
@@ -359,11 +515,23 @@ def main() -> None:
     parser.add_argument(
         "--no-images", action="store_true", help="with --exemplars: a run without AM/IAM images"
     )
+    parser.add_argument(
+        "--pass-memory",
+        action="store_true",
+        help="a data worker's memory for exemplars, sketches and bands at VGG16's shape",
+    )
+    parser.add_argument("--batches", type=int, default=32, help="with --pass-memory: batches fed to each")
+    parser.add_argument("--batch-size", type=int, default=64, help="with --pass-memory (repsub's default)")
     args = parser.parse_args()
+    if args.pass_memory:
+        pass_memory(args.batches, args.batch_size)
+        return
     if args.exemplars:
         name = "report-scale-vgg16" + ("-noimages" if args.no_images else "")
         run = generate_run(args.cache / name / "run", images=not args.no_images)
         add_exemplars(run)
+        add_bands(run)
+        stored_sizes(run)
         page = time_report(run, args.cache / name / "report-exemplars")
         time_open(page, args.opens, images=not args.no_images)
         return

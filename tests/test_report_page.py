@@ -215,6 +215,7 @@ def test_thumbnail_side_keeps_the_page_within_budget():
     vgg16_rows = 13_416 * 2
     side = thumbnail_side(vgg16_rows, 224)
     assert side == 48 and vgg16_rows * side**2 * WEBP_BYTES_PER_PIXEL * 4 / 3 <= THUMBNAIL_BUDGET
+    assert thumbnail_side(vgg16_rows, 224, strips=True) == 40  # room for the exemplar and band strips
     assert thumbnail_side(1044, 32) == 32  # the demo's images are kept whole
     assert thumbnail_side(500, 224) == 128
     sides = [thumbnail_side(n, 224) for n in (100, 2_000, 10_000, 40_000, 10**6)]

@@ -216,7 +216,8 @@ def _explorer(datas: dict[str, RunData], bands: dict | None) -> tuple[tuple[str,
     if not rows:
         return None, 0
     original = image_side(data)
-    side = thumbnail_side(rows, original)
+    strips = data.run.exemplar_rows is not None or data.run.band_rows is not None
+    side = thumbnail_side(rows, original, strips)
     if len(datas) == 1:
         return explorer_data(data, thumbnails(data, side), side, original, bands=bands), side
     thumbs = {basis: thumbnails(d, side) for basis, d in datas.items()}

@@ -4,6 +4,8 @@ The page embeds one thumbnail per units row, so their side is chosen from the nu
 page small: the largest of THUMBNAIL_SIDES whose estimated total stays within THUMBNAIL_BUDGET, never
 larger than the images themselves. For VGG16's 13,416 units x 2 methods that is 48 px (about 1 KB each,
 WebP quality 70: benchmarks/report_scale.py, docs/performance.md); the demo's 32 px images are kept whole.
+A run with exemplars or bands leaves room for their strips and summaries (STRIPS_SHARE of the budget): 40 px
+at VGG16's size.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from repsub.analysis.tables import basis_filter
 from repsub.errors import RunError
 
 THUMBNAIL_BUDGET = 40_000_000  # bytes of base64 text for all thumbnails of a page
+# Measured at VGG16 scale, the exemplar and band strips and the band summaries take 24 MB of the page's 60
+# (docs/performance.md): where they are shown, the AM/IAM thumbnails get this much less.
+STRIPS_SHARE = 7_000_000
 THUMBNAIL_SIDES = (128, 96, 80, 64, 56, 48, 40, 32, 24)
 WEBP_QUALITY = 70
 # Measured for WebP q70 of 1/f-spectrum colour textures like AM/IAM images, 48-64 px (docs/performance.md).
@@ -28,9 +33,11 @@ WEBP_BYTES_PER_PIXEL = 0.45
 BATCH_ROWS = 256  # images decoded per batch: memory stays at a few MB whatever the run's size
 
 
-def thumbnail_side(rows: int, image_side: int | None) -> int:
-    """The side, in pixels, of the thumbnails of `rows` images of side `image_side`."""
-    fits = [s for s in THUMBNAIL_SIDES if rows * s * s * WEBP_BYTES_PER_PIXEL * 4 / 3 <= THUMBNAIL_BUDGET]
+def thumbnail_side(rows: int, image_side: int | None, strips: bool = False) -> int:
+    """The side, in pixels, of the thumbnails of `rows` images of side `image_side` (`strips`: the page also
+    holds exemplar or band strips)."""
+    budget = THUMBNAIL_BUDGET - (STRIPS_SHARE if strips else 0)
+    fits = [s for s in THUMBNAIL_SIDES if rows * s * s * WEBP_BYTES_PER_PIXEL * 4 / 3 <= budget]
     side = fits[0] if fits else THUMBNAIL_SIDES[-1]
     return min(side, image_side) if image_side else side
 
