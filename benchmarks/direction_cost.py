@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.machine import load_average, wait_for_quiet
+from benchmarks.machine import best_of_interleaved, load_average, wait_for_quiet
 from benchmarks.selectivity_precision import in_memory_batches
 from repsub.capture.precision import Precision, as_input, prepare_for_speed
 from repsub.capture.reader import LayerCapture
@@ -123,12 +123,7 @@ def selectivity_passes(model, batches, args) -> None:
     sides = {"bare forward": bare, "selectivity pass, units": units_only, "units + pca (4 layers)": with_pca}
     for run in sides.values():
         run()
-    timings = dict.fromkeys(sides, float("inf"))
-    for _ in range(args.repeats):
-        for side, run in sides.items():
-            started = time.perf_counter()
-            run()
-            timings[side] = min(timings[side], time.perf_counter() - started)
+    timings = best_of_interleaved(sides, args.repeats)
     n = sum(len(labels) for _, labels in batches)
     print(f"\n2. the selectivity pass, VGG16 all {len(model.layers)} layers, {n} images of 64 px, best of "
           f"{args.repeats}")  # fmt: skip

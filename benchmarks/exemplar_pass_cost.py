@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.machine import load_average, wait_for_quiet
+from benchmarks.machine import best_of_interleaved, load_average, wait_for_quiet
 from benchmarks.selectivity_precision import in_memory_batches
 from repsub.capture.precision import Precision, as_input, prepare_for_speed
 from repsub.capture.selectivity_pass import accumulate_class_sums
@@ -84,12 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in sides.values():  # warm-up (and the edges for the band pass)
         run()
     load = wait_for_quiet(args.max_load)
-    timings = dict.fromkeys(sides, float("inf"))
-    for _ in range(args.repeats):
-        for side, run in sides.items():
-            started = time.perf_counter()
-            run()
-            timings[side] = min(timings[side], time.perf_counter() - started)
+    timings = best_of_interleaved(sides, args.repeats)
     n = sum(len(labels) for _, labels in batches)
     print(f"VGG16 at 64 px, all {len(model.layers)} layers ({sum(widths.values())} units), {n} images in batches "
           f"of 32, {torch.get_num_threads()} threads, best of {args.repeats}, load average {load:.2f} before, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 
 def load_average() -> float:
@@ -18,3 +19,15 @@ def wait_for_quiet(max_load: float | None, patience: float = 1800) -> float:
         time.sleep(15)
         waited += 15
     return load_average()
+
+
+def best_of_interleaved(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Seconds of each side's call, the best of `repeats` rounds, the sides interleaved within a round so that
+    each sees the same machine load (warm them up before)."""
+    timings = dict.fromkeys(sides, float("inf"))
+    for _ in range(repeats):
+        for side, run in sides.items():
+            started = time.perf_counter()
+            run()
+            timings[side] = min(timings[side], time.perf_counter() - started)
+    return timings

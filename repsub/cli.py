@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from repsub.analysis.commands import add_report_parser, add_summary_parser, cmd_report, cmd_summary
+from repsub.core.bases.kinds import FITTED_KINDS
 from repsub.errors import RepsubError, UsageError
 from repsub.optimize.settings import PRECISIONS, OptimSettings, declared, option_name, precision_help
 
@@ -22,15 +23,6 @@ from repsub.optimize.settings import PRECISIONS, OptimSettings, declared, option
 # their declaration, repsub.optimize.settings, which is light.)
 REDUCTIONS = ("mean", "max", "center")
 METHODS = ("am", "iam")
-BASIS_KINDS = (
-    "random",
-    "pca",
-    "ica",
-    "nmf",
-    "kmeans",
-    "sae",
-    "vectors",
-)  # repsub.core.bases.fit.KINDS, unit aside
 PREPARE_HELP = "write an ImageFolder (or a flat folder with --labels) as an FFCV .beton"
 # `repsub demo`'s time, measured on a 2-core CPU (336-364 s of CPU in three runs); the README says the same.
 DEMO_TIME = "6 CPU-minutes"
@@ -396,7 +388,7 @@ def _add_basis_parser(sub) -> None:
     fit = verbs.add_parser("fit", help="fit a basis on each of --layers and store it in the run")
     fit.add_argument("run", help="the run (directory or s3:// URI): its model, data and image size are used")
     fit.add_argument("--layers", default=None, help="comma-separated layer names (default: the run's)")
-    fit.add_argument("--kind", required=True, choices=BASIS_KINDS, help="the kind of basis (required)")
+    fit.add_argument("--kind", required=True, choices=FITTED_KINDS, help="the kind of basis (required)")
     fit.add_argument(
         "--size",
         type=int,

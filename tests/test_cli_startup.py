@@ -110,8 +110,9 @@ def test_the_cli_copies_of_the_library_choices_agree():
     assert (tuple(REDUCTIONS), tuple(PRECISIONS)) == (cli.REDUCTIONS, cli.PRECISIONS)
     assert set(cli.METHODS) == set(METHODS)
     from repsub.core.bases.fit import KINDS
+    from repsub.core.bases.kinds import FITTED_KINDS
 
-    assert tuple(kind for kind in KINDS if kind != "unit") == cli.BASIS_KINDS
+    assert tuple(kind for kind in KINDS if kind != "unit") == FITTED_KINDS
 
 
 def test_prepare_keeps_its_options(capsys):

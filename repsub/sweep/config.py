@@ -43,6 +43,7 @@ import yaml
 
 from repsub.capture.precision import PRECISIONS
 from repsub.capture.reader import REDUCTIONS
+from repsub.core.bases.kinds import FITTED_KINDS, FROM_A_FILE
 from repsub.errors import UsageError, cut, shown
 from repsub.optimize import METHODS
 from repsub.optimize.settings import OptimSettings
@@ -317,14 +318,7 @@ def parse_config(
     )
 
 
-SWEEP_KINDS = (
-    "random",
-    "pca",
-    "ica",
-    "nmf",
-    "kmeans",
-    "sae",
-)  # `unit` is every run's; `vectors` needs a file
+SWEEP_KINDS = tuple(kind for kind in FITTED_KINDS if kind not in FROM_A_FILE)  # `unit` is every run's
 
 
 def _bases(value, source: str, model, weights, layers, selectivity) -> tuple[BasisSpec, ...]:

@@ -380,38 +380,32 @@ def _clear_foreign_rows(writer: RunWriter, shards: list[UnitShard | ImportanceSh
             writer.drop_rows(table, key, layer, units, keep_files=names)
 
 
-def _merge_partial_sums(ledger: ShardLedger, shards: list[DataShard]) -> ClassMeanAccumulator:
-    merged = ledger.load_partial_sums(shards[0].id)
+def merge_partials(load, shards: list, what: str):
+    """The shards' partial states (`load(shard id)`: accumulators with `merge` and `n_images`) merged in shard
+    order (each merge is exact, or for sketches within their rank error, in any order), checked to cover the
+    dataset's images."""
+    merged = load(shards[0].id)
     for shard in shards[1:]:
-        merged.merge(ledger.load_partial_sums(shard.id))
-    expected = shards[-1].stop
-    if merged.n_images != expected:
-        raise SweepError(f"the data shards hold {merged.n_images} images, the dataset {expected}")
+        merged.merge(load(shard.id))
+    if merged.n_images != shards[-1].stop:
+        raise SweepError(f"the shards' {what} cover {merged.n_images} images, the dataset {shards[-1].stop}")
     return merged
+
+
+def _merge_partial_sums(ledger: ShardLedger, shards: list[DataShard]) -> ClassMeanAccumulator:
+    return merge_partials(ledger.load_partial_sums, shards, "class sums")
 
 
 def merge_partial_exemplars(ledger: ShardLedger, shards: list[DataShard]) -> ExemplarAccumulator:
-    """The data shards' exemplars merged in shard order (the merge is exact in any order)."""
-    merged = ledger.load_partial_exemplars(shards[0].id)
-    for shard in shards[1:]:
-        merged.merge(ledger.load_partial_exemplars(shard.id))
-    if merged.n_images != shards[-1].stop:
-        raise SweepError(
-            f"the data shards' exemplars cover {merged.n_images} images, the dataset {shards[-1].stop}"
-        )
-    return merged
+    return merge_partials(ledger.load_partial_exemplars, shards, "exemplars")
 
 
 def merge_partial_sketches(ledger: ShardLedger, shards: list[DataShard]) -> QuantileSketches:
-    """The data shards' quantile sketches merged (KLL: within the rank error in any order)."""
-    merged = ledger.load_partial_sketches(shards[0].id)
-    for shard in shards[1:]:
-        merged.merge(ledger.load_partial_sketches(shard.id))
-    if merged.n_images != shards[-1].stop:
-        raise SweepError(
-            f"the data shards' sketches cover {merged.n_images} images, the dataset {shards[-1].stop}"
-        )
-    return merged
+    return merge_partials(ledger.load_partial_sketches, shards, "quantile sketches")
+
+
+def merge_partial_bands(ledger: ShardLedger, shards: list[BandShard]) -> BandAccumulator:
+    return merge_partials(ledger.load_partial_bands, shards, "bands")
 
 
 def _merged_quantiles(ledger: ShardLedger, shards: list[DataShard], layer_names: list[str]) -> dict:
@@ -420,16 +414,6 @@ def _merged_quantiles(ledger: ShardLedger, shards: list[DataShard], layer_names:
     values = {name: torch.from_numpy(merged.quantiles(name, STORED_RANKS)) for name in layer_names}
     return {"ranks": list(STORED_RANKS), "k": merged.k, "rank_error": merged.rank_error,
             "n_images": merged.n_images, "values": values}  # fmt: skip
-
-
-def merge_partial_bands(ledger: ShardLedger, shards: list[BandShard]) -> BandAccumulator:
-    """The band shards' bands merged in shard order (exact in any order, given the same edges)."""
-    merged = ledger.load_partial_bands(shards[0].id)
-    for shard in shards[1:]:
-        merged.merge(ledger.load_partial_bands(shard.id))
-    if merged.n_images != shards[-1].stop:
-        raise SweepError(f"the band shards cover {merged.n_images} images, the dataset {shards[-1].stop}")
-    return merged
 
 
 def _run_band_phase(ray_runner, workers, pending, band_shards, progress, ledger):
