@@ -318,13 +318,17 @@ class LayerCapture:
         # An affine part reduced by the mean or the centre (no pre wanted) encodes the reduced values, once per
         # image: equal to reducing its responses per position (both commute with an affine map), at K/C of one
         # position's arithmetic.
+        parts = getattr(readout, "parts", None) or [readout]
         shortcut = forward.pre is None and self.reduce in ("mean", "center")
-        reduced = reduce_units(output, layer.kind, self.reduce) if shortcut else None
+        # The layer reduced once, only where a part reads it (an SAE alone reads every position).
+        reduced = (
+            reduce_units(output, layer.kind, self.reduce) if shortcut and any(map(is_affine, parts)) else None
+        )
         # A stacked readout's parts are encoded and reduced one by one, then put side by side: each part's
         # responses are then those of the part read alone, bit for bit (one reduction over all K could order
         # its sums otherwise).
         responses, pres = [], []
-        for part in getattr(readout, "parts", None) or [readout]:
+        for part in parts:
             if shortcut and is_affine(part):
                 responses.append(part.encode(reduced)[0])
                 pres.append(None)

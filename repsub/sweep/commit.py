@@ -151,10 +151,7 @@ class ShardLedger:
 
     def save_fit_samples(self, shard_id: str, state: dict) -> str:
         """Write a fit data shard's sampled vectors (and pca sums): plain tensors; returns the file's path."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        self.writer.put_bytes(self.fit_samples_path(shard_id), buffer.getvalue())
-        return self.writer._path(self.fit_samples_path(shard_id))
+        return self._save(self.fit_samples_path(shard_id), state)
 
     def load_fit_samples(self, shard_id: str) -> dict:
         return self._load(self.fit_samples_path(shard_id), shard_id)
