@@ -57,6 +57,22 @@ def test_pca_equals_sklearn_and_explains_the_eigenvalues_it_keeps():
     assert basis.signed and basis.encode(x.float())[1] is None
 
 
+def test_pca_null_directions_of_dead_channels_respond_exactly_zero():
+    """A layer with 3 dead channels and 1 constant one has rank C - 4: its 4 null components are not
+    determined by the data, and their responses (rounding noise otherwise) are exactly 0, so they count dead."""
+    x = correlated(1500, 12)
+    x[:, [2, 5, 7]] = 0.0  # dead channels
+    x[:, 9] = 3.25  # a constant channel: zero variance too, but not zero values
+    basis = fit_basis("pca", "conv", x, size=12)
+    rank = np.linalg.matrix_rank(np.cov(x.numpy(), rowvar=False, bias=True))
+    assert rank == 8 and basis.settings["null_directions"] == 12 - rank
+    responses = basis.encode(x.float())[0]
+    assert torch.equal(responses[:, rank:], torch.zeros(len(x), 12 - rank))  # the null ones, last
+    assert (responses[:, :rank].abs().amax(dim=0) > 0.1).all()  # the others respond as before
+    assert activity(basis, x)[1] == 12 - rank  # dead on the data
+    assert fve(basis, x) == pytest.approx(1.0, abs=1e-6)  # K = C still reconstructs the data
+
+
 def test_unit_basis_is_the_identity_and_random_is_an_oriented_orthonormal_rotation():
     x = correlated(500, 12).float()
     unit = unit_basis("fc", 12)

@@ -184,6 +184,39 @@ def test_a_unit_that_starts_at_zero_is_driven_by_the_default_and_not_without_the
     assert iam.status[0] == "ok"
 
 
+def test_a_target_still_silent_is_rescued_by_more_rounds_and_the_others_are_untouched():
+    """Unit 5 of the dormant model does not respond after 2 steps; the rescue goes on from its image, round
+    by round (2 steps each), until it does. The units that responded keep their rows bit for bit, and the
+    rescued unit's result depends on its seed alone, not on which units shared its batch."""
+    model = _dormant_channel_model()
+    layer = model.layer("conv2")
+    settings = OptimSettings(steps=2, image_size=24, batch_size=4, precision="fp32", rescue_rounds=0)
+    plain = optimize_units(model, layer, [5, 6, 1], "am", settings, progress=False)
+    assert plain.status.tolist() == ["no_response", "ok", "ok"] and plain.steps.tolist() == [2, 2, 2]
+    rescue = replace(settings, rescue_rounds=20)
+    rescued = optimize_units(model, layer, [5, 6, 1], "am", rescue, progress=False)
+    assert rescued.status.tolist() == ["ok", "ok", "ok"] and rescued.activation[0] > 0
+    taken = int(rescued.steps[0])
+    assert 2 < taken <= 2 * 21 and taken % 2 == 0 and rescued.steps[1:].tolist() == [2, 2]
+    for field in ("images", "layer_activations", "activation", "rs", "objective_final"):
+        np.testing.assert_array_equal(getattr(rescued, field)[1:], getattr(plain, field)[1:])
+    assert not np.array_equal(rescued.images[0], plain.images[0])
+    # One round fewer than it took: still silent, with the steps of every round it had.
+    short = optimize_units(
+        model, layer, [5], "am", replace(settings, rescue_rounds=taken // 2 - 2), progress=False
+    )
+    assert short.status[0] == "no_response" and short.steps[0] == taken - 2
+    alone = optimize_units(model, layer, [5], "am", rescue, progress=False)
+    np.testing.assert_array_equal(alone.images[0], rescued.images[0])
+    assert alone.steps[0] == taken and alone.status[0] == "ok"
+    # The recorded activation is that of the stored image, as for any row.
+    x = torch.from_numpy(rescued.images[:1]).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        again = LayerCapture(model.module, [layer])((x - mean) / std).activations["conv2"]
+    np.testing.assert_allclose(rescued.layer_activations[:1], again.numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_recorded_objectives_are_the_methods_own(shallow_random):
     layer = shallow_random.layer("conv3")
     result = optimize_units(shallow_random, layer, [0, 3, 7], "iam", SMALL, progress=False)

@@ -29,9 +29,10 @@ BASE = {"model": "shallow_cnn", "out": "/tmp/x"}
 
 
 def test_the_declaration_gives_the_lists_that_were_kept_by_hand():
-    """The lists every consumer had its own copy of, now derived (the copies' content before issue 17)."""
-    assert reused_names() == ("steps", "lr", "image_size", "param", "jitter", "scale", "rotate", "batch_size",
-                              "own_term")  # fmt: skip
+    """The lists every consumer had its own copy of, now derived (the copies' content before issue 17, and
+    rescue_rounds since issue 18)."""
+    assert reused_names() == ("steps", "lr", "image_size", "param", "jitter", "scale", "rotate", "rescue_rounds",
+                              "batch_size", "own_term")  # fmt: skip
     assert set(meaning_names()) == {"image_size", "param", "own_term", "jitter", "scale", "rotate"}
     assert MEANING["units"] == meaning_names(OptimSettings)
     assert "blur" in reused_names(Blurred) and "blur" in meaning_names(Blurred)

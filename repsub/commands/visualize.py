@@ -113,7 +113,7 @@ def visualize(
                     ctx.model, layer, unit_lists[layer.name], method, settings,
                     run_seed=ctx.seed, device=ctx.device, progress=bar, reduce=reduce, readout=readout,
                 )  # fmt: skip
-                tables[layer.name] = with_basis(units_table(method, result, settings.steps), readout)
+                tables[layer.name] = with_basis(units_table(method, result), readout)
                 output.write("units", layer.name, tables[layer.name])  # each layer lands when done
         _warn_failures(method, tables)
         output.complete(config)

@@ -53,9 +53,21 @@ class OwnDirection:
             return pre, None
         response = torch.relu(pre)
         if encoder == "topk":  # kept where the whole encoding keeps it (its rank among all K: no gradient)
-            with torch.no_grad():
-                full = self.readout.encode(x.detach())[0]
-                index = self.targets.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
-                kept = full.gather(-1, index.expand(*x.shape[:-1], 1)) != 0
-            response = response * kept
+            response = response * self._in_top_k(x, pre)
         return response, pre
+
+    def _in_top_k(self, x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """[B, ..., 1] bool: where the own direction is among the `top_k` largest of all K pre-activations.
+
+        Counting the directions strictly above it (fewer than top_k) gives topk's membership without sorting:
+        one comparison and a sum over K per position, where `torch.topk` over K = 4C was a third of a 4x SAE's
+        AM step at conv3_3 (docs/performance.md). Only an exact tie at the k-th place can differ, where topk
+        itself picks arbitrarily."""
+        r = self.readout
+        with torch.no_grad():
+            every = (x.detach() - r.center.to(x.device, x.dtype)) @ r.encoder_weight.to(x.device, x.dtype).T
+            every = every + r.encoder_bias.to(x.device, x.dtype)
+            index = self.targets.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
+            own = every.gather(-1, index.expand(*x.shape[:-1], 1))  # from `every` itself: same rounding
+            above = (every > own).sum(dim=-1, keepdim=True)
+            return (above < r.top_k) & (own > 0)

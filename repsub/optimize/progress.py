@@ -25,6 +25,11 @@ class UnitProgress:
     def step(self, units_in_batch: int) -> None:
         self.bar.update(units_in_batch)
 
+    def add_steps(self, unit_steps: int) -> None:
+        """Unit-steps not foreseen in the total (the rescue of targets that did not respond)."""
+        self.bar.total += unit_steps
+        self.bar.refresh()
+
     def units_done(self, count: int) -> None:
         self.done += count
         self._show()

@@ -12,6 +12,7 @@ step, so every row says how far its optimization got.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ class OptimResult:
     status: np.ndarray  # str [B]: ok | no_response | nonfinite (repsub.store.UNIT_STATUSES)
     objective_start: np.ndarray  # float32 [B], the method's objective on the start image
     objective_final: np.ndarray  # float32 [B], ... on the stored 8-bit image
+    steps: np.ndarray  # int64 [B]: the steps its image took (settings.steps; a multiple of it where rescued)
 
 
 def unit_seed(run_seed: int, layer: str, unit: int) -> int:
@@ -84,6 +86,71 @@ def _normalizer(model: LoadedModel, device: torch.device):
     return lambda images: (images - mean) / std
 
 
+class _Climber:
+    """Steps of Adam on a batch of images, each climbing its own target's objective (the method's), in the
+    run's precision: the steps of `_optimize_batch`, and again of its rescue, on a subset of the batch."""
+
+    def __init__(self, model, layer, method, settings, precision, reduce, device, readout):
+        self.model, self.layer, self.method, self.settings = model, layer, method, settings
+        self.precision, self.reduce, self.device, self.readout = precision, reduce, device, readout
+        self.pre_reduce = pre_reduction(settings.own_term, reduce)
+        self.channels_last = prepare_for_speed(model.module, device)
+        self.normalize = _normalizer(model, device)
+
+    def climb(self, image, warp: RandomAffine, targets: torch.Tensor, steps: int, progress: UnitProgress):
+        """`steps` steps of a fresh Adam on image's parameters ([B] images, target targets[b] each)."""
+        settings, layer, readout, method = self.settings, self.layer, self.readout, self.method
+        count = len(targets)
+        optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
+        # AM's shortcuts: each image's own unit (OwnUnit), or its own direction (OwnDirection), alone.
+        own_unit = (
+            OwnUnit.find(self.model.module, layer, count) if method == "am" and readout is None else None
+        )
+        own_direction = method == "am" and readout is not None and OwnDirection.applies(readout)
+        own_index = torch.zeros_like(targets)  # each image's own target is target 0 of the one-target read
+        with_pre = (
+            settings.own_term != "post"
+        )  # "post": no pre-activation, exactly the plain objective's forward
+        readouts = None if readout is None else {layer.name: readout}
+        step_readouts = {layer.name: OwnDirection(readout, targets)} if own_direction else readouts
+        step_capture = LayerCapture(
+            self.model.module, [layer], reduce=self.reduce, pre=with_pre,
+            pre_reduce=self.pre_reduce if with_pre else None, readouts=step_readouts,
+        )  # fmt: skip
+
+        def objective_of(warped: torch.Tensor) -> torch.Tensor:
+            """The objective the optimizer climbs, per image: [B]."""
+            index = targets
+            with self.precision.autocast(self.device):
+                if own_unit is not None:  # [B, 1] each
+                    (post, pre), index = (
+                        own_unit.read(warped, targets, self.reduce, self.pre_reduce),
+                        own_index,
+                    )
+                else:
+                    got = step_capture(warped)
+                    post, pre = got.activations[layer.name], (got.pre or {}).get(layer.name)
+                    index = own_index if own_direction else targets
+            return climbed(method, post, pre, index, settings.own_term)
+
+        with step_capture:  # the hooks stay registered across the steps
+            for step in range(steps):
+                optimizer.zero_grad(set_to_none=True)
+                objective = objective_of(as_input(self.normalize(warp(image(), step)), self.channels_last))
+                (-objective.sum()).backward()
+                optimizer.step()
+                progress.step(count)
+
+
+def _image_subset(image: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+    """A copy of a batch's image parameterization holding images `keep` only (every parameter's first axis is
+    the image's)."""
+    subset = copy.deepcopy(image)
+    for name, parameter in image.named_parameters():
+        setattr(subset, name, torch.nn.Parameter(parameter.detach()[keep].clone()))
+    return subset
+
+
 def _optimize_batch(
     model: LoadedModel,
     layer: UnitLayer,
@@ -99,12 +166,9 @@ def _optimize_batch(
 ) -> OptimResult:
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     image = PARAMETERIZATIONS[settings.param](generators, settings.image_size, device)
-    warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
-    pre_reduce = pre_reduction(settings.own_term, reduce)
     readouts = None if readout is None else {layer.name: readout}
     recording = LayerCapture(model.module, [layer], reduce=reduce, readouts=readouts)
-    channels_last = prepare_for_speed(model.module, device)
-    normalize = _normalizer(model, device)
+    climber = _Climber(model, layer, method, settings, precision, reduce, device, readout)
     unit_index = torch.tensor(units, device=device)
     recorded = METHODS[method]
 
@@ -113,49 +177,51 @@ def _optimize_batch(
         transforms."""
         with torch.no_grad(), exact_fp32():
             return (
-                recording(as_input(normalize(images), channels_last))
+                recording(as_input(climber.normalize(images), climber.channels_last))
                 .activations[layer.name]
                 .to(torch.float32)
             )
 
+    def finish(image) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 8-bit images, as stored, and the recorded activations on them."""
+        with torch.no_grad():
+            quantized = (image().nan_to_num(0.5) * 255).round().to(torch.uint8)
+            return quantized, evaluate(quantized.to(torch.float32) / 255)
+
     with torch.no_grad():
         objective_start = recorded(evaluate(image()), unit_index)
-    optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
-    # AM's shortcuts: each image's own unit (OwnUnit), or its own direction (OwnDirection), alone.
-    own_unit = OwnUnit.find(model.module, layer, len(units)) if method == "am" and readout is None else None
-    own_direction = method == "am" and readout is not None and OwnDirection.applies(readout)
-    own_index = torch.zeros_like(unit_index)  # each image's own target is target 0 of the one-target read
-    with_pre = settings.own_term != "post"  # "post": no pre-activation, exactly the plain objective's forward
-    step_readouts = {layer.name: OwnDirection(readout, unit_index)} if own_direction else readouts
-    step_capture = LayerCapture(
-        model.module, [layer], reduce=reduce, pre=with_pre, pre_reduce=pre_reduce if with_pre else None,
-        readouts=step_readouts,
-    )  # fmt: skip
-
-    def climb(warped: torch.Tensor) -> torch.Tensor:
-        """The objective the optimizer climbs, per image: [B]."""
-        index = unit_index
-        with precision.autocast(device):
-            if own_unit is not None:  # [B, 1] each
-                (post, pre), index = own_unit.read(warped, unit_index, reduce, pre_reduce), own_index
-            else:
-                got = step_capture(warped)
-                post, pre = got.activations[layer.name], (got.pre or {}).get(layer.name)
-                index = own_index if own_direction else unit_index
-        return climbed(method, post, pre, index, settings.own_term)
-
-    with step_capture:  # the hooks stay registered across the steps
-        for step in range(settings.steps):
-            optimizer.zero_grad(set_to_none=True)
-            objective = climb(as_input(normalize(warp(image(), step)), channels_last))
-            (-objective.sum()).backward()
-            optimizer.step()
-            progress.step(len(units))
-    with torch.no_grad():
-        quantized = (image().nan_to_num(0.5) * 255).round().to(torch.uint8)
-        final = evaluate(quantized.to(torch.float32) / 255)
+    warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
+    climber.climb(image, warp, unit_index, settings.steps, progress)
+    quantized, final = finish(image)
+    status = unit_status(final, final.gather(1, unit_index.view(-1, 1)).squeeze(1))
+    steps_taken = np.full(len(units), settings.steps, dtype=np.int64)
+    # The rescue: a target still silent goes on from its own image for up to `rescue_rounds` more rounds of
+    # `steps` steps, until it responds (docs/science.md: rare directions need more steps than units). Each round
+    # climbs a fresh Adam on the still-silent images alone, with transforms drawn on from each one's own
+    # generator, so a target's result depends on its seed alone, never on which others were rescued with it.
+    silent = [i for i, s in enumerate(status) if s == "no_response"]
+    for round_ in range(1, settings.rescue_rounds + 1):
+        if not silent:
+            break
+        progress.add_steps(len(silent) * settings.steps)
+        subset = _image_subset(image, silent)
+        warp = RandomAffine(
+            [generators[i] for i in silent], settings.steps, settings.jitter, settings.scale, settings.rotate,
+            device,
+        )  # fmt: skip
+        climber.climb(subset, warp, unit_index[silent], settings.steps, progress)
+        with torch.no_grad():
+            for (_, whole), (_, part) in zip(
+                image.named_parameters(), subset.named_parameters(), strict=True
+            ):
+                whole[silent] = part
+        quantized[silent], final[silent] = finish(subset)
+        steps_taken[silent] = settings.steps * (1 + round_)
+        own = final[silent].gather(1, unit_index[silent].view(-1, 1)).squeeze(1)
+        for i, s in zip(silent, unit_status(final[silent], own), strict=True):
+            status[i] = s
+        silent = [i for i in silent if status[i] == "no_response"]
     own = final.gather(1, unit_index.view(-1, 1)).squeeze(1)
-    status = unit_status(final, own)
     rs = representative_substitution(final, unit_index)
     rs[torch.tensor([s == "nonfinite" for s in status])] = float("nan")
     return OptimResult(
@@ -163,7 +229,7 @@ def _optimize_batch(
         images=quantized.permute(0, 2, 3, 1).cpu().numpy(), layer_activations=final.cpu().numpy(),
         activation=own.cpu().numpy(), rs=rs.cpu().numpy(), rs_ties=rs_ties(final, unit_index).cpu().numpy(),
         status=np.asarray(status), objective_start=objective_start.cpu().numpy().astype(np.float32),
-        objective_final=recorded(final, unit_index).cpu().numpy().astype(np.float32),
+        objective_final=recorded(final, unit_index).cpu().numpy().astype(np.float32), steps=steps_taken,
     )  # fmt: skip
 
 

@@ -98,6 +98,13 @@ class OptimSettings:
     jitter: float = setting(0.03, meaning=True, reused=True, maximum=0.5)  # max shift, fraction of the side
     scale: float = setting(0.05, meaning=True, reused=True, maximum=0.99)  # zoom drawn in [1 - s, 1 + s]
     rotate: float = setting(5.0, meaning=True, reused=True, maximum=180.0)  # max rotation, degrees
+    rescue_rounds: int = setting(
+        3,
+        reused=True,
+        help="a target whose own activation is still <= 0 after --steps goes on from its image for up to this "
+        "many more rounds of --steps steps, until it responds; its row records the steps it took (0: no rescue)",
+        minimum=0,
+    )
     batch_size: int = setting(64, reused=True, help="units optimized together", minimum=1)
     own_term: str = setting(
         "hybrid",

@@ -305,7 +305,7 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def units_table(method: str, result, steps: int) -> pa.Table:
+def units_table(method: str, result) -> pa.Table:
     """The units rows of one layer and method, from repsub.optimize.OptimResult."""
     n = len(result.indices)
     return pa.table({
@@ -320,7 +320,7 @@ def units_table(method: str, result, steps: int) -> pa.Table:
         "objective_final": pa.array(result.objective_final, pa.float32()),
         "image": pa.array([png_bytes(img) for img in result.images], pa.binary()),
         "seed": pa.array(result.seeds, pa.int64()),
-        "steps": pa.array(np.full(n, steps), pa.int32()),
+        "steps": pa.array(result.steps, pa.int32()),  # settings.steps; a multiple where rescued
     })  # fmt: skip
 
 

@@ -71,7 +71,7 @@ class ShardRunner:
             reduce=self.config.reduce,
             readout=shard.readout,
         )
-        table = with_basis(units_table(shard.method, result, self.config.optimization.steps), shard.readout)
+        table = with_basis(units_table(shard.method, result), shard.readout)
         path = self.writer.write_units(
             shard.method, shard.layer, table, replace_existing=False, command="sweep"
         )

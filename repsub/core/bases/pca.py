@@ -4,6 +4,12 @@ Two `PcaSums` over disjoint data merge exactly as the selectivity pass's class s
 split into shards anywhere gives the covariance of the unsplit data (to float64 rounding). The basis is the top
 K eigenvectors of the covariance (torch.linalg.eigh, float64), responses are the centred projections, and each
 direction is oriented by `orient_signs` on the fit sample when one is given.
+
+A component whose variance is zero to rounding (a layer with dead channels has C - rank of them) is a *null*
+direction: the data do not determine it (any rotation within the null space fits as well), and its response on
+any input is rounding noise, 1e-13 to 1e-33 on the digits CNN, that made it look alive and made its AM "fail"
+(all 51 pca failures there). Its encoder row is zero, so its response is exactly 0: it is dead on the data and
+left out as such; it still decodes (its direction is kept), and `settings["null_directions"]` counts them.
 """
 
 from __future__ import annotations
@@ -69,6 +75,15 @@ def principal_components(sums: PcaSums, size: int) -> tuple[torch.Tensor, torch.
     return vectors[:, order].T.contiguous(), variances[order]
 
 
+def null_tolerance(sums: PcaSums) -> float:
+    """The variance at or below which a component is null: C * float64 eps * the largest mean square x_c².
+
+    The covariance's rounding (sum x xᵀ / n - mean meanᵀ) is at most about eps * max E[x_c²] per entry, so its
+    eigenvalues are exact to within C times that."""
+    second = torch.diagonal(sums.outer) / max(sums.n, 1)
+    return float(len(second) * torch.finfo(torch.float64).eps * second.max().clamp(min=0))
+
+
 def pca_basis(layer: str, sums: PcaSums, size: int, sample: torch.Tensor | None = None) -> Basis:
     """The PCA basis of `size` directions from `sums`; `sample` [N, C] (the fit vectors) orients the signs."""
     components, variances = principal_components(sums, size)
@@ -77,12 +92,15 @@ def pca_basis(layer: str, sums: PcaSums, size: int, sample: torch.Tensor | None 
         signs = orient_signs((sample.to(torch.float64) - mean) @ components.T)
         components = components * signs[:, None].to(torch.float64)
     total = torch.diagonal(sums.covariance()).sum()
+    null = variances <= null_tolerance(sums)
+    encoder = components.masked_fill(null[:, None], 0.0)
     settings = {
         "n_vectors": sums.n,
         "explained_variance_ratio": (variances / total).tolist() if total > 0 else [0.0] * size,
         "orientation": "third moment" if sample is not None else "eigh",
+        "null_directions": int(null.sum()),  # zero variance: encoder row 0, response exactly 0 (dead)
     }
     return Basis(
-        kind="pca", layer=layer, directions=components, encoder_weight=components,
+        kind="pca", layer=layer, directions=components, encoder_weight=encoder,
         encoder_bias=torch.zeros(size), center=mean, settings=settings,
     )  # fmt: skip
