@@ -6,7 +6,8 @@ layer (conv1-4, fc5; not the logits), on the training digits, the bases
 
     random (a seeded rotation, the control), pca, nmf, kmeans, sae: K = the layer's units; sae4x: K = 4 x units
 
-and measures every direction as a unit: selectivity on the held-out digits (all directions), AM and IAM and
+and measures every direction as a unit (each step only where its rows are missing, so a stopped run resumes;
+`--redo` fits named bases again, `--revisualize` optimizes their images again): selectivity on the held-out digits (all directions), AM and IAM and
 importance by ablation (zero: the response removed at every position) for `--targets` directions per layer (a
 seeded subset; RS counts all K). Prints per layer and basis: mean selectivity, mean RS, rho(RS, selectivity),
 mean accuracy drop and loss increase, the basis metrics (FVE, L0, dead, stability) and the failed
@@ -78,32 +79,49 @@ def targets_of(K: int, count: int, seed: int) -> list[int]:  # noqa: N803
     return sorted(np.random.default_rng(seed).choice(K, count, replace=False).tolist())
 
 
+def _present(run: Path, table: str, columns: list[str]) -> set[tuple]:
+    """The distinct values of `columns` in a table of the run (empty when it has none)."""
+    if not (run / table).is_dir():
+        return set()
+    rows = repsub.open_run(run).table(table, columns=columns)
+    if rows is None:
+        return set()
+    values = [rows.column(c).to_pylist() for c in columns]
+    return {tuple("unit" if v is None else v for v in row) for row in zip(*values, strict=True)}
+
+
 def measure_bases(run: Path, train: Path, val: Path, weights: Path, settings: argparse.Namespace) -> None:
-    """Fit and measure every basis of every hidden layer into `run` (skipping what is already there)."""
+    """Fit and measure every basis of every hidden layer into `run`, each step (fit, selectivity, AM, IAM,
+    importance) only where its rows are not there yet, or again for the bases named in `settings.redo`."""
     loaded = load_model(MODEL, weights=str(weights), device="cpu")
-    present = set()
-    if (run / "bases").is_dir():
-        table = repsub.open_run(run).table("bases", columns=["layer", "name"])
-        present = set(zip(table.column("layer").to_pylist(), table.column("name").to_pylist(), strict=True))
-    optim = OptimSettings(steps=settings.steps, image_size=IMAGE_SIZE, batch_size=128, precision="fp32")
+    fitted = _present(run, "bases", ["layer", "name"])
+    measured = _present(run, "selectivity", ["layer", "basis"])
+    optimized = _present(run, "units", ["layer", "basis", "method"])
+    ablated = _present(run, "importance", ["layer", "basis"])
+    optim = OptimSettings(steps=settings.steps, image_size=IMAGE_SIZE, batch_size=128, precision="fp32",
+                          rescue_rounds=settings.rescue_rounds)  # fmt: skip
     for layer in loaded.layers:
         if layer.read == "logits":
             continue
         for name, (kind, multiple) in BASES.items():
-            if (layer.name, name) in present:
-                continue
+            redo = name in settings.redo
             started = time.monotonic()
             size = multiple * layer.n_units
-            repsub.fit_basis(run, layers=[layer.name], kind=kind, size=size, name=name, data=train, seed=0,
-                             model=loaded, workers=0, device="cpu")  # fmt: skip
+            if redo or (layer.name, name) not in fitted:
+                repsub.fit_basis(run, layers=[layer.name], kind=kind, size=size, name=name, data=train, seed=0,
+                                 model=loaded, workers=0, device="cpu", replace=redo)  # fmt: skip
             targets = targets_of(size, settings.targets, seed=hash((layer.name, name)) % 2**32)
-            repsub.selectivity(model=loaded, data=val, out=run, layers=[layer.name], basis=name, batch_size=128,
-                               workers=0, device="cpu", progress=False, precision="fp32")  # fmt: skip
+            if redo or (layer.name, name) not in measured:
+                repsub.selectivity(model=loaded, data=val, out=run, layers=[layer.name], basis=name,
+                                   batch_size=128, workers=0, device="cpu", progress=False, precision="fp32")  # fmt: skip
             for method in ("am", "iam"):
-                repsub.visualize(model=loaded, method=method, out=run, layers=[layer.name], basis=name,
-                                 units=targets, settings=optim, device="cpu", progress=False)  # fmt: skip
-            repsub.importance(model=loaded, data=val, out=run, layers=[layer.name], basis=name, units=targets,
-                              image_size=IMAGE_SIZE, batch_size=128, device="cpu", workers=0, progress=False)  # fmt: skip
+                if redo or name in settings.revisualize or (layer.name, name, method) not in optimized:
+                    repsub.visualize(model=loaded, method=method, out=run, layers=[layer.name], basis=name,
+                                     units=targets, settings=optim, device="cpu", progress=False)  # fmt: skip
+            if redo or (layer.name, name) not in ablated:
+                repsub.importance(model=loaded, data=val, out=run, layers=[layer.name], basis=name,
+                                  units=targets, image_size=IMAGE_SIZE, batch_size=128, device="cpu", workers=0,
+                                  progress=False)  # fmt: skip
             print(f"  {layer.name} {name}: K {size}, {time.monotonic() - started:.0f} s", flush=True)
 
 
@@ -214,6 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--targets", type=int, default=48, help="directions optimized and ablated per layer")
     parser.add_argument("--demo", action="store_true", help="the demo's run and data instead of the digits")
+    parser.add_argument("--rescue-rounds", type=int, default=OptimSettings.rescue_rounds,
+                        help="more rounds of --steps for a direction still silent (repsub visualize's)")  # fmt: skip
+    parser.add_argument("--redo", type=lambda v: v.split(","), default=[],
+                        help="bases (comma-separated) to fit again (replacing the fit and its rows) and measure")  # fmt: skip
+    parser.add_argument("--revisualize", type=lambda v: v.split(","), default=[],
+                        help="bases (comma-separated) whose AM and IAM to measure again (the settings changed)")  # fmt: skip
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
             run_model(MODEL, settings, train, val, "hybrid")
     measure_bases(run, train, val, out / f"{MODEL}.pt", args)
     rows = read_results(run)
-    print(f"\n{MODEL} on {what}, {args.steps} steps, {args.targets} directions per layer optimized "
+    print(f"\n{MODEL} on {what}, {args.steps} steps (+ up to {args.rescue_rounds} rescue rounds), {args.targets} "
+          "directions per layer optimized "
           f"({time.monotonic() - started:.0f} s)")  # fmt: skip
     print(format_rows(rows))
     print()

@@ -115,7 +115,7 @@ def visualize(
                 )  # fmt: skip
                 tables[layer.name] = with_basis(units_table(method, result), readout)
                 output.write("units", layer.name, tables[layer.name])  # each layer lands when done
-        _warn_failures(method, tables)
+        _warn_failures(method, tables, settings.steps)
         output.complete(config)
     return with_layer(tables)
 
@@ -124,13 +124,15 @@ def _name(readout) -> str:
     return "unit" if readout is None else readout.name
 
 
-def _warn_failures(method: str, tables: dict[str, pa.Table]) -> None:
-    """Say which layers have units whose optimization did not work (their rows say so too)."""
+def _warn_failures(method: str, tables: dict[str, pa.Table], steps: int) -> None:
+    """Say which layers have units whose optimization did not work, and how many took rescue rounds (their
+    rows say so too: status, steps)."""
     for name, table in tables.items():
         statuses = table.column("status").to_pylist()
         bad = {s: statuses.count(s) for s in sorted(set(statuses)) if s != "ok"}
-        if bad:
-            counts = ", ".join(f"{count} {status}" for status, count in bad.items())
-            print(
-                f"note: {method} {name}: {counts} of {len(statuses)} units (status column)", file=sys.stderr
-            )
+        rescued = sum(taken > steps for taken in table.column("steps").to_pylist())
+        said = [f"{count} {status}" for status, count in bad.items()]
+        said += [f"{rescued} rescued (more than {steps} steps)"] if rescued else []
+        if said:
+            print(f"note: {method} {name}: {', '.join(said)} of {len(statuses)} units (status, steps columns)",
+                  file=sys.stderr)  # fmt: skip

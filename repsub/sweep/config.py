@@ -12,7 +12,7 @@ Validated strictly: an unknown key is an error that lists the valid keys, a bad 
     device: auto                 # auto | cpu | cuda
     reduce: mean                 # a conv unit's spatial reduction (selectivity, objectives, RS): mean | max | center
     optimization: {steps: 256, lr: 0.05, image_size: 224, param: fourier, batch_size: 64,
-                   own_term: hybrid, precision: auto}   # any setting of repsub.optimize.settings
+                   own_term: hybrid, rescue_rounds: 3, precision: auto}  # any of repsub.optimize.settings
     selectivity:  {data: /data/imagenet_val.beton, image_size: 224, batch_size: 256, precision: auto,
                    workers: 8, images_per_shard: 5000, exemplars: 16, quantile_k: 200, bands: null,
                    band_sample: 16}
