@@ -3,10 +3,13 @@ scipy), the exact PCA sums across shards, storage round trips and the metrics.""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
+from repsub.core.bases import nmf
 from repsub.core.bases.basis import Basis, orient_signs
 from repsub.core.bases.fit import KINDS, check_size, fit_basis
 from repsub.core.bases.linear import random_rotation, unit_basis, vectors_basis
@@ -98,24 +101,93 @@ def test_ica_recovers_independent_sources():
     assert fve(basis, x) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_nmf_refuses_negative_activations_and_its_encoder_is_pinv_relu():
+def sklearn_nmf(x: np.ndarray, size: int, seed: int):
+    """scikit-learn's NMF as nmf_basis fits it (same settings: the same H), to read its NNLS transform."""
     from sklearn.decomposition import NMF
 
+    return NMF(n_components=size, init="nndsvda", random_state=seed, max_iter=nmf.MAX_ITER).fit(x)
+
+
+def nnls_fve(model, x: np.ndarray) -> float:
+    """The FVE of NMF's own coefficients (sklearn's transform: the NNLS solution) on x."""
+    return float(
+        1 - ((x - model.inverse_transform(model.transform(x))) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    )
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Small BLAS calls by the thousand (the encoder's L-BFGS): two threads on a busy machine cost ~10x."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_nmf_refuses_negative_activations_and_its_encoder_is_a_relu_near_nnls():
     with pytest.raises(UsageError, match="non-negative"):
         fit_basis("nmf", "logits", correlated(100, 6, relu=False), size=3)
     x = correlated(1500, 12)
-    basis = fit_basis("nmf", "conv", x, size=6, seed=0)
+    with one_thread():
+        basis = fit_basis("nmf", "conv", x, size=6, seed=0)
     response, pre = basis.encode(x.float())
-    expected = x.float() @ torch.linalg.pinv(basis.directions.double()).float()
-    assert torch.allclose(pre, expected, atol=1e-4) and torch.equal(response, torch.relu(pre))
+    expected = x.float() @ basis.encoder_weight.T + basis.encoder_bias
+    assert torch.allclose(pre, expected, atol=1e-5) and torch.equal(response, torch.relu(pre))
     # What the differentiable encoder costs against sklearn's own (non-differentiable) transform, same H.
-    reference = NMF(n_components=6, init="nndsvda", random_state=0, max_iter=400).fit(x.numpy())
-    sklearn_fve = (
-        1
-        - ((x.numpy() - reference.inverse_transform(reference.transform(x.numpy()))) ** 2).sum()
-        / ((x.numpy() - x.numpy().mean(0)) ** 2).sum()
-    )
-    assert fve(basis, x) > sklearn_fve - 0.02
+    reference = sklearn_nmf(x.numpy(), 6, seed=0)
+    assert np.allclose(basis.directions.numpy(), reference.components_, rtol=1e-5, atol=1e-6)
+    best = nnls_fve(reference, x.numpy())  # NNLS: the best z >= 0 for each vector, up to sklearn's tolerance
+    assert best - 0.005 < fve(basis, x) <= best + 1e-3
+
+
+def test_nmf_encoder_at_k_equal_c_tracks_nnls_where_pinv_fails():
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    x = correlated(1500, 32).numpy()
+    fit, held = x[:1200], x[1200:]
+    with one_thread():
+        basis = fit_basis("nmf", "conv", torch.from_numpy(fit), size=32, seed=0)
+        reference = sklearn_nmf(fit, 32, seed=0)
+    h = reference.components_
+    assert np.allclose(basis.directions.numpy(), h, rtol=1e-5, atol=1e-6)
+    spread = ((held - held.mean(0)) ** 2).sum()
+    old_x_hat = np.maximum(held @ np.linalg.pinv(h), 0) @ h  # the encoder before: relu(x pinv(H))
+    assert 1 - ((held - old_x_hat) ** 2).sum() / spread < 0
+    assert fve(basis, torch.from_numpy(held)) > nnls_fve(reference, held) - 0.01
+    # ... with responses near NMF's own coefficients: as sparse (mean L0 within 15%), code R² above 0.8.
+    response = basis.encode(torch.from_numpy(held).float())[0].double().numpy()
+    nnls = reference.transform(held)
+    assert abs((response > 0).sum(1).mean() / (nnls > 0).sum(1).mean() - 1) < 0.15
+    assert 1 - ((response - nnls) ** 2).sum() / ((nnls - nnls.mean(0)) ** 2).sum() > 0.8
+    # Step 2, independently: sklearn's ridge regression of the NNLS codes on the fit rows (the rule of
+    # check_split, redrawn) with each lam of the grid; the recorded lam reconstructs the check rows best.
+    order = np.random.default_rng(0).permutation(1200)
+    rows, check = order[240:], order[:240]
+    assert basis.settings["n_check"] == 240
+    codes = reference.transform(fit)
+    centred = fit[rows] - fit[rows].mean(0)
+    unit = np.trace(centred.T @ centred) / 32
+
+    def check_error(model) -> float:
+        z = np.maximum(fit[check] @ model.coef_.T + model.intercept_, 0)
+        return float(((z @ h - fit[check]) ** 2).sum())
+
+    errors = {scale * unit: check_error((Ridge(alpha=scale * unit) if scale else LinearRegression()).fit(
+        fit[rows], codes[rows])) for scale in nmf.RIDGE_SCALES}  # fmt: skip
+    lam = min(errors, key=lambda grid_lam: abs(grid_lam - basis.settings["ridge"]))
+    assert lam == pytest.approx(basis.settings["ridge"], rel=1e-9)
+    assert errors[lam] <= min(errors.values()) * (1 + 1e-6)
+    # Step 3 keeps the round that reconstructs the check rows best: no worse than its start, and as recorded.
+    spread = ((fit[check] - fit[check].mean(0)) ** 2).sum()
+    stored = basis.decode(basis.encode(torch.from_numpy(fit[check]).float())[0]).double().numpy()
+    recorded = basis.settings["check_fve"]
+    assert recorded == pytest.approx(1 - ((fit[check] - stored) ** 2).sum() / spread, abs=1e-4)
+    assert recorded >= 1 - errors[lam] / spread - 1e-9
 
 
 def test_kmeans_finds_the_directions_of_clustered_data():
