@@ -101,7 +101,7 @@ def measure_bases(run: Path, train: Path, val: Path, weights: Path, settings: ar
     optim = OptimSettings(steps=settings.steps, image_size=IMAGE_SIZE, batch_size=128, precision="fp32",
                           rescue_rounds=settings.rescue_rounds)  # fmt: skip
     for layer in loaded.layers:
-        if layer.read == "logits":
+        if layer.read == "logits" or (settings.layers and layer.name not in settings.layers):
             continue
         for name, (kind, multiple) in BASES.items():
             redo = name in settings.redo
@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="more rounds of --steps for a direction still silent (repsub visualize's)")  # fmt: skip
     parser.add_argument("--redo", type=lambda v: v.split(","), default=[],
                         help="bases (comma-separated) to fit again (replacing the fit and its rows) and measure")  # fmt: skip
+    parser.add_argument("--layers", type=lambda v: v.split(","), default=[],
+                        help="measure these layers only (comma-separated; default: every hidden layer)")  # fmt: skip
     parser.add_argument("--revisualize", type=lambda v: v.split(","), default=[],
                         help="bases (comma-separated) whose AM and IAM to measure again (the settings changed)")  # fmt: skip
     args = parser.parse_args(argv)

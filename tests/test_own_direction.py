@@ -24,7 +24,7 @@ def a_basis(encoder: str, channels: int, size: int, seed: int = 0) -> Basis:
 
 @pytest.mark.parametrize(("name", "size"), [("conv3", 64), ("fc5", 48)])
 @pytest.mark.parametrize("encoder", ["linear", "relu", "topk", "vectors"])
-@pytest.mark.parametrize("own_term", ["hybrid", "post"])
+@pytest.mark.parametrize("own_term", ["hybrid", "post", "pre"])
 def test_the_own_direction_gives_the_whole_readouts_objective_and_gradient(shallow_random, name, size, encoder,
                                                                            own_term):  # fmt: skip
     layer = shallow_random.layer(name)
@@ -49,10 +49,30 @@ def test_the_own_direction_gives_the_whole_readouts_objective_and_gradient(shall
         return value, torch.autograd.grad(value.sum(), images)[0]
 
     whole, whole_grad = objective(readout, targets)
-    own, own_grad = objective(OwnDirection(readout, targets), torch.zeros_like(targets))
+    own, own_grad = objective(OwnDirection(readout, targets, own_term == "pre"), torch.zeros_like(targets))
     assert (whole != 0).any()  # the case is not vacuous
     torch.testing.assert_close(own, whole, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(own_grad, whole_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_the_topk_margin_is_what_a_direction_must_gain_to_enter_the_top_k():
+    """Against a brute force: t_j, the k-th largest of the others, by sorting the others of each direction."""
+    from repsub.core.bases.basis import topk_margin
+
+    pre = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pre[0, 0, :4] = 2.0  # ties at the threshold
+    margin = topk_margin(pre, 4)
+    flat, got = pre.reshape(-1, 12), margin.reshape(-1, 12)
+    for row, values in enumerate(flat):
+        for j in range(12):
+            others = torch.cat([values[:j], values[j + 1 :]])
+            t = torch.sort(others, descending=True).values[3]
+            assert got[row, j] == min(values[j], values[j] - t)
+    # Where the margin is > 0 the encoder keeps y (no ties there); where it is < 0 it does not.
+    z = torch.relu(pre)
+    kept = torch.zeros_like(z).scatter(-1, torch.topk(z, 4, dim=-1).indices, 1.0) * (pre > 0)
+    assert (kept[margin > 0] == 1).all() and (kept[margin < 0] == 0).all()
+    assert torch.equal(topk_margin(pre, 12), pre)  # every positive kept: y itself
 
 
 def test_am_of_directions_with_the_shortcut_ends_where_the_whole_readout_does(shallow_random, monkeypatch):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from repsub.core.bases.basis import topk_margin
 from repsub.core.readout import check_readout, encode_with_pre, is_affine
 from repsub.errors import UsageError
 from repsub.models import UnitLayer
@@ -334,6 +335,8 @@ class LayerCapture:
                 pres.append(None)
                 continue
             response, pre = encode_with_pre(part, values, values_pre)
+            if forward.pre is not None and getattr(part, "encoder", None) == "topk":
+                pre = topk_margin(pre, part.top_k)  # what a silent topk direction climbs (basis.py)
             responses.append(self._reduced(response, layer.kind, kind, self.reduce))
             pres.append(None if pre is None else self._reduced(pre, layer.kind, kind, self.pre_reduce))
         forward.activations[layer.name] = _side_by_side(responses, layer.kind)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from repsub.core.bases.basis import topk_margin
+
 
 class OwnDirection:
     """A readout of one response per image: image b's response to direction `targets[b]` of `readout`
@@ -21,8 +23,11 @@ class OwnDirection:
 
     K = 1
 
-    def __init__(self, readout, targets: torch.Tensor):
+    def __init__(self, readout, targets: torch.Tensor, margin_everywhere: bool = False):
         self.readout, self.targets = readout, targets
+        # A topk encoder's pre is the margin (topk_margin), which needs every direction with a gradient: computed
+        # for the silent images only (the hybrid climbs pre nowhere else), or for all (own term "pre").
+        self.margin_everywhere = margin_everywhere
         self.name, self.layer, self.C = readout.name, getattr(readout, "layer", None), readout.C
 
     @staticmethod
@@ -54,7 +59,23 @@ class OwnDirection:
         response = torch.relu(pre)
         if encoder == "topk":  # kept where the whole encoding keeps it (its rank among all K: no gradient)
             response = response * self._in_top_k(x, pre)
+            pre = self._margin(x, pre, response)
         return response, pre
+
+    def _margin(self, x: torch.Tensor, pre: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+        """pre with the whole readout's topk margin of the own direction at the silent images (those whose
+        response is 0 at every position), or at all with `margin_everywhere`; elsewhere the own y, never climbed
+        there (the hybrid climbs the response wherever it is > 0)."""
+        silent = response.detach().flatten(1).amax(dim=1) == 0
+        chosen = torch.ones_like(silent) if self.margin_everywhere else silent
+        if not chosen.any():
+            return pre
+        r, rows = self.readout, chosen.nonzero().squeeze(1)
+        every = (x[rows] - r.center.to(x.device, x.dtype)) @ r.encoder_weight.to(x.device, x.dtype).T
+        every = every + r.encoder_bias.to(x.device, x.dtype)
+        index = self.targets.to(x.device)[rows].reshape(-1, *[1] * (x.dim() - 1))
+        margin = topk_margin(every, r.top_k).gather(-1, index.expand(*every.shape[:-1], 1))
+        return pre.index_put((rows,), margin)
 
     def _in_top_k(self, x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """[B, ..., 1] bool: where the own direction is among the `top_k` largest of all K pre-activations.

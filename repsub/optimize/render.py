@@ -112,7 +112,11 @@ class _Climber:
             settings.own_term != "post"
         )  # "post": no pre-activation, exactly the plain objective's forward
         readouts = None if readout is None else {layer.name: readout}
-        step_readouts = {layer.name: OwnDirection(readout, targets)} if own_direction else readouts
+        step_readouts = (
+            {layer.name: OwnDirection(readout, targets, margin_everywhere=settings.own_term == "pre")}
+            if own_direction
+            else readouts
+        )
         step_capture = LayerCapture(
             self.model.module, [layer], reduce=self.reduce, pre=with_pre,
             pre_reduce=self.pre_reduce if with_pre else None, readouts=step_readouts,

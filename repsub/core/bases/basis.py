@@ -9,7 +9,10 @@ Every encoder is `y = (x - center) @ encoder_weight.T + encoder_bias` followed b
 - `relu`: the response is relu(y) (nmf); `pre` is y.
 - `topk`: relu(y) where it is among the `top_k` largest of its position, else 0 (sae); `pre` is y.
 
-`pre` is what AM climbs where the response is 0 (the hybrid own term, as a unit's pre-activation). Decoding is
+`pre` is what AM climbs where the response is 0 (the hybrid own term, as a unit's pre-activation). For a `topk`
+encoder the optimization climbs `topk_margin(pre)` instead (repsub.capture.reader, repsub.optimize.own_direction):
+y alone ignores the competition, and a direction whose y rises while its competitors rise faster stays out of the
+top k (docs/science.md, section 5). Decoding is
 `response @ directions + center`, except for kmeans (`decode_top1`): a position is the projection on its
 best-matching centroid, so only the largest response decodes.
 
@@ -149,6 +152,18 @@ class Basis:
             digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
             digest.update(array.tobytes())
         return digest.hexdigest()
+
+
+def topk_margin(pre: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[..., K] -> [..., K]: min(y_j, y_j - t_j), t_j the top_k-th largest of the *other* directions' y at the
+    position. It is > 0 exactly where a topk encoder keeps y_j (ties apart), and climbing it raises y_j and
+    lowers the competitor at the threshold: the hybrid own term of a silent topk direction."""
+    if top_k >= pre.shape[-1]:
+        return pre  # every positive y is kept: no competition
+    values = torch.topk(pre, top_k + 1, dim=-1).values
+    kth, next_ = values[..., top_k - 1 : top_k], values[..., top_k:]
+    # In the top k itself, the others' k-th largest is the (k + 1)-th of all; outside it, the k-th.
+    return torch.minimum(pre, pre - torch.where(pre >= kth, next_, kth))
 
 
 def orient_signs(responses: torch.Tensor) -> torch.Tensor:
