@@ -124,7 +124,7 @@ def cli_seconds(
         "--seed", "0",
         "--method", method, "--layers", layer, "--units", f"0-{units - 1}", "--steps", str(steps),
         "--image-size", str(size), "--batch-size", str(batch), "--precision", precision, "--device", "cpu",
-        "--out", str(out / "run"), "--no-progress",
+        "--out", str(out / "run"), "--no-progress", "--rescue-rounds", "0",
     ]  # fmt: skip
     try:
         before, started = children_cpu(), time.perf_counter()
@@ -202,8 +202,9 @@ def measure(case: Case, model, lucent_module, args) -> None:
                 lucent_module, lucent_layer, lucent_units, case.method, case.size, args.steps, at_size,
             ))  # fmt: skip
         for precision in args.precisions:
-            settings = OptimSettings(
-                steps=args.steps, image_size=case.size, batch_size=args.batch_size, precision=precision
+            settings = OptimSettings(  # rescue_rounds 0: lucent takes the same steps for every unit
+                steps=args.steps, image_size=case.size, batch_size=args.batch_size, precision=precision,
+                rescue_rounds=0,
             )
             started, cpu_started = time.perf_counter(), time.process_time()
             case.results[precision] = optimize_units(

@@ -11,7 +11,7 @@
 VGG16 with seeded random weights at 64 px (bases fitted on the pass's own generated images, PCA exactly from
 float64 sums), fp32, interleaved rounds, best of --repeats.
 
-    .venv/bin/python -m benchmarks.direction_cost [--steps 8] [--repeats 3] [--images 256] [--max-load 2]
+    .venv/bin/python -m benchmarks.direction_cost [--steps 8] [--repeats 3] [--images 256] [--max-load 2] [--am-only]
 """
 
 from __future__ import annotations
@@ -80,7 +80,11 @@ def am_steps(model, batches, args) -> None:
     for layer_name, count in AM_CASES:
         layer = model.layer(layer_name)
         bases = fitted_bases(model, layer, batches[:2], args.sae_epochs)
-        settings = OptimSettings(steps=args.steps, image_size=64, batch_size=count, precision="fp32")
+        settings = (
+            OptimSettings(  # rescue_rounds 0: the cost of a step, not of the rounds a silent target adds
+                steps=args.steps, image_size=64, batch_size=count, precision="fp32", rescue_rounds=0
+            )
+        )
         targets = list(range(count))
         for method in ("am", "iam"):
             sides = {"unit": None, **bases}
@@ -142,13 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sae-epochs", type=int, default=2, help="SAE training epochs (not timed)")
     parser.add_argument("--max-load", type=float, default=None)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "repsub-bench")
+    parser.add_argument("--am-only", action="store_true", help="the AM/IAM steps only (part 1)")
     args = parser.parse_args(argv)
     model = load_model("vgg16", "random", seed=0, num_classes=10)
     batches = in_memory_batches(args.cache, args.images, 64, 32)
     load = wait_for_quiet(args.max_load)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f}")
     am_steps(model, batches, args)
-    selectivity_passes(model, batches, args)
+    if not args.am_only:
+        selectivity_passes(model, batches, args)
     print(f"\nload average after: {load_average():.2f}")
 
 

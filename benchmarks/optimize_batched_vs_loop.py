@@ -51,7 +51,9 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model("vgg16", "random", seed=0)
-    settings = OptimSettings(steps=args.steps, image_size=args.image_size, batch_size=args.batch_units)
+    settings = OptimSettings(  # rescue_rounds 0: the same steps for every unit on both sides
+        steps=args.steps, image_size=args.image_size, batch_size=args.batch_units, rescue_rounds=0
+    )
     conv_layers = [layer for layer in model.layers if layer.kind == "conv"]
     print(
         f"VGG16 conv layers, {args.method}, {args.steps} steps, {args.image_size} px, torch threads "

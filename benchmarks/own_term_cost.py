@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, layer_name, size, count in CASES:
         model = models.setdefault(name, load_model(name, "random", seed=0))
         layer = model.layer(layer_name)
-        base = OptimSettings(steps=args.steps, image_size=size, batch_size=count, precision=args.precision)
+        base = OptimSettings(  # rescue_rounds 0: the cost of a step, not of the rounds a silent unit adds
+            steps=args.steps, image_size=size, batch_size=count, precision=args.precision, rescue_rounds=0
+        )
         units = list(range(count))
         seconds_per_step(model, layer, units, base)  # warm-up (allocations, channels-last conversion)
         best = {"post": float("inf"), "hybrid": float("inf")}

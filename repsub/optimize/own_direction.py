@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from repsub.core.bases.basis import topk_margin
-
 
 class OwnDirection:
     """A readout of one response per image: image b's response to direction `targets[b]` of `readout`
@@ -58,37 +56,46 @@ class OwnDirection:
             return pre, None
         response = torch.relu(pre)
         if encoder == "topk":  # kept where the whole encoding keeps it (its rank among all K: no gradient)
-            response = response * self._in_top_k(x, pre)
-            pre = self._margin(x, pre, response)
+            every, own = self._every(x)
+            kept = ((every > own).sum(dim=-1, keepdim=True) < self.readout.top_k) & (own > 0)
+            response = response * kept
+            pre = self._margin(x, pre, response, every, own)
         return response, pre
 
-    def _margin(self, x: torch.Tensor, pre: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
-        """pre with the whole readout's topk margin of the own direction at the silent images (those whose
-        response is 0 at every position), or at all with `margin_everywhere`; elsewhere the own y, never climbed
-        there (the hybrid climbs the response wherever it is > 0)."""
-        silent = response.detach().flatten(1).amax(dim=1) == 0
-        chosen = torch.ones_like(silent) if self.margin_everywhere else silent
-        if not chosen.any():
-            return pre
-        r, rows = self.readout, chosen.nonzero().squeeze(1)
-        every = (x[rows] - r.center.to(x.device, x.dtype)) @ r.encoder_weight.to(x.device, x.dtype).T
-        every = every + r.encoder_bias.to(x.device, x.dtype)
-        index = self.targets.to(x.device)[rows].reshape(-1, *[1] * (x.dim() - 1))
-        margin = topk_margin(every, r.top_k).gather(-1, index.expand(*every.shape[:-1], 1))
-        return pre.index_put((rows,), margin)
+    def _every(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, ..., K], [B, ..., 1]) without a gradient: every direction's y, and the own direction's y read
+        from it (the same rounding).
 
-    def _in_top_k(self, x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-        """[B, ..., 1] bool: where the own direction is among the `top_k` largest of all K pre-activations.
-
-        Counting the directions strictly above it (fewer than top_k) gives topk's membership without sorting:
-        one comparison and a sum over K per position, where `torch.topk` over K = 4C was a third of a 4x SAE's
-        AM step at conv3_3 (docs/performance.md). Only an exact tie at the k-th place can differ, where topk
-        itself picks arbitrarily."""
+        What a topk encoder's membership needs: counting the directions strictly above the own one (fewer than
+        top_k) gives it without sorting, one comparison and a sum over K per position, where `torch.topk` over
+        K = 4C took a third of a 4x SAE's AM step at conv3_3 (docs/performance.md). Only an exact tie at the
+        k-th place can differ, where topk itself picks arbitrarily."""
         r = self.readout
         with torch.no_grad():
             every = (x.detach() - r.center.to(x.device, x.dtype)) @ r.encoder_weight.to(x.device, x.dtype).T
             every = every + r.encoder_bias.to(x.device, x.dtype)
             index = self.targets.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
-            own = every.gather(-1, index.expand(*x.shape[:-1], 1))  # from `every` itself: same rounding
-            above = (every > own).sum(dim=-1, keepdim=True)
-            return (above < r.top_k) & (own > 0)
+            return every, every.gather(-1, index.expand(*x.shape[:-1], 1))
+
+    def _margin(self, x, pre, response, every, own) -> torch.Tensor:
+        """pre with the whole readout's topk margin (topk_margin) of the own direction at the silent images (a
+        response of 0 at every position), or at all with `margin_everywhere`; elsewhere the own y, never climbed
+        there (the hybrid climbs the response wherever it is > 0).
+
+        The margin min(y, y - t) has t = y_c for one competitor c per position (the k-th largest of the others),
+        so its gradient needs y_c alone: c is found without a gradient, then y_c is one dot product per position,
+        as the own y is, where the whole readout's margin differentiates all K."""
+        silent = response.detach().flatten(1).amax(dim=1) == 0
+        chosen = torch.ones_like(silent) if self.margin_everywhere else silent
+        r, k = self.readout, self.readout.top_k
+        if not chosen.any() or k >= every.shape[-1]:
+            return pre  # every positive y kept: the margin is y
+        rows = chosen.nonzero().squeeze(1)
+        with torch.no_grad():
+            values, indices = torch.topk(every[rows], k + 1, dim=-1)
+            in_top = own[rows] >= values[..., k - 1 : k]  # then the others' k-th largest is the (k + 1)-th
+            competitor = torch.where(in_top, indices[..., k:], indices[..., k - 1 : k]).squeeze(-1)
+        centred = x[rows] - r.center.to(x.device, x.dtype)
+        weight, bias = r.encoder_weight.to(x.device, x.dtype), r.encoder_bias.to(x.device, x.dtype)
+        threshold = ((centred * weight[competitor]).sum(dim=-1) + bias[competitor]).unsqueeze(-1)
+        return pre.index_put((rows,), torch.minimum(pre[rows], pre[rows] - threshold))
