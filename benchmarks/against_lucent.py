@@ -203,7 +203,10 @@ def measure(case: Case, model, lucent_module, args) -> None:
             ))  # fmt: skip
         for precision in args.precisions:
             settings = OptimSettings(  # rescue_rounds 0: lucent takes the same steps for every unit
-                steps=args.steps, image_size=case.size, batch_size=args.batch_size, precision=precision,
+                steps=args.steps,
+                image_size=case.size,
+                batch_size=args.batch_size,
+                precision=precision,
                 rescue_rounds=0,
             )
             started, cpu_started = time.perf_counter(), time.process_time()
