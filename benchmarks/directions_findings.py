@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def measure_bases(run: Path, train: Path, val: Path, weights: Path, settings: ar
             if redo or (layer.name, name) not in fitted:
                 repsub.fit_basis(run, layers=[layer.name], kind=kind, size=size, name=name, data=train, seed=0,
                                  model=loaded, workers=0, device="cpu", replace=redo)  # fmt: skip
-            targets = targets_of(size, settings.targets, seed=hash((layer.name, name)) % 2**32)
+            # crc32, not hash(): a str's hash changes with every process, and so did the subset (a rerun or a
+            # resume measured other directions beside the first run's).
+            targets = targets_of(size, settings.targets, seed=zlib.crc32(f"{layer.name}/{name}".encode()))
             if redo or (layer.name, name) not in measured:
                 repsub.selectivity(model=loaded, data=val, out=run, layers=[layer.name], basis=name,
                                    batch_size=128, workers=0, device="cpu", progress=False, precision="fp32")  # fmt: skip
