@@ -108,9 +108,8 @@ class _Climber:
         )
         own_direction = method == "am" and readout is not None and OwnDirection.applies(readout)
         own_index = torch.zeros_like(targets)  # each image's own target is target 0 of the one-target read
-        with_pre = (
-            settings.own_term != "post"
-        )  # "post": no pre-activation, exactly the plain objective's forward
+        # "post": no pre-activation, exactly the plain objective's forward
+        with_pre = settings.own_term != "post"
         readouts = None if readout is None else {layer.name: readout}
         step_readouts = (
             {layer.name: OwnDirection(readout, targets, margin_everywhere=settings.own_term == "pre")}
@@ -127,10 +126,8 @@ class _Climber:
             index = targets
             with self.precision.autocast(self.device):
                 if own_unit is not None:  # [B, 1] each
-                    (post, pre), index = (
-                        own_unit.read(warped, targets, self.reduce, self.pre_reduce),
-                        own_index,
-                    )
+                    post, pre = own_unit.read(warped, targets, self.reduce, self.pre_reduce)
+                    index = own_index
                 else:
                     got = step_capture(warped)
                     post, pre = got.activations[layer.name], (got.pre or {}).get(layer.name)
