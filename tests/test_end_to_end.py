@@ -106,7 +106,8 @@ def test_units_table_read_back_with_pyarrow(vgg_run):
         assert row["rs_ties"] == ((acts == acts[row["unit"]]).sum() - 1) / (len(acts) - 1)
         assert row["status"] == ("ok" if row["activation"] > 0 else "no_response")
         assert decode_png(row["image"]).shape == (SIZE, SIZE, 3)
-        assert row["steps"] == 3
+        # 3 steps, and a target still silent after them up to 3 rescue rounds of 3 more: all 4 when it stays so
+        assert row["steps"] in (3, 6, 9, 12) and (row["status"] == "ok" or row["steps"] == 12)
     manifest = run.manifest
     assert manifest["schema_version"] == 3 and manifest["model"]["model"] == "vgg16"
     assert manifest["invariants"] == {"reduce": "mean"}

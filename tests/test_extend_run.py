@@ -57,6 +57,8 @@ def run(tmp_path, image_folder_dir, capsys):
         "0-1",
         "--steps",
         2,
+        "--rescue-rounds",  # taken by the commands that extend the run: their rows take exactly 2 steps
+        0,
         "--batch-size",
         8,
         "--out",
@@ -81,6 +83,7 @@ def test_a_method_is_added_without_model_or_weights(run, capsys):
     assert code == 0, text
     assert "from the run" in text and "model shallow_cnn" in text and f"seed {SEED}" in text
     assert "layers conv2,fc5" in text and "image size 16" in text and "steps 2" in text
+    assert "rescue rounds 0" in text  # a setting the run has, not the default: said
     stored = rows(run)
     iam = [r for r in stored if r[0] == "iam"]  # the run's layers, its image size and steps
     assert [(r[1], r[2], r[3], r[5]) for r in iam] == [
@@ -103,6 +106,7 @@ def test_a_method_is_added_without_model_or_weights(run, capsys):
         units="0-1",
         seed=SEED,
         steps=2,
+        rescue_rounds=0,
         image_size=16,
         batch_size=8,
         device="cpu",
