@@ -70,10 +70,8 @@ class OwnDirection:
         top_k) gives it without sorting, one comparison and a sum over K per position, where `torch.topk` over
         K = 4C took a third of a 4x SAE's AM step at conv3_3 (docs/performance.md). Only an exact tie at the
         k-th place can differ, where topk itself picks arbitrarily."""
-        r = self.readout
         with torch.no_grad():
-            every = (x.detach() - r.center.to(x.device, x.dtype)) @ r.encoder_weight.to(x.device, x.dtype).T
-            every = every + r.encoder_bias.to(x.device, x.dtype)
+            every = self.readout.affine(x.detach())
             index = self.targets.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
             return every, every.gather(-1, index.expand(*x.shape[:-1], 1))
 

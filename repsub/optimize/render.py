@@ -31,7 +31,7 @@ from repsub.core.readout import check_readout, is_units
 from repsub.core.rs import representative_substitution, rs_ties
 from repsub.errors import UsageError
 from repsub.models import LoadedModel, UnitLayer
-from repsub.optimize.objectives import METHODS, climbed, pre_reduction
+from repsub.optimize.objectives import METHODS, activation, climbed, pre_reduction
 from repsub.optimize.own_direction import OwnDirection
 from repsub.optimize.own_unit import OwnUnit
 from repsub.optimize.param import PARAMETERIZATIONS
@@ -194,7 +194,7 @@ def _optimize_batch(
     warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
     climber.climb(image, warp, unit_index, settings.steps, progress)
     quantized, final = finish(image)
-    status = unit_status(final, final.gather(1, unit_index.view(-1, 1)).squeeze(1))
+    status = unit_status(final, activation(final, unit_index))
     steps_taken = np.full(len(units), settings.steps, dtype=np.int64)
     # The rescue: a target still silent goes on from its own image for up to `rescue_rounds` more rounds of
     # `steps` steps, until it responds (docs/science.md: rare directions need more steps than units). Each round
@@ -218,11 +218,11 @@ def _optimize_batch(
                 whole[silent] = part
         quantized[silent], final[silent] = finish(subset)
         steps_taken[silent] = settings.steps * (1 + round_)
-        own = final[silent].gather(1, unit_index[silent].view(-1, 1)).squeeze(1)
-        for i, s in zip(silent, unit_status(final[silent], own), strict=True):
+        rescued = unit_status(final[silent], activation(final[silent], unit_index[silent]))
+        for i, s in zip(silent, rescued, strict=True):
             status[i] = s
         silent = [i for i in silent if status[i] == "no_response"]
-    own = final.gather(1, unit_index.view(-1, 1)).squeeze(1)
+    own = activation(final, unit_index)
     rs = representative_substitution(final, unit_index)
     rs[torch.tensor([s == "nonfinite" for s in status])] = float("nan")
     return OptimResult(

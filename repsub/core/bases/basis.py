@@ -93,11 +93,15 @@ class Basis:
     def _on(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return getattr(self, name).to(x.device, x.dtype)
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x [..., C] -> (response [..., K], pre [..., K] or None). Differentiable in x."""
+    def affine(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., C] -> y [..., K] = (x - center) @ encoder_weight.T + encoder_bias, before the nonlinearity."""
         if x.shape[-1] != self.n_channels:
             raise ValueError(f"{self.layer} basis reads vectors of {self.n_channels}, got {tuple(x.shape)}")
-        pre = (x - self._on(x, "center")) @ self._on(x, "encoder_weight").T + self._on(x, "encoder_bias")
+        return (x - self._on(x, "center")) @ self._on(x, "encoder_weight").T + self._on(x, "encoder_bias")
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [..., C] -> (response [..., K], pre [..., K] or None). Differentiable in x."""
+        pre = self.affine(x)
         if self.encoder == "linear":
             return pre, None
         response = torch.relu(pre)
