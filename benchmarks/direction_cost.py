@@ -2,8 +2,10 @@
 
 1. AM (and IAM) step: seconds per optimization step for a batch of units against the same number of directions
    of a `pca` basis (K = C, centred linear encoder) and of a TopK `sae` basis (K = 4C) at the same layer, same
-   settings and seeds (goal: a direction's AM step at most 1.3x a unit's). A unit's AM takes the own-unit
-   shortcut (only the batch's own filters of a ReLU(conv) layer); a direction reads every channel.
+   settings and seeds (goal: a direction's AM step at most 1.3x a unit's): a step's cost as the difference
+   between 2 x --steps and --steps steps, and beside it a whole --steps run over its steps (which adds the start
+   and final reads, where every direction is encoded). A unit's AM takes the own-unit shortcut (only the
+   batch's own filters of a ReLU(conv) layer); a direction reads every channel.
 2. The selectivity pass over all 16 layers of VGG16: units only, against units and a `pca` basis of conv3_3,
    conv4_3, conv5_3 and fc7 read in the same pass (a StackedReadout per layer: one encode, one accumulator),
    and a bare forward (goal: the pass with the basis at most 1.10x the units-only pass).
@@ -67,40 +69,54 @@ def fitted_bases(model, layer, batches, sae_epochs: int) -> dict:
     }
 
 
-def seconds_per_step(model, layer, targets, method, settings, readout) -> float:
+def run_seconds(model, layer, targets, method, settings, readout) -> tuple[float, int]:
+    """Seconds of one optimization of `targets`, and how many of them ended silent (status no_response)."""
     started = time.perf_counter()
-    optimize_units(model, layer, targets, method, settings, progress=False, readout=readout)
-    return (time.perf_counter() - started) / settings.steps
+    result = optimize_units(model, layer, targets, method, settings, progress=False, readout=readout)
+    return time.perf_counter() - started, int((result.status == "no_response").sum())
 
 
 def am_steps(model, batches, args) -> None:
-    print(f"\n1. AM/IAM seconds per step, {args.steps} steps, 64 px, fp32, best of {args.repeats}")
-    print(f"  {'layer':<8} {'method':<6} {'unit s/step':>12} {'pca s/step':>11} {'sae s/step':>11} "
-          f"{'pca/unit':>9} {'sae/unit':>9}")  # fmt: skip
+    """Per side, the best of --repeats runs of --steps and of 2 x --steps steps, interleaved: `run` is the first's
+    seconds over its steps (the start and final reads of every direction included); `step` is the difference over
+    the added steps, what one more step costs (the goal's measure)."""
+    n = args.steps
+    print(f"\n1. AM/IAM seconds per step, 64 px, fp32, best of {args.repeats}: `run` = a {n}-step optimization "
+          f"over {n} (start and final reads included), `step` = ({2 * n} steps - {n} steps) / {n}")  # fmt: skip
+    print(f"  {'layer':<8} {'method':<6} {'unit step':>10} {'pca step':>9} {'sae step':>9} {'pca/unit':>9} "
+          f"{'sae/unit':>9} {'run: pca/unit':>14} {'sae/unit':>9} {'silent sae':>11}")  # fmt: skip
     for layer_name, count in AM_CASES:
         layer = model.layer(layer_name)
         bases = fitted_bases(model, layer, batches[:2], args.sae_epochs)
         settings = (
             OptimSettings(  # rescue_rounds 0: the cost of a step, not of the rounds a silent target adds
-                steps=args.steps, image_size=64, batch_size=count, precision="fp32", rescue_rounds=0
+                steps=n, image_size=64, batch_size=count, precision="fp32", rescue_rounds=0
             )
         )
         targets = list(range(count))
         for method in ("am", "iam"):
             sides = {"unit": None, **bases}
             for readout in sides.values():  # warm-up
-                seconds_per_step(model, layer, targets, method, replace(settings, steps=1), readout)
-            best = dict.fromkeys(sides, float("inf"))
+                run_seconds(model, layer, targets, method, replace(settings, steps=1), readout)
+            best = {(side, steps): float("inf") for side in sides for steps in (n, 2 * n)}
+            silent = {}
             for _ in range(args.repeats):
                 for side, readout in sides.items():
-                    best[side] = min(
-                        best[side], seconds_per_step(model, layer, targets, method, settings, readout)
-                    )
+                    for steps in (n, 2 * n):
+                        seconds, silent[side, steps] = run_seconds(
+                            model, layer, targets, method, replace(settings, steps=steps), readout
+                        )
+                        best[side, steps] = min(best[side, steps], seconds)
+            step = {side: (best[side, 2 * n] - best[side, n]) / n for side in sides}
+            run = {side: best[side, n] / n for side in sides}
             print(
-                f"  {layer_name:<8} {method:<6} {best['unit']:>12.4f} {best['pca']:>11.4f} {best['sae']:>11.4f} "
-                f"{best['pca'] / best['unit']:>9.3f} {best['sae'] / best['unit']:>9.3f}"
+                f"  {layer_name:<8} {method:<6} {step['unit']:>10.4f} {step['pca']:>9.4f} {step['sae']:>9.4f} "
+                f"{step['pca'] / step['unit']:>9.3f} {step['sae'] / step['unit']:>9.3f} "
+                f"{run['pca'] / run['unit']:>14.3f} {run['sae'] / run['unit']:>9.3f} "
+                f"{silent['sae', n]:>4}/{silent['sae', 2 * n]:<3}/{count}"
             )
-    print("  goal: a direction's AM step at most 1.3x a unit's (pca/unit, sae/unit on the am rows)")
+    print("  goal: a direction's AM step at most 1.3x a unit's (pca/unit, sae/unit of `step` on the am rows);")
+    print(f"  silent sae: its directions still silent after {n} / {2 * n} steps (they climb the top-k margin)")
 
 
 def selectivity_passes(model, batches, args) -> None:

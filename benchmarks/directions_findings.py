@@ -80,6 +80,13 @@ def targets_of(K: int, count: int, seed: int) -> list[int]:  # noqa: N803
     return sorted(np.random.default_rng(seed).choice(K, count, replace=False).tolist())
 
 
+def subset_of(layer: str, basis: str, K: int, count: int) -> list[int]:  # noqa: N803
+    """The directions of `basis` at `layer` this benchmark optimizes and ablates. Seeded with crc32, not hash():
+    a str's hash changes with every process, and so did the subset (a rerun or a resume measured other
+    directions beside the first run's, whose rows stay in the run: `read_results` reads this subset's only)."""
+    return targets_of(K, count, seed=zlib.crc32(f"{layer}/{basis}".encode()))
+
+
 def _present(run: Path, table: str, columns: list[str]) -> set[tuple]:
     """The distinct values of `columns` in a table of the run (empty when it has none)."""
     if not (run / table).is_dir():
@@ -111,9 +118,7 @@ def measure_bases(run: Path, train: Path, val: Path, weights: Path, settings: ar
             if redo or (layer.name, name) not in fitted:
                 repsub.fit_basis(run, layers=[layer.name], kind=kind, size=size, name=name, data=train, seed=0,
                                  model=loaded, workers=0, device="cpu", replace=redo)  # fmt: skip
-            # crc32, not hash(): a str's hash changes with every process, and so did the subset (a rerun or a
-            # resume measured other directions beside the first run's).
-            targets = targets_of(size, settings.targets, seed=zlib.crc32(f"{layer.name}/{name}".encode()))
+            targets = subset_of(layer.name, name, size, settings.targets)
             if redo or (layer.name, name) not in measured:
                 repsub.selectivity(model=loaded, data=val, out=run, layers=[layer.name], basis=name,
                                    batch_size=128, workers=0, device="cpu", progress=False, precision="fp32")  # fmt: skip
@@ -141,7 +146,9 @@ def _spearman(x: list[float], y: list[float]) -> float:
     return float(stats.spearmanr(x, y).statistic) if len(x) >= 3 else math.nan
 
 
-def read_results(run: Path) -> list[Row]:
+def read_results(run: Path, count: int) -> list[Row]:
+    """Per layer and basis, the measures over the benchmark's subset of `count` directions (`subset_of`; every
+    unit for the units), alive on the held-out digits."""
     opened = repsub.open_run(run)
     selectivity, units = opened.table("selectivity"), opened.table("units")
     importance, bases = opened.table("importance"), opened.table("bases")
@@ -153,16 +160,22 @@ def read_results(run: Path) -> list[Row]:
             if not sel:
                 continue
             alive = {u for u, r in sel.items() if not r["dead"] and math.isfinite(r["selectivity"])}
+            measured = set(sel) if basis == "unit" else set(subset_of(layer, basis, len(sel), count))
             rs, rho, failed = {}, {}, {}
             for method in ("am", "iam"):
                 done = [
-                    r for r in _rows_of(units, layer, basis) if r["method"] == method and r["unit"] in alive
-                ]
+                    r for r in _rows_of(units, layer, basis)
+                    if r["method"] == method and r["unit"] in alive and r["unit"] in measured
+                ]  # fmt: skip
                 ok = [r for r in done if r["status"] == "ok"]
                 failed[method] = (len(done) - len(ok), len(done))
                 rs[method] = float(np.mean([r["rs"] for r in ok])) if ok else math.nan
                 rho[method] = _spearman([r["rs"] for r in ok], [sel[r["unit"]]["selectivity"] for r in ok])
-            ablated = [r for r in _rows_of(importance, layer, basis) if r["ablation"] == "zero"]
+            ablated = [
+                r
+                for r in _rows_of(importance, layer, basis)
+                if r["ablation"] == "zero" and r["unit"] in measured
+            ]
             fit = None
             if basis != "unit" and bases is not None:
                 mask = pc.and_(pc.equal(bases.column("layer"), layer), pc.equal(bases.column("name"), basis))
@@ -262,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             settings = Settings(out=out, steps=args.steps, epochs={MODEL: args.epochs})
             run_model(MODEL, settings, train, val, "hybrid")
     measure_bases(run, train, val, out / f"{MODEL}.pt", args)
-    rows = read_results(run)
+    rows = read_results(run, args.targets)
     print(f"\n{MODEL} on {what}, {args.steps} steps (+ up to {args.rescue_rounds} rescue rounds), {args.targets} "
           "directions per layer optimized "
           f"({time.monotonic() - started:.0f} s)")  # fmt: skip

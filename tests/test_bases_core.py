@@ -76,6 +76,32 @@ def test_pca_null_directions_of_dead_channels_respond_exactly_zero():
     assert fve(basis, x) == pytest.approx(1.0, abs=1e-6)  # K = C still reconstructs the data
 
 
+def test_pca_directions_at_the_float32_rounding_of_the_vectors_are_null_and_small_real_ones_are_not():
+    """Vectors of rank 9 in 12 channels, each value off by a float32 rounding (as activations computed in float32
+    are): the 3 other directions hold only that rounding (variance about eps32² E[x²]), above the float64
+    rounding of the covariance, and are null; a real direction with a variance 1e-8 of the others' is kept."""
+    g = torch.Generator().manual_seed(1)
+    x64 = torch.randn(2000, 8, generator=g, dtype=torch.float64) @ torch.randn(
+        8, 12, generator=g, dtype=torch.float64
+    )
+    small = torch.randn(12, generator=g, dtype=torch.float64)
+    x64 = x64 + 5.0 + 1e-4 * torch.randn(2000, 1, generator=g, dtype=torch.float64) * small / small.norm()
+    eps32 = torch.finfo(torch.float32).eps
+    x = (x64 * (1 + eps32 * torch.randn(x64.shape, generator=g, dtype=torch.float64))).float()
+    basis = fit_basis("pca", "conv", x, size=12)
+    variances = (
+        np.array(basis.settings["explained_variance_ratio"]) * x.double().var(0, unbiased=False).sum().item()
+    )
+    second = (x.double() ** 2).mean(0).max().item()
+    assert variances[8] > 1e-9  # the small real direction
+    assert (
+        variances[9:] > 12 * torch.finfo(torch.float64).eps * second
+    ).all()  # the rounding's: above eps64's
+    assert basis.settings["null_directions"] == 3
+    responses = basis.encode(x)[0]
+    assert torch.equal(responses[:, 9:], torch.zeros(len(x), 3)) and responses[:, 8].abs().max() > 1e-5
+
+
 def test_unit_basis_is_the_identity_and_random_is_an_oriented_orthonormal_rotation():
     x = correlated(500, 12).float()
     unit = unit_basis("fc", 12)

@@ -217,6 +217,27 @@ def test_a_target_still_silent_is_rescued_by_more_rounds_and_the_others_are_unto
     np.testing.assert_allclose(rescued.layer_activations[:1], again.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_the_rescue_climbs_without_transforms_at_a_larger_step(monkeypatch):
+    """The rescue rounds climb the objective as it is recorded (no random transforms) at RESCUE_LR_FACTOR x lr,
+    on the silent images alone; the first round climbs every image with the run's transforms and lr."""
+    from repsub.optimize import render
+
+    calls, climb = [], render._Climber.climb
+
+    def spy(self, image, warp, targets, steps, progress, lr):
+        x = torch.rand(len(targets), 3, 24, 24, generator=torch.Generator().manual_seed(0))
+        calls.append((targets.tolist(), torch.equal(warp(x, 0), x), lr))
+        return climb(self, image, warp, targets, steps, progress, lr)
+
+    monkeypatch.setattr(render._Climber, "climb", spy)
+    model = _dormant_channel_model()
+    settings = OptimSettings(steps=2, image_size=24, batch_size=4, precision="fp32", rescue_rounds=20, lr=0.04)
+    result = optimize_units(model, model.layer("conv2"), [5, 6, 1], "am", settings, progress=False)
+    assert calls[0] == ([5, 6, 1], False, 0.04)
+    assert len(calls) == result.steps[0] // 2 > 1
+    assert all(call == ([5], True, pytest.approx(0.04 * render.RESCUE_LR_FACTOR)) for call in calls[1:])
+
+
 def test_recorded_objectives_are_the_methods_own(shallow_random):
     layer = shallow_random.layer("conv3")
     result = optimize_units(shallow_random, layer, [0, 3, 7], "iam", SMALL, progress=False)

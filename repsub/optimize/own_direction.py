@@ -23,8 +23,8 @@ class OwnDirection:
 
     def __init__(self, readout, targets: torch.Tensor, margin_everywhere: bool = False):
         self.readout, self.targets = readout, targets
-        # A topk encoder's pre is the margin (topk_margin), which needs every direction with a gradient: computed
-        # for the silent images only (the hybrid climbs pre nowhere else), or for all (own term "pre").
+        # A topk encoder's pre is the margin (topk_margin): climbed by the silent images only (the hybrid climbs
+        # pre nowhere else), or by all (own term "pre").
         self.margin_everywhere = margin_everywhere
         self.name, self.layer, self.C = readout.name, getattr(readout, "layer", None), readout.C
 
@@ -35,47 +35,63 @@ class OwnDirection:
             hasattr(readout, "encoder_weight") or hasattr(readout, "directions") and hasattr(readout, "bias")
         )
 
-    def _pre(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, ..., 1]: each image's affine response to its own direction, before any nonlinearity."""
-        r, idx = self.readout, self.targets.to(x.device)
+    def _affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x - center, weight [K, C], bias [K] or None) on x's device and dtype: y = (x - center) @ weight.T
+        + bias, the readout's affine map."""
+        r = self.readout
         if hasattr(r, "encoder_weight"):  # a Basis: (x - center) @ W.T + b
-            weight, bias = r.encoder_weight, r.encoder_bias
             x = x - r.center.to(x.device, x.dtype)
+            weight, bias = r.encoder_weight, r.encoder_bias
         else:  # a LinearReadout: x @ D.T (+ b)
             weight, bias = r.directions, r.bias
-        w = weight.to(x.device, x.dtype)[idx]  # [B, C]
-        own = torch.einsum("b...c,bc->b...", x, w).unsqueeze(-1)
-        if bias is not None:
-            own = own + bias.to(x.device, x.dtype)[idx].reshape(-1, *[1] * (x.dim() - 1))
-        return own
+        return x, weight.to(x.device, x.dtype), None if bias is None else bias.to(x.device, x.dtype)
+
+    @staticmethod
+    def _read(centred: torch.Tensor, weight, bias, directions: torch.Tensor) -> torch.Tensor:
+        """[B, ..., 1]: y of direction directions[b] (a [B] index) or directions[b, ...] (one per position)."""
+        if directions.dim() == 1:  # one direction per image: a batched matrix-vector product
+            y = torch.einsum("b...c,bc->b...", centred, weight[directions])
+            if bias is not None:
+                y = y + bias[directions].reshape(-1, *[1] * (centred.dim() - 2))
+        else:  # one per position: a dot product per position
+            y = (centred * weight[directions]).sum(dim=-1)
+            if bias is not None:
+                y = y + bias[directions]
+        return y.unsqueeze(-1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pre = self._pre(x)
+        centred, weight, bias = self._affine(x)
+        targets = self.targets.to(x.device)
+        pre = self._read(centred, weight, bias, targets)
         encoder = getattr(self.readout, "encoder", "linear")
         if encoder == "linear":
             return pre, None
         response = torch.relu(pre)
-        if encoder == "topk":  # kept where the whole encoding keeps it (its rank among all K: no gradient)
-            every, own = self._every(x)
-            kept = ((every > own).sum(dim=-1, keepdim=True) < self.readout.top_k) & (own > 0)
-            response = response * kept
-            pre = self._margin(x, pre, response, every, own)
+        if encoder == "topk" and self.readout.top_k < weight.shape[0]:  # else every positive y is kept
+            own, threshold, competitor = self._competition(centred, weight, bias, targets)
+            # Kept where fewer than top_k others are strictly above it: the k-th largest other is not (topk
+            # itself differs only at an exact tie at the k-th place, where it picks arbitrarily).
+            response = response * ((own >= threshold) & (own > 0))
+            pre = self._margin(centred, weight, bias, pre, response, competitor)
         return response, pre
 
-    def _every(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, ..., K], [B, ..., 1]) without a gradient: every direction's y, and the own direction's y read
-        from it (the same rounding).
+    def _competition(self, centred, weight, bias, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Without a gradient, at every position: the own direction's y [B, ..., 1] and the k-th largest y of the
+        *other* directions, the threshold it must pass to be kept [B, ..., 1], and whose it is [B, ...].
 
-        What a topk encoder's membership needs: counting the directions strictly above the own one (fewer than
-        top_k) gives it without sorting, one comparison and a sum over K per position, where `torch.topk` over
-        K = 4C took a third of a 4x SAE's AM step at conv3_3 (docs/performance.md). Only an exact tie at the
-        k-th place can differ, where topk itself picks arbitrarily."""
+        One encoding of all K and one top-k of the others, where a top-k of all would need its (k + 1)-th for a
+        direction inside it: torch's top-k of 16 of 1,024 takes a partial sort, of 17 a selection, 2.3x the time
+        (docs/performance.md)."""
         with torch.no_grad():
-            every = self.readout.affine(x.detach())
-            index = self.targets.to(x.device).reshape(-1, *[1] * (x.dim() - 1))
-            return every, every.gather(-1, index.expand(*x.shape[:-1], 1))
+            flat = centred.detach().reshape(-1, centred.shape[-1])
+            every = flat @ weight.T if bias is None else torch.addmm(bias, flat, weight.T)
+            every = every.reshape(*centred.shape[:-1], -1)
+            index = targets.reshape(-1, *[1] * (centred.dim() - 1)).expand(*centred.shape[:-1], 1)
+            own = every.gather(-1, index)
+            values, indices = torch.topk(every.scatter_(-1, index, float("-inf")), self.readout.top_k, dim=-1)
+            return own, values[..., -1:], indices[..., -1]
 
-    def _margin(self, x, pre, response, every, own) -> torch.Tensor:
+    def _margin(self, centred, weight, bias, pre, response, competitor) -> torch.Tensor:
         """pre with the whole readout's topk margin (topk_margin) of the own direction at the silent images (a
         response of 0 at every position), or at all with `margin_everywhere`; elsewhere the own y, never climbed
         there (the hybrid climbs the response wherever it is > 0).
@@ -83,17 +99,15 @@ class OwnDirection:
         The margin min(y, y - t) has t = y_c for one competitor c per position (the k-th largest of the others),
         so its gradient needs y_c alone: c is found without a gradient, then y_c is one dot product per position,
         as the own y is, where the whole readout's margin differentiates all K."""
-        silent = response.detach().flatten(1).amax(dim=1) == 0
-        chosen = torch.ones_like(silent) if self.margin_everywhere else silent
-        r, k = self.readout, self.readout.top_k
-        if not chosen.any() or k >= every.shape[-1]:
-            return pre  # every positive y kept: the margin is y
+        chosen = (
+            torch.ones(len(pre), dtype=torch.bool, device=pre.device)
+            if self.margin_everywhere
+            else response.detach().flatten(1).amax(dim=1) == 0
+        )
+        if chosen.all():
+            return torch.minimum(pre, pre - self._read(centred, weight, bias, competitor))
+        if not chosen.any():
+            return pre
         rows = chosen.nonzero().squeeze(1)
-        with torch.no_grad():
-            values, indices = torch.topk(every[rows], k + 1, dim=-1)
-            in_top = own[rows] >= values[..., k - 1 : k]  # then the others' k-th largest is the (k + 1)-th
-            competitor = torch.where(in_top, indices[..., k:], indices[..., k - 1 : k]).squeeze(-1)
-        centred = x[rows] - r.center.to(x.device, x.dtype)
-        weight, bias = r.encoder_weight.to(x.device, x.dtype), r.encoder_bias.to(x.device, x.dtype)
-        threshold = ((centred * weight[competitor]).sum(dim=-1) + bias[competitor]).unsqueeze(-1)
+        threshold = self._read(centred[rows], weight, bias, competitor[rows])
         return pre.index_put((rows,), torch.minimum(pre[rows], pre[rows] - threshold))

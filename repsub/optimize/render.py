@@ -39,6 +39,8 @@ from repsub.optimize.progress import UnitProgress
 from repsub.optimize.settings import OptimSettings  # declared there, light: the CLI reads it
 from repsub.optimize.transforms import RandomAffine
 
+RESCUE_LR_FACTOR = 3.0  # the rescue rounds' Adam step size, a multiple of the run's lr (docs/science.md, 5c)
+
 
 @dataclass
 class OptimResult:
@@ -97,11 +99,12 @@ class _Climber:
         self.channels_last = prepare_for_speed(model.module, device)
         self.normalize = _normalizer(model, device)
 
-    def climb(self, image, warp: RandomAffine, targets: torch.Tensor, steps: int, progress: UnitProgress):
-        """`steps` steps of a fresh Adam on image's parameters ([B] images, target targets[b] each)."""
+    def climb(self, image, warp, targets: torch.Tensor, steps: int, progress: UnitProgress, lr: float):
+        """`steps` steps of a fresh Adam at `lr` on image's parameters ([B] images, target targets[b] each), each
+        step's images warped by `warp(images, step)`."""
         settings, layer, readout, method = self.settings, self.layer, self.readout, self.method
         count = len(targets)
-        optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
+        optimizer = torch.optim.Adam(image.parameters(), lr=lr)
         # AM's shortcuts: each image's own unit (OwnUnit), or its own direction (OwnDirection), alone.
         own_unit = (
             OwnUnit.find(self.model.module, layer, count) if method == "am" and readout is None else None
@@ -141,6 +144,11 @@ class _Climber:
                 (-objective.sum()).backward()
                 optimizer.step()
                 progress.step(count)
+
+
+def _unwarped(images: torch.Tensor, step: int) -> torch.Tensor:
+    """The rescue's warp: none."""
+    return images
 
 
 def _image_subset(image: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
@@ -192,25 +200,24 @@ def _optimize_batch(
     with torch.no_grad():
         objective_start = recorded(evaluate(image()), unit_index)
     warp = RandomAffine(generators, settings.steps, settings.jitter, settings.scale, settings.rotate, device)
-    climber.climb(image, warp, unit_index, settings.steps, progress)
+    climber.climb(image, warp, unit_index, settings.steps, progress, settings.lr)
     quantized, final = finish(image)
     status = unit_status(final, activation(final, unit_index))
     steps_taken = np.full(len(units), settings.steps, dtype=np.int64)
     # The rescue: a target still silent goes on from its own image for up to `rescue_rounds` more rounds of
     # `steps` steps, until it responds (docs/science.md: rare directions need more steps than units). Each round
-    # climbs a fresh Adam on the still-silent images alone, with transforms drawn on from each one's own
-    # generator, so a target's result depends on its seed alone, never on which others were rescued with it.
+    # climbs a fresh Adam on the still-silent images alone, so a target's result depends on its seed alone, never on
+    # which others were rescued with it; it climbs without the random transforms, the objective as it is recorded,
+    # at RESCUE_LR_FACTOR x lr (with the transforms a crowded TopK direction's margin stalls below 0: section 5c).
     silent = [i for i, s in enumerate(status) if s == "no_response"]
     for round_ in range(1, settings.rescue_rounds + 1):
         if not silent:
             break
         progress.add_steps(len(silent) * settings.steps)
         subset = _image_subset(image, silent)
-        warp = RandomAffine(
-            [generators[i] for i in silent], settings.steps, settings.jitter, settings.scale, settings.rotate,
-            device,
-        )  # fmt: skip
-        climber.climb(subset, warp, unit_index[silent], settings.steps, progress)
+        climber.climb(
+            subset, _unwarped, unit_index[silent], settings.steps, progress, settings.lr * RESCUE_LR_FACTOR
+        )
         with torch.no_grad():
             for (_, whole), (_, part) in zip(
                 image.named_parameters(), subset.named_parameters(), strict=True

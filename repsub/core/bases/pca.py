@@ -76,12 +76,17 @@ def principal_components(sums: PcaSums, size: int) -> tuple[torch.Tensor, torch.
 
 
 def null_tolerance(sums: PcaSums) -> float:
-    """The variance at or below which a component is null: C * float64 eps * the largest mean square x_c².
+    """The variance at or below which a component is null: C * (float32 eps² + float64 eps) * the largest mean
+    square x_c².
 
-    The covariance's rounding (sum x xᵀ / n - mean meanᵀ) is at most about eps * max E[x_c²] per entry, so its
-    eigenvalues are exact to within C times that."""
+    The activation vectors come as float32: each value is rounded to within eps32 |x_c|, so a vector's rounding
+    has a squared norm up to eps32² sum_c x_c² <= C eps32² max E[x_c²], and a direction with less variance than
+    that is the inputs' rounding (on the demo's conv4, a component of variance 5e-13 of the total, class means of
+    1e-7 and a "selectivity" of 4.1: docs/science.md, 5c). The covariance's own float64 rounding (sum x xᵀ / n -
+    mean meanᵀ) is at most about eps64 * max E[x_c²] per entry, C times that in an eigenvalue."""
     second = torch.diagonal(sums.outer) / max(sums.n, 1)
-    return float(len(second) * torch.finfo(torch.float64).eps * second.max().clamp(min=0))
+    rounding = torch.finfo(torch.float32).eps ** 2 + torch.finfo(torch.float64).eps
+    return float(len(second) * rounding * second.max().clamp(min=0))
 
 
 def pca_basis(layer: str, sums: PcaSums, size: int, sample: torch.Tensor | None = None) -> Basis:
