@@ -115,8 +115,12 @@ def am_steps(model, batches, args) -> None:
                 f"{run['pca'] / run['unit']:>14.3f} {run['sae'] / run['unit']:>9.3f} "
                 f"{silent['sae', n]:>4}/{silent['sae', 2 * n]:<3}/{count}"
             )
-    print("  goal: a direction's AM step at most 1.3x a unit's (pca/unit, sae/unit of `step` on the am rows);")
-    print(f"  silent sae: its directions still silent after {n} / {2 * n} steps (they climb the top-k margin)")
+    print(
+        "  goal: a direction's AM step at most 1.3x a unit's (pca/unit, sae/unit of `step` on the am rows);"
+    )
+    print(
+        f"  silent sae: its directions still silent after {n} / {2 * n} steps (they climb the top-k margin)"
+    )
 
 
 def selectivity_passes(model, batches, args) -> None:

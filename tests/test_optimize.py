@@ -231,7 +231,9 @@ def test_the_rescue_climbs_without_transforms_at_a_larger_step(monkeypatch):
 
     monkeypatch.setattr(render._Climber, "climb", spy)
     model = _dormant_channel_model()
-    settings = OptimSettings(steps=2, image_size=24, batch_size=4, precision="fp32", rescue_rounds=20, lr=0.04)
+    settings = OptimSettings(
+        steps=2, image_size=24, batch_size=4, precision="fp32", rescue_rounds=20, lr=0.04
+    )
     result = optimize_units(model, model.layer("conv2"), [5, 6, 1], "am", settings, progress=False)
     assert calls[0] == ([5, 6, 1], False, 0.04)
     assert len(calls) == result.steps[0] // 2 > 1
