@@ -2,10 +2,13 @@
 
 1. AM (and IAM) step: seconds per optimization step for a batch of units against the same number of directions
    of a `pca` basis (K = C, centred linear encoder) and of a TopK `sae` basis (K = 4C) at the same layer, same
-   settings and seeds (goal: a direction's AM step at most 1.3x a unit's): a step's cost as the difference
-   between 2 x --steps and --steps steps, and beside it a whole --steps run over its steps (which adds the start
-   and final reads, where every direction is encoded). A unit's AM takes the own-unit shortcut (only the
-   batch's own filters of a ReLU(conv) layer); a direction reads every channel.
+   settings and seeds (goal: a direction's AM step at most 1.3x a unit's). A step is timed by itself, from
+   one step's end to the next (a progress bar that keeps the clock), and `step` is the median over every
+   step of --repeats interleaved runs: on a shared machine a median of many steps is steadier than the
+   difference of two whole runs' best times, which moved by 20% between runs. Beside it, `run`: a whole
+   --steps run over its steps (it adds the start and final reads, where every direction is encoded). A
+   unit's AM takes the own-unit shortcut (only the batch's own filters of a ReLU(conv) layer); a direction
+   reads every channel.
 2. The selectivity pass over all 16 layers of VGG16: units only, against units and a `pca` basis of conv3_3,
    conv4_3, conv5_3 and fc7 read in the same pass (a StackedReadout per layer: one encode, one accumulator),
    and a bare forward (goal: the pass with the basis at most 1.10x the units-only pass).
@@ -13,12 +16,14 @@
 VGG16 with seeded random weights at 64 px (bases fitted on the pass's own generated images, PCA exactly from
 float64 sums), fp32, interleaved rounds, best of --repeats.
 
-    .venv/bin/python -m benchmarks.direction_cost [--steps 8] [--repeats 3] [--images 256] [--max-load 2] [--am-only]
+    .venv/bin/python -m benchmarks.direction_cost [--steps 16] [--repeats 3] [--images 256] [--max-load 2] [--am-only]
+        [--layers conv3_3 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -35,7 +40,7 @@ from repsub.core.bases.pca import PcaSums, pca_basis
 from repsub.core.bases.sae import sae_basis
 from repsub.core.readout import StackedReadout, UnitReadout
 from repsub.models import load_model
-from repsub.optimize import OptimSettings, optimize_units
+from repsub.optimize import OptimSettings, UnitProgress, optimize_units
 
 FP32 = Precision("fp32", "fp32", "benchmark")
 AM_CASES = [("conv3_3", 32), ("conv5_3", 32), ("fc7", 32)]  # (layer, targets per batch)
@@ -69,23 +74,43 @@ def fitted_bases(model, layer, batches, sae_epochs: int) -> dict:
     }
 
 
-def run_seconds(model, layer, targets, method, settings, readout) -> tuple[float, int]:
-    """Seconds of one optimization of `targets`, and how many of them ended silent (status no_response)."""
+class StepClock(UnitProgress):
+    """A disabled progress bar that keeps the time of every optimization step's end."""
+
+    def __init__(self, total_units: int, steps: int):
+        super().__init__(total_units, steps, enabled=False)
+        self.ends: list[float] = []
+
+    def step(self, units_in_batch: int) -> None:
+        self.ends.append(time.perf_counter())
+
+    def step_seconds(self) -> list[float]:
+        """Each step's seconds but the first's (its interval would start before the start read)."""
+        return [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+
+
+def run_seconds(model, layer, targets, method, settings, readout) -> tuple[float, list[float], int]:
+    """Seconds of one optimization of `targets`, the seconds of each of its steps (but the first), and how
+    many targets ended silent (status no_response)."""
+    clock = StepClock(len(targets), settings.steps)
     started = time.perf_counter()
-    result = optimize_units(model, layer, targets, method, settings, progress=False, readout=readout)
-    return time.perf_counter() - started, int((result.status == "no_response").sum())
+    result = optimize_units(model, layer, targets, method, settings, progress=clock, readout=readout)
+    seconds = time.perf_counter() - started
+    return seconds, clock.step_seconds(), int((result.status == "no_response").sum())
 
 
 def am_steps(model, batches, args) -> None:
-    """Per side, the best of --repeats runs of --steps and of 2 x --steps steps, interleaved: `run` is the first's
-    seconds over its steps (the start and final reads of every direction included); `step` is the difference over
-    the added steps, what one more step costs (the goal's measure)."""
+    """Per side, --repeats runs of --steps steps, interleaved: `step` is the median of their steps' own times
+    (the goal's measure); `run` the best run's seconds over its steps (the start and final reads of every
+    direction included)."""
     n = args.steps
-    print(f"\n1. AM/IAM seconds per step, 64 px, fp32, best of {args.repeats}: `run` = a {n}-step optimization "
-          f"over {n} (start and final reads included), `step` = ({2 * n} steps - {n} steps) / {n}")  # fmt: skip
+    print(f"\n1. AM/IAM seconds per step, 64 px, fp32, {args.repeats} interleaved runs of {n} steps: `step` = "
+          f"the median of the steps' own times, `run` = the best whole run over {n}")  # fmt: skip
     print(f"  {'layer':<8} {'method':<6} {'unit step':>10} {'pca step':>9} {'sae step':>9} {'pca/unit':>9} "
           f"{'sae/unit':>9} {'run: pca/unit':>14} {'sae/unit':>9} {'silent sae':>11}")  # fmt: skip
     for layer_name, count in AM_CASES:
+        if args.layers and layer_name not in args.layers:
+            continue
         layer = model.layer(layer_name)
         bases = fitted_bases(model, layer, batches[:2], args.sae_epochs)
         settings = (
@@ -97,30 +122,29 @@ def am_steps(model, batches, args) -> None:
         for method in ("am", "iam"):
             sides = {"unit": None, **bases}
             for readout in sides.values():  # warm-up
-                run_seconds(model, layer, targets, method, replace(settings, steps=1), readout)
-            best = {(side, steps): float("inf") for side in sides for steps in (n, 2 * n)}
+                run_seconds(model, layer, targets, method, replace(settings, steps=2), readout)
+            best = dict.fromkeys(sides, float("inf"))
+            steps = {side: [] for side in sides}
             silent = {}
             for _ in range(args.repeats):
                 for side, readout in sides.items():
-                    for steps in (n, 2 * n):
-                        seconds, silent[side, steps] = run_seconds(
-                            model, layer, targets, method, replace(settings, steps=steps), readout
-                        )
-                        best[side, steps] = min(best[side, steps], seconds)
-            step = {side: (best[side, 2 * n] - best[side, n]) / n for side in sides}
-            run = {side: best[side, n] / n for side in sides}
+                    seconds, step_seconds, silent[side] = run_seconds(
+                        model, layer, targets, method, settings, readout
+                    )
+                    best[side] = min(best[side], seconds)
+                    steps[side] += step_seconds
+            step = {side: statistics.median(times) for side, times in steps.items()}
+            run = {side: best[side] / n for side in sides}
             print(
                 f"  {layer_name:<8} {method:<6} {step['unit']:>10.4f} {step['pca']:>9.4f} {step['sae']:>9.4f} "
                 f"{step['pca'] / step['unit']:>9.3f} {step['sae'] / step['unit']:>9.3f} "
                 f"{run['pca'] / run['unit']:>14.3f} {run['sae'] / run['unit']:>9.3f} "
-                f"{silent['sae', n]:>4}/{silent['sae', 2 * n]:<3}/{count}"
+                f"{silent['sae']:>7}/{count}"
             )
     print(
         "  goal: a direction's AM step at most 1.3x a unit's (pca/unit, sae/unit of `step` on the am rows);"
     )
-    print(
-        f"  silent sae: its directions still silent after {n} / {2 * n} steps (they climb the top-k margin)"
-    )
+    print(f"  silent sae: its directions still silent after {n} steps (they climb the top-k margin)")
 
 
 def selectivity_passes(model, batches, args) -> None:
@@ -160,13 +184,16 @@ def selectivity_passes(model, batches, args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--sae-epochs", type=int, default=2, help="SAE training epochs (not timed)")
     parser.add_argument("--max-load", type=float, default=None)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "repsub-bench")
     parser.add_argument("--am-only", action="store_true", help="the AM/IAM steps only (part 1)")
+    parser.add_argument(
+        "--layers", nargs="+", choices=[name for name, _ in AM_CASES], help="part 1 at these layers only"
+    )
     args = parser.parse_args(argv)
     model = load_model("vgg16", "random", seed=0, num_classes=10)
     batches = in_memory_batches(args.cache, args.images, 64, 32)

@@ -103,18 +103,35 @@ class SeaweedS3:
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + 60
-        while True:  # ready when the S3 port answers /healthz
+        volumes = self._volumes_on_disk()
+        while True:  # ready when the S3 port answers /healthz and the master knows every volume on disk
             if self.proc.poll() is not None:
                 raise RuntimeError(Path(self.dir, "weed.out").read_text()[-2000:])
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
+                if self._answers(f"{self.endpoint}/healthz") and all(map(self._master_knows, volumes)):
+                    return
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError("SeaweedFS did not become ready")
             time.sleep(0.1)
+
+    def _volumes_on_disk(self) -> list[int]:
+        """The ids of the volumes an earlier start wrote (`<id>.dat`, `<collection>_<id>.dat`). After a restart
+        S3 answers before the volume server's next heartbeat (5 s) tells the master where they are, and until
+        then every read of an existing object fails with InternalError ("volume 1 not found")."""
+        stems = (path.stem.rsplit("_", 1)[-1] for path in Path(self.dir, "data").glob("*.dat"))
+        return sorted(int(stem) for stem in stems if stem.isdigit())
+
+    def _master_knows(self, volume_id: int) -> bool:
+        url = f"http://127.0.0.1:{self.ports['master']}/dir/lookup?volumeId={volume_id}"
+        with urllib.request.urlopen(url, timeout=1) as response:  # an unknown volume: HTTP 404, an OSError
+            return bool(json.load(response).get("locations"))
+
+    @staticmethod
+    def _answers(url: str) -> bool:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
 
     def stop(self) -> None:
         if self.proc:

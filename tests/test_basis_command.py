@@ -49,7 +49,8 @@ def test_pca_fit_is_stored_with_its_hash_and_reads_back(run, image_folder_dir, s
     top = eigenvectors[:, ::-1][:, :8].T
     assert np.allclose(np.abs((basis.directions.double().numpy() * top).sum(axis=1)), 1.0, atol=1e-4)
     stored = rows.to_pylist()[0]
-    assert stored["fve"] == pytest.approx(fve(basis, sample.held_out), abs=1e-9)
+    # The test's own forward rounds the float32 activations differently on some CPUs (AMD EPYC: 2e-8 relative).
+    assert stored["fve"] == pytest.approx(fve(basis, sample.held_out), rel=1e-6)
     assert stored["stability"] == pytest.approx(1.0) and stored["dead"] == 0 and stored["mean_l0"] == 8
     listed = repsub.list_bases(run)
     assert listed.num_rows == 2 and "state" not in listed.column_names
