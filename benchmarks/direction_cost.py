@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -89,14 +90,18 @@ class StepClock(UnitProgress):
         return [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
 
 
-def run_seconds(model, layer, targets, method, settings, readout) -> tuple[float, list[float], int]:
-    """Seconds of one optimization of `targets`, the seconds of each of its steps (but the first), and how
-    many targets ended silent (status no_response)."""
+def timed_steps(model, layer, targets, method, settings, readout) -> tuple[list[float], int]:
+    """One optimization of `targets`: the seconds of each of its steps (but the first), and how many targets
+    ended silent (status no_response)."""
     clock = StepClock(len(targets), settings.steps)
-    started = time.perf_counter()
     result = optimize_units(model, layer, targets, method, settings, progress=clock, readout=readout)
-    seconds = time.perf_counter() - started
-    return seconds, clock.step_seconds(), int((result.status == "no_response").sum())
+    return clock.step_seconds(), int((result.status == "no_response").sum())
+
+
+def record_run(steps: dict, silent: dict, side: str, *optimization) -> None:
+    """One optimization (timed_steps' arguments): its steps' seconds added to steps[side], silent[side] set."""
+    step_seconds, silent[side] = timed_steps(*optimization)
+    steps[side].extend(step_seconds)
 
 
 def am_steps(model, batches, args) -> None:
@@ -122,17 +127,12 @@ def am_steps(model, batches, args) -> None:
         for method in ("am", "iam"):
             sides = {"unit": None, **bases}
             for readout in sides.values():  # warm-up
-                run_seconds(model, layer, targets, method, replace(settings, steps=2), readout)
-            best = dict.fromkeys(sides, float("inf"))
+                timed_steps(model, layer, targets, method, replace(settings, steps=2), readout)
             steps = {side: [] for side in sides}
             silent = {}
-            for _ in range(args.repeats):
-                for side, readout in sides.items():
-                    seconds, step_seconds, silent[side] = run_seconds(
-                        model, layer, targets, method, settings, readout
-                    )
-                    best[side] = min(best[side], seconds)
-                    steps[side] += step_seconds
+            runs = {side: partial(record_run, steps, silent, side, model, layer, targets, method, settings, readout)
+                    for side, readout in sides.items()}  # fmt: skip
+            best = best_of_interleaved(runs, args.repeats)
             step = {side: statistics.median(times) for side, times in steps.items()}
             run = {side: best[side] / n for side in sides}
             print(
